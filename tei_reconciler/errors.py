@@ -1,0 +1,81 @@
+"""The project's exception tree.
+
+    TeiReconcilerError
+    ├── SpecError               a state or config file is invalid (carries every problem found)
+    ├── StateFileError          the state file cannot be read or written
+    │   ├── StateReadOnly       the file is GitOps-owned (symlink, read-only mount): never written
+    │   └── RevisionConflict    a write expected a revision the file no longer has
+    └── ActionError             acting on the world failed
+        ├── TemporaryError      worth retrying soon (carries `delay`)
+        └── PermanentError      no retry fixes it without a spec change (binary missing, ...)
+
+Callers catch the narrowest class they can handle; the controller's one boundary turns
+`ActionError`s into outcomes (phase, reason, requeue) and logs them once.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class TeiReconcilerError(Exception):
+    """Base of every error the project raises on purpose."""
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """One validation problem, located as precisely as the input allows."""
+
+    path: str  # file the problem is in ("" for flags/env)
+    line: int  # 1-based; 0 when unknown
+    column: int  # 1-based; 0 when unknown
+    field: str  # dotted field path, e.g. "instances.bge.port"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.field}: {self.message}"
+
+
+class SpecError(TeiReconcilerError):
+    """Invalid desired state or settings. `problems` lists all of them, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class StateFileError(TeiReconcilerError):
+    """The state file cannot be read or written."""
+
+
+class StateReadOnly(StateFileError):
+    """The state file is owned by GitOps (a symlink or a read-only mount); it is never written."""
+
+
+class RevisionConflict(StateFileError):
+    """A write was based on a revision the file no longer has."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"state file revision is {actual}, not the expected {expected}")
+
+
+class ActionError(TeiReconcilerError):
+    """Acting on the world (spawning, stopping, probing) failed."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason  # CamelCase, shown as the status reason (e.g. "PortInUse")
+        self.message = message
+        super().__init__(f"{reason}: {message}")
+
+
+class TemporaryError(ActionError):
+    """Retry after `delay` seconds."""
+
+    def __init__(self, reason: str, message: str, delay: float) -> None:
+        super().__init__(reason, message)
+        self.delay = delay
+
+
+class PermanentError(ActionError):
+    """No retry helps until something outside changes (retried slowly, never in a hot loop)."""
