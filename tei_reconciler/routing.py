@@ -1,0 +1,56 @@
+"""The routing table: which instances may take traffic, and where they listen.
+
+The controller publishes a new immutable snapshot whenever an instance becomes Ready, stops
+being Ready, or moves to another port; the gRPC router only reads snapshots. This is the
+router's whole view of the world: it never reads the state file or the status store.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One instance as the router sees it."""
+
+    name: str
+    model_id: str
+    host: str
+    port: int
+    ready: bool
+    phase: str  # the status Phase value, for "instance X is not ready (phase ...)" errors
+    generation: int = 0  # bumps when the process is replaced (restart, new port)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class RoutingTable:
+    """Holds the current snapshot; `version` increases on every change so readers can cache."""
+
+    def __init__(self, default_instance: str | None = None) -> None:
+        self._endpoints: dict[str, Endpoint] = {}
+        self.version = 0
+        self.default_instance = default_instance
+
+    def update(self, endpoints: list[Endpoint]) -> None:
+        """Replace the whole table (the controller calls this after every pass)."""
+        new = {e.name: e for e in endpoints}
+        if new != self._endpoints:
+            self._endpoints = new
+            self.version += 1
+
+    def get(self, name: str) -> Endpoint | None:
+        return self._endpoints.get(name)
+
+    def all(self) -> list[Endpoint]:
+        """Every known instance, sorted by name."""
+        return [self._endpoints[n] for n in sorted(self._endpoints)]
+
+    def ready(self) -> list[Endpoint]:
+        """Ready instances sorted by name (the order `instance_index` indexes)."""
+        return [e for e in self.all() if e.ready]
+
+    def ready_for_model(self, model_id: str) -> list[Endpoint]:
+        return [e for e in self.ready() if e.model_id == model_id]
