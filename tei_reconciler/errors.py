@@ -4,7 +4,9 @@
     ├── SpecError               a state or config file is invalid (carries every problem found)
     ├── StateFileError          the state file cannot be read or written
     │   ├── StateReadOnly       the file is GitOps-owned (symlink, read-only mount): never written
-    │   └── RevisionConflict    a write expected a revision the file no longer has
+    │   ├── RevisionConflict    a write expected a revision the file no longer has
+    │   ├── InstanceExists      an add named an instance the file already has
+    │   └── InstanceNotFound    an edit named an instance the file does not have
     └── ActionError             acting on the world failed
         ├── TemporaryError      worth retrying soon (carries `delay`)
         └── PermanentError      no retry fixes it without a spec change (binary missing, ...)
@@ -30,6 +32,7 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     column: int  # 1-based; 0 when unknown
     field: str  # dotted field path, e.g. "instances.bge.port"
     message: str
+    code: str = "invalid"  # machine-readable kind: "invalid", "unknown_key", "port_conflict", ...
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.column}: {self.field}: {self.message}"
@@ -58,6 +61,18 @@ class RevisionConflict(StateFileError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"state file revision is {actual}, not the expected {expected}")
+
+
+class InstanceExists(StateFileError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"instance {name!r} already exists")
+
+
+class InstanceNotFound(StateFileError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"instance {name!r} not found")
 
 
 class ActionError(TeiReconcilerError):
