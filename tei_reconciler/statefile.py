@@ -1,0 +1,316 @@
+"""The state file: read, validate and edit the user's desired state, safely.
+
+The file is shared with humans and GitOps tools, so an edit is a read-modify-write under an
+advisory lock (`fcntl.flock` on `.<name>.lock` beside it), changes only the edited instance's
+table (comments and layout elsewhere stay byte for byte), is validated before it is written,
+and lands atomically (temp file, fsync, rename, fsync of the directory): a reader, or a crash,
+sees the old file or the new one, never a mix. The revision is the sha256 of the bytes, so a
+writer can say which version its change was based on (HTTP `If-Match`).
+
+A file that is a symlink (a ConfigMap's `..data` link) or sits on a read-only mount belongs to
+GitOps: edits raise `StateReadOnly` and never touch it. Everything here is synchronous; async
+callers use `anyio.to_thread.run_sync`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import os
+import re
+import stat
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tei_reconciler._tomledit import Fields, plain, rewrite_instance
+from tei_reconciler._tomlsource import scan
+from tei_reconciler.errors import (
+    InstanceExists,
+    InstanceNotFound,
+    Problem,
+    RevisionConflict,
+    SpecError,
+    StateFileError,
+    StateReadOnly,
+)
+from tei_reconciler.spec import DesiredState, check_state
+
+_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def revision_of(data: bytes) -> str:
+    """The revision (ETag) of a state file's bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _syntax(path: str, message: str, line: int = 0, column: int = 0) -> SpecError:
+    return SpecError(
+        [
+            Problem(
+                path=path, line=line, column=column, field="syntax", message=message, code="syntax"
+            )
+        ]
+    )
+
+
+def decode(data: bytes, path: str = "<state>") -> tuple[str, dict[str, Any]]:
+    """UTF-8 TOML bytes to (text, data). Raises SpecError with the syntax error's position."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        head = data[: exc.start]
+        line = head.count(b"\n") + 1
+        column = len(head) - (head.rfind(b"\n") + 1) + 1
+        raise _syntax(path, "the file is not UTF-8 text", line, column) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = _AT.search(str(exc))
+        message = _AT.sub("", str(exc)).strip() or "invalid TOML"
+        if where is None:
+            raise _syntax(path, f"invalid TOML: {message}") from None
+        line, column = int(where.group(1)), int(where.group(2))
+        raise _syntax(path, f"invalid TOML: {message}", line, column) from None
+    except RecursionError:
+        raise _syntax(path, "invalid TOML: nested too deeply") from None
+
+
+def parse_state(
+    data: bytes, path: str = "<state>", *, reserved_ports: frozenset[int] = frozenset()
+) -> DesiredState:
+    """Validate a state file's bytes in full. Raises SpecError listing every problem, each
+    located at its key's line and column."""
+    text, doc = decode(data, path)
+    specs, issues = check_state(doc, reserved_ports=reserved_ports)
+    if issues:
+        layout = scan(text)
+        problems = [issue.problem(path, *layout.locate(issue.key)) for issue in issues]
+        raise SpecError(sorted(problems, key=lambda p: (p.line, p.column)))
+    return DesiredState(instances=specs, revision=revision_of(data))
+
+
+def load_state(path: Path, *, reserved_ports: frozenset[int] = frozenset()) -> DesiredState:
+    """Read and validate a state file. StateFileError when it cannot be read (missing
+    included), SpecError when it is invalid."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StateFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_state(data, str(path), reserved_ports=reserved_ports)
+
+
+class StateFile:
+    """One state file on disk. A file that does not exist yet reads as empty (no instances);
+    the first edit creates it."""
+
+    def __init__(self, path: Path, *, reserved_ports: frozenset[int] = frozenset()) -> None:
+        self.path = path
+        self.reserved_ports = reserved_ports
+        self.lock_path = path.with_name(f".{path.name}.lock")
+
+    # --- reading ---
+
+    def read(self) -> tuple[bytes, str]:
+        """The file's bytes and revision (b"" and its revision when there is no file)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        except OSError as exc:
+            raise StateFileError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        return data, revision_of(data)
+
+    def load(self) -> DesiredState:
+        data, _ = self.read()
+        return parse_state(data, str(self.path), reserved_ports=self.reserved_ports)
+
+    def is_read_only(self) -> bool:
+        """True when the file is GitOps-owned or cannot be replaced: a symlink, a read-only
+        mount, a file without write permission, or a directory we may not write in."""
+        if self.path.is_symlink():
+            return True
+        parent = self.path.parent
+        exists = self.path.exists()
+        try:
+            if os.statvfs(self.path if exists else parent).f_flag & os.ST_RDONLY:
+                return True
+            if exists and (
+                not self.path.stat().st_mode & 0o222 or not os.access(self.path, os.W_OK)
+            ):
+                return True
+        except OSError:
+            return True
+        return not os.access(parent, os.W_OK)
+
+    # --- edits ---
+
+    def add_instance(
+        self, name: str, fields: Fields, *, expected_revision: str | None = None
+    ) -> DesiredState:
+        """Add `[instances.<name>]` with `fields`. Raises InstanceExists."""
+
+        def change(instances: dict[str, Any]) -> Fields | None:
+            if name in instances:
+                raise InstanceExists(name)
+            return _clean(fields)
+
+        return self._edit_instance(name, change, expected_revision)
+
+    def apply_instance(
+        self, name: str, fields: Fields, *, expected_revision: str | None = None
+    ) -> tuple[DesiredState, bool]:
+        """Create the instance or replace its whole table; True when it was created."""
+        created = False
+
+        def change(instances: dict[str, Any]) -> Fields | None:
+            nonlocal created
+            created = name not in instances
+            return _clean(fields)
+
+        state = self._edit_instance(name, change, expected_revision)
+        return state, created
+
+    def remove_instance(self, name: str, *, expected_revision: str | None = None) -> DesiredState:
+        """Remove the instance's table. Raises InstanceNotFound."""
+
+        def change(instances: dict[str, Any]) -> Fields | None:
+            if name not in instances:
+                raise InstanceNotFound(name)
+            return None
+
+        return self._edit_instance(name, change, expected_revision)
+
+    def set_field(
+        self, name: str, field: str, value: object, *, expected_revision: str | None = None
+    ) -> DesiredState:
+        """Set one key of an instance (None removes it). Raises InstanceNotFound."""
+
+        def change(instances: dict[str, Any]) -> Fields | None:
+            current = instances.get(name)
+            if not isinstance(current, dict):
+                raise InstanceNotFound(name)
+            updated = dict(current)
+            if value is None:
+                updated.pop(field, None)
+            else:
+                updated[field] = plain(field, value)
+            return updated
+
+        return self._edit_instance(name, change, expected_revision)
+
+    def replace(self, data: bytes, *, expected_revision: str | None = None) -> DesiredState:
+        """Replace the whole file with `data` once it validates."""
+
+        def change(_: bytes) -> bytes:
+            decode(data, str(self.path))
+            return data
+
+        return self._edit(change, expected_revision)
+
+    # --- machinery ---
+
+    def _edit_instance(
+        self,
+        name: str,
+        change: Callable[[dict[str, Any]], Fields | None],
+        expected_revision: str | None,
+    ) -> DesiredState:
+        def edit(data: bytes) -> bytes:
+            text, doc = decode(data, str(self.path)) if data else ("", {})
+            instances = doc.get("instances")
+            fields = change(instances if isinstance(instances, dict) else {})
+            try:
+                new_text, exact = rewrite_instance(text, name, fields)
+            except (TypeError, ValueError) as exc:
+                raise SpecError(
+                    [
+                        Problem(
+                            path=str(self.path),
+                            line=0,
+                            column=0,
+                            field=f"instances.{name}",
+                            message=f"cannot be written as TOML: {exc}",
+                        )
+                    ]
+                ) from None
+            if not exact:
+                self._validate(new_text)
+                raise StateFileError(f"{self.path}: instances.{name} cannot be written as given")
+            return new_text.encode("utf-8")
+
+        return self._edit(edit, expected_revision)
+
+    def _validate(self, text: str) -> DesiredState:
+        return parse_state(text.encode("utf-8"), str(self.path), reserved_ports=self.reserved_ports)
+
+    def _edit(self, edit: Callable[[bytes], bytes], expected_revision: str | None) -> DesiredState:
+        if self.is_read_only():
+            raise StateReadOnly(f"{self.path} is managed outside the reconciler (read-only)")
+        with self._locked():
+            self._remove_orphans()
+            data, revision = self.read()
+            if expected_revision is not None and expected_revision != revision:
+                raise RevisionConflict(expected_revision, revision)
+            new_data = edit(data)
+            state = parse_state(new_data, str(self.path), reserved_ports=self.reserved_ports)
+            if new_data != data:
+                self._write(new_data)
+            return state
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StateFileError(f"{self.lock_path}: cannot lock: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _remove_orphans(self) -> None:
+        """Delete temp files a killed writer left behind. Writers create temp files only while
+        holding the lock, so under the lock every one that exists is an orphan."""
+        for orphan in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                orphan.unlink()
+
+    def _write(self, data: bytes) -> None:
+        parent = self.path.parent
+        try:
+            mode = stat.S_IMODE(self.path.stat().st_mode)
+        except FileNotFoundError:
+            mode = 0o644
+        try:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise StateFileError(f"{self.path}: cannot write: {exc.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StateFileError(f"{self.path}: cannot write: {exc.strerror}") from None
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _clean(fields: Fields) -> Fields:
+    """Caller-supplied fields as TOML data; None means "not set" and is left out."""
+    return {k: plain(k, v) for k, v in fields.items() if v is not None}
