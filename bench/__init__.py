@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (python -m bench) and each module on its own."""

@@ -1,0 +1,115 @@
+"""What every handler works with: the state file, the status store, settings and two callbacks.
+
+The API holds no state of its own. Reads parse the state file (cached by revision, so a poll of
+`GET /instances` costs one file read and a hash, not a TOML parse); writes go through the state
+file's locked read-modify-write on a worker thread, then tell the controller to look again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+
+from tei_reconciler._types import Clock
+from tei_reconciler.api.schemas import PlannedAction
+from tei_reconciler.errors import SpecError
+from tei_reconciler.settings import Settings
+from tei_reconciler.spec import DesiredState, InstanceSpec
+from tei_reconciler.statefile import StateFile, parse_state
+from tei_reconciler.status import InstanceStatus, StatusStore
+
+T = TypeVar("T")
+
+#: The controller's dry-run planner: what it would do to reach a desired state.
+Preview = Callable[[DesiredState], Sequence[object]]
+
+
+@dataclass
+class Snapshot:
+    """The state file as last read: valid (`desired`) or not (`error`), and its revision."""
+
+    revision: str
+    desired: DesiredState | None
+    error: SpecError | None
+
+
+@dataclass
+class ApiContext:
+    statefile: StateFile
+    store: StatusStore
+    settings: Settings
+    on_change: Callable[[], None]
+    preview: Preview
+    clock: Clock
+    closing: anyio.Event | None = None  # set when the server starts shutting down
+    _cache: Snapshot | None = field(default=None, repr=False)
+
+    async def snapshot(self) -> Snapshot:
+        data, revision = await anyio.to_thread.run_sync(self.statefile.read)
+        cached = self._cache
+        if cached is not None and cached.revision == revision:
+            return cached
+        try:
+            desired = parse_state(
+                data, str(self.statefile.path), reserved_ports=self.statefile.reserved_ports
+            )
+            snap = Snapshot(revision=revision, desired=desired, error=None)
+        except SpecError as exc:
+            snap = Snapshot(revision=revision, desired=None, error=exc)
+        self._cache = snap
+        return snap
+
+    async def effective(self) -> DesiredState:
+        """The desired state the controller acts on: the file when valid, else the last good
+        one (what the store says it observed)."""
+        snap = await self.snapshot()
+        if snap.desired is not None:
+            return snap.desired
+        return self.last_good()
+
+    def last_good(self) -> DesiredState:
+        return DesiredState(
+            instances={s.name: s.spec for s in self.store.all()},
+            revision=self.store.observed_revision,
+        )
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one state-file write on a worker thread, then mark the controller dirty."""
+
+        def call() -> T:
+            return fn(*args, **kwargs)
+
+        result = await anyio.to_thread.run_sync(call)
+        self.on_change()
+        return result
+
+    async def lookup(self, name: str) -> tuple[InstanceSpec | None, InstanceStatus | None]:
+        """The desired spec (None when not in the file) and observed status of `name`."""
+        desired = await self.effective()
+        return desired.instances.get(name), self.store.get(name)
+
+    def plan(self, desired: DesiredState) -> list[PlannedAction]:
+        return [planned(a) for a in self.preview(desired)]
+
+
+def planned(action: object) -> PlannedAction:
+    """A planner's action as shown to users: a `PlannedAction` as is, or the controller's own
+    tagged Structs (`Start(name, spec)`, `Stop(name, reason)`, `Forget(name)`) by duck typing,
+    so the real planner plugs in without an adapter."""
+    if isinstance(action, PlannedAction):
+        return action
+    instance = getattr(action, "instance", None) or getattr(action, "name", "")
+    config = getattr(type(action), "__struct_config__", None)
+    tag = getattr(config, "tag", None)
+    kind = getattr(action, "action", None) or (tag if isinstance(tag, str) else None)
+    reason = getattr(action, "reason", None)
+    if reason is None and getattr(action, "spec", None) is not None:
+        reason = "desired running, no process"
+    return PlannedAction(
+        instance=str(instance),
+        action=str(kind or type(action).__name__.lower()),
+        reason="" if reason is None else str(reason),
+    )

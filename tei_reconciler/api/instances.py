@@ -1,0 +1,260 @@
+"""`/instances` routes: tei-manager's paths and bodies, as edits of the desired state.
+
+Nothing here starts or stops a process. Create, apply, delete, start, stop and restart each
+become one locked read-modify-write of the state file (the file humans and GitOps edit too);
+the controller is then told to look again, and the answer shows the instance as the store sees
+it (`Pending` until the controller acts). `?wait=ready` turns an edit into "edit, then block
+until the instance is Ready with this very spec", like `kubectl wait`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tei_reconciler.api._http import decode_json, query_float
+from tei_reconciler.api.context import ApiContext
+from tei_reconciler.api.errors import ApiError, api_error_for, json_response
+from tei_reconciler.api.schemas import (
+    ApplyInstanceRequest,
+    CreateInstanceRequest,
+    ErrorDetail,
+    InstanceFields,
+)
+from tei_reconciler.api.views import instance_out
+from tei_reconciler.spec import DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.status import InstanceStatus
+
+NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+NAME_MAX = 63
+DEFAULT_WAIT_SECS = 300.0
+
+
+def ctx_of(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def check_name(name: str) -> None:
+    """DNS-1123 label: also what keeps names out of paths (`../x`, `a/b`)."""
+    if len(name) > NAME_MAX or NAME.fullmatch(name) is None:
+        message = (
+            "must be a DNS-1123 label: lowercase letters, digits and '-', starting and "
+            f"ending with a letter or digit, at most {NAME_MAX} characters"
+        )
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            f"invalid instance name {name!r}: {message}",
+            [ErrorDetail(field="name", message=message)],
+        )
+
+
+def state_fields(body: InstanceFields) -> dict[str, Any]:
+    """Request fields as state-file keys: `gpu_id` becomes `gpu`, `port: 0` means "assign one"."""
+    fields: dict[str, Any] = {}
+    for key in body.__struct_fields__:
+        value = getattr(body, key)
+        if key == "name" or value is None:
+            continue
+        if key in {"port", "prometheus_port"} and value == 0:
+            continue
+        fields[key] = value
+    if "gpu_id" in fields:
+        if "gpu" in fields:
+            raise ApiError(
+                400,
+                "VALIDATION_ERROR",
+                "give either gpu_id or gpu, not both",
+                [ErrorDetail(field="gpu_id", message="conflicts with gpu")],
+            )
+        fields["gpu"] = fields.pop("gpu_id")
+    return fields
+
+
+def check_capacity(
+    ctx: ApiContext, desired: DesiredState, name: str, fields: dict[str, Any]
+) -> None:
+    """422 when a new instance would pass `max_instances` or find no port to auto-assign."""
+    if name in desired.instances:
+        return
+    limit = ctx.settings.max_instances
+    if len(desired.instances) >= limit:
+        raise ApiError(
+            422, "MAX_INSTANCES_REACHED", f"max_instances ({limit}) instances already exist"
+        )
+    if "port" in fields:
+        return
+    lo, hi = ctx.settings.instance_port_range
+    explicit = {s.port for s in desired.instances.values() if s.port is not None}
+    free = (hi - lo) - sum(1 for p in explicit if lo <= p < hi)
+    automatic = sum(1 for s in desired.instances.values() if s.port is None)
+    if automatic + 1 > free:
+        raise ApiError(
+            422,
+            "PORT_ALLOCATION_FAILED",
+            f"no free port left in instance_port_range [{lo}, {hi}) for an automatic port",
+        )
+
+
+def _same_spec(observed: InstanceSpec, desired: InstanceSpec) -> bool:
+    """Whether the controller's status is about this spec (ports it filled in aside)."""
+    if observed == desired:
+        return True
+    aligned = msgspec.structs.replace(
+        observed,
+        port=observed.port if desired.port is not None else None,
+        prometheus_port=observed.prometheus_port if desired.prometheus_port is not None else None,
+    )
+    return spec_hash(aligned) == spec_hash(desired) and aligned.state == desired.state
+
+
+def wait_timeout(request: Request) -> float | None:
+    """`?wait=ready&timeout=S` as seconds to wait (None: do not wait). Checked before any
+    write, so a bad value never leaves a half-done request behind."""
+    wait = request.query_params.get("wait")
+    if wait is None:
+        return None
+    if wait != "ready":
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            f"wait must be 'ready', got {wait!r}",
+            [ErrorDetail(field="wait", message="must be 'ready'")],
+        )
+    return query_float(request, "timeout", default=DEFAULT_WAIT_SECS)
+
+
+async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> None:
+    """Block until the store shows `spec` Ready; 504 `TIMEOUT` after `seconds`."""
+
+    def ready(status: InstanceStatus | None) -> bool:
+        return status is not None and status.ready and _same_spec(status.spec, spec)
+
+    with ctx.store.subscribe() as changes:
+        if ready(ctx.store.get(spec.name)):
+            return
+        with anyio.move_on_after(seconds):
+            async for change in changes:
+                if change.name == spec.name and ready(ctx.store.get(spec.name)):
+                    return
+    raise ApiError(
+        504,
+        "TIMEOUT",
+        f"the change to {spec.name!r} was written, but it was not Ready within {seconds:g} s",
+    )
+
+
+async def _answer(
+    ctx: ApiContext, desired: DesiredState, name: str, wait: float | None, status: int = 200
+) -> Response:
+    spec = desired.instances[name]
+    if wait is not None:
+        await wait_ready(ctx, spec, wait)
+    return json_response(instance_out(spec, ctx.store.get(name), ctx.clock.wall()), status)
+
+
+async def list_instances(request: Request) -> Response:
+    ctx = ctx_of(request)
+    desired = await ctx.effective()
+    names = sorted(set(desired.instances) | {s.name for s in ctx.store.all()})
+    now = ctx.clock.wall()
+    body = [instance_out(desired.instances.get(n), ctx.store.get(n), now) for n in names]
+    return json_response(body)
+
+
+async def create_instance(request: Request) -> Response:
+    ctx = ctx_of(request)
+    wait = wait_timeout(request)
+    body = await decode_json(request, CreateInstanceRequest, ctx.settings.max_body_bytes)
+    check_name(body.name)
+    fields = state_fields(body)
+    snap = await ctx.snapshot()
+    if snap.desired is not None:
+        if body.name in snap.desired.instances:
+            raise ApiError(409, "INSTANCE_EXISTS", f"instance {body.name!r} already exists")
+        check_capacity(ctx, snap.desired, body.name, fields)
+    try:
+        desired = await ctx.write(ctx.statefile.add_instance, body.name, fields)
+    except Exception as exc:
+        raise api_error_for(exc, prefix=f"instances.{body.name}.") from exc
+    return await _answer(ctx, desired, body.name, wait, 201)
+
+
+async def get_instance(request: Request) -> Response:
+    ctx = ctx_of(request)
+    name = request.path_params["name"]
+    spec, status = await ctx.lookup(name)
+    if spec is None and status is None:
+        raise ApiError(404, "INSTANCE_NOT_FOUND", f"instance {name!r} not found")
+    return json_response(instance_out(spec, status, ctx.clock.wall()))
+
+
+async def apply_instance(request: Request) -> Response:
+    ctx = ctx_of(request)
+    name = request.path_params["name"]
+    check_name(name)
+    wait = wait_timeout(request)
+    body = await decode_json(request, ApplyInstanceRequest, ctx.settings.max_body_bytes)
+    if body.name is not None and body.name != name:
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            f"body name {body.name!r} differs from the path's {name!r}",
+            [ErrorDetail(field="name", message="must match the name in the path")],
+        )
+    fields = state_fields(body)
+    snap = await ctx.snapshot()
+    if snap.desired is not None:
+        check_capacity(ctx, snap.desired, name, fields)
+    try:
+        desired, created = await ctx.write(ctx.statefile.apply_instance, name, fields)
+    except Exception as exc:
+        raise api_error_for(exc, prefix=f"instances.{name}.") from exc
+    return await _answer(ctx, desired, name, wait, 201 if created else 200)
+
+
+async def delete_instance(request: Request) -> Response:
+    ctx = ctx_of(request)
+    name = request.path_params["name"]
+    try:
+        await ctx.write(ctx.statefile.remove_instance, name)
+    except Exception as exc:
+        raise api_error_for(exc) from exc
+    return Response(status_code=204)
+
+
+async def _set_fields(request: Request, fields: dict[str, Any]) -> Response:
+    ctx = ctx_of(request)
+    name = request.path_params["name"]
+    wait = wait_timeout(request)
+    try:
+        for field, value in fields.items():
+            await ctx.write(ctx.statefile.set_field, name, field, value)
+    except Exception as exc:
+        raise api_error_for(exc, prefix=f"instances.{name}.") from exc
+    desired = await ctx.effective()
+    if name not in desired.instances:  # removed by someone else in the meantime
+        raise ApiError(404, "INSTANCE_NOT_FOUND", f"instance {name!r} not found")
+    return await _answer(ctx, desired, name, wait)
+
+
+async def start_instance(request: Request) -> Response:
+    return await _set_fields(request, {"state": "running"})
+
+
+async def stop_instance(request: Request) -> Response:
+    return await _set_fields(request, {"state": "stopped"})
+
+
+async def restart_instance(request: Request) -> Response:
+    """Bump `restarted_at` (like `kubectl rollout restart`); a stopped instance also starts."""
+    now = datetime.fromtimestamp(ctx_of(request).clock.wall(), UTC)
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return await _set_fields(request, {"state": "running", "restarted_at": now})

@@ -1,0 +1,186 @@
+"""Every request and response body of the REST API, as msgspec Structs.
+
+The same Structs decode requests (validation once, at the edge), encode responses, and feed
+`openapi.py`, so the published schema can never drift from what the handlers accept and send.
+
+Request bodies use tei-manager's field names (`gpu_id`, `port: 0` for "pick one") so its
+scripts keep working, plus the state file's own fields. They forbid unknown fields: a typo in a
+request is an error, exactly as it is in the state file. Responses carry the anchor's flat
+instance fields first, then the Kubernetes-style status (phase, conditions, ...).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535, description="0 or omitted: auto-assigned")]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+GpuIndex = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Request bodies: strict (a typo is a 400, not a silently ignored key)."""
+
+
+class Response(msgspec.Struct, frozen=True, kw_only=True):
+    """Response bodies: every key always present (tei-manager's InstanceInfo shape)."""
+
+
+# ---- requests ------------------------------------------------------------------------------
+class InstanceFields(Request, frozen=True, kw_only=True):
+    """The fields of one instance, as in a `[instances.<name>]` table of the state file."""
+
+    model_id: str
+    revision: str | None = None
+    state: Literal["running", "stopped"] | None = None
+    gpu: int | list[int] | Literal["all", "none"] | None = None
+    gpu_id: GpuIndex | None = msgspec.field(default=None)  # tei-manager's name for one `gpu`
+    port: Port | None = None
+    prometheus_port: Port | None = None
+    max_batch_tokens: PositiveInt | None = None
+    max_concurrent_requests: PositiveInt | None = None
+    max_client_batch_size: PositiveInt | None = None
+    max_batch_requests: PositiveInt | None = None
+    pooling: Literal["cls", "mean", "splade", "last-token"] | None = None
+    dtype: Literal["float16", "float32", "bfloat16"] | None = None
+    auto_truncate: bool | None = None
+    served_model_name: str | None = None
+    tokenization_workers: PositiveInt | None = None
+    extra_args: list[str] | None = None
+    env: dict[str, str] | None = None
+    startup_timeout_secs: PositiveFloat | None = None
+    health_interval_secs: PositiveFloat | None = None
+    health_timeout_secs: PositiveFloat | None = None
+    failure_threshold: PositiveInt | None = None
+
+
+class CreateInstanceRequest(InstanceFields, frozen=True, kw_only=True):
+    """`POST /instances`: tei-manager's CreateInstanceRequest."""
+
+    name: str
+
+
+class ApplyInstanceRequest(InstanceFields, frozen=True, kw_only=True):
+    """`PUT /instances/{name}`: the whole instance; `name`, when given, must match the path."""
+
+    name: str | None = None
+
+
+# ---- responses -----------------------------------------------------------------------------
+class ErrorDetail(Response, frozen=True, kw_only=True):
+    field: str  # request field (or dotted state-file path) the problem is about; "" for the body
+    message: str
+    line: int | None = None  # state-file position, for `PUT /state`
+    column: int | None = None
+
+
+class ErrorResponse(Response, frozen=True, kw_only=True):
+    """Every non-2xx answer, parse, routing and auth errors included."""
+
+    error: str
+    code: str
+    timestamp: datetime
+    details: list[ErrorDetail] | None = None
+
+
+class ConditionOut(Response, frozen=True, kw_only=True):
+    type: str
+    status: str
+    reason: str
+    message: str
+    last_transition_time: datetime
+
+
+class ExitOut(Response, frozen=True, kw_only=True):
+    code: int | None
+    signal: int | None
+    at: datetime
+    reason: str
+
+
+class InstanceOut(Response, frozen=True, kw_only=True):
+    """One instance: tei-manager's InstanceInfo keys, then the reconciler's status."""
+
+    name: str
+    model_id: str
+    port: int | None
+    status: Literal["starting", "running", "stopping", "stopped", "failed"]
+    pid: int | None
+    created_at: datetime | None
+    uptime_secs: int | None
+    restarts: int
+    health_check_failures: int
+    last_health_check: datetime | None
+    gpu_id: int | None
+    prometheus_port: int | None
+    phase: Literal[
+        "Pending", "Starting", "Running", "Stopping", "Stopped", "CrashLoopBackOff", "Failed"
+    ]
+    ready: bool
+    reason: str
+    message: str
+    desired_state: Literal["running", "stopped"]
+    conditions: list[ConditionOut]
+    spec: dict[str, Any]  # the desired spec, as the state file holds it after defaults
+    last_exit: ExitOut | None
+    backoff_until: datetime | None
+    events: str  # URL of this instance's event log
+
+
+class EventOut(Response, frozen=True, kw_only=True):
+    instance: str  # "" for manager-wide events
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+    count: int
+    first_time: datetime
+    last_time: datetime
+
+
+class LogsResponse(Response, frozen=True, kw_only=True):
+    """tei-manager's LogsResponse: `lines[start:end]`, with start/end normalised as Python does."""
+
+    lines: list[str]
+    start: int
+    end: int
+    total_lines: int
+
+
+class PlannedAction(Response, frozen=True, kw_only=True):
+    """One step the controller would take: e.g. ("bge", "start", "desired running, no process")."""
+
+    instance: str
+    action: str
+    reason: str
+
+
+class PlanResponse(Response, frozen=True, kw_only=True):
+    revision: str  # revision of the desired state the plan was computed from
+    valid: bool  # false: the state file is invalid and the plan uses the last good state
+    errors: list[ErrorDetail]
+    actions: list[PlannedAction]
+
+
+class StateWriteResponse(Response, frozen=True, kw_only=True):
+    """`PUT /state`: the new revision (or, on a dry run, the one that would be written)."""
+
+    revision: str
+    dry_run: bool
+    written: bool
+    actions: list[PlannedAction]
+
+
+class HealthResponse(Response, frozen=True, kw_only=True):
+    status: Literal["healthy"]
+    timestamp: datetime
+
+
+class ReadyResponse(Response, frozen=True, kw_only=True):
+    status: Literal["ready"]
+    timestamp: datetime
+    revision: str
+    instances: int

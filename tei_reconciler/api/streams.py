@@ -1,0 +1,155 @@
+"""Logs and events, read once or watched live over Server-Sent Events.
+
+A watch is an `EventStream`: one task pumps the source, another ends the response when the
+client disconnects or the server starts shutting down, so a forgotten `curl -N` never holds a
+graceful shutdown for its whole grace period. Status changes come from the store's bounded
+subscription: a slow client misses intermediate states, never the latest one, and never slows
+the controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from tei_reconciler.api._http import query_bool, query_int
+from tei_reconciler.api.context import ApiContext
+from tei_reconciler.api.errors import ApiError, json_response
+from tei_reconciler.api.instances import NAME, ctx_of
+from tei_reconciler.api.logs import count_lines, follow, log_path, normalise, read_slice
+from tei_reconciler.api.views import event_out, instance_out
+
+HEARTBEAT_SECS = 15.0
+
+
+def sse(event: str, data: object, id_: int | None = None) -> bytes:
+    head = f"id: {id_}\n" if id_ is not None else ""
+    return f"{head}event: {event}\ndata: ".encode() + msgspec.json.encode(data) + b"\n\n"
+
+
+class EventStream:
+    """An ASGI `text/event-stream` response fed by an async iterator of encoded events."""
+
+    def __init__(self, source: Callable[[], AsyncGenerator[bytes]], closing: anyio.Event | None):
+        self.source = source
+        self.closing = closing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        async with anyio.create_task_group() as tg:
+
+            async def pump() -> None:
+                async with aclosing(self.source()) as chunks:
+                    async for chunk in chunks:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tg.cancel_scope.cancel()
+
+            async def until_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            async def until_closing() -> None:
+                if self.closing is not None:
+                    await self.closing.wait()
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(pump)
+            tg.start_soon(until_disconnect)
+            tg.start_soon(until_closing)
+        try:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away first
+            return
+
+
+def wants_stream(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def _known(ctx: ApiContext, name: str) -> None:
+    spec, status = await ctx.lookup(name)
+    if (spec is None and status is None) or NAME.fullmatch(name) is None:
+        raise ApiError(404, "INSTANCE_NOT_FOUND", f"instance {name!r} not found")
+
+
+async def get_logs(request: Request) -> Response | EventStream:
+    ctx = ctx_of(request)
+    name = request.path_params["name"]
+    await _known(ctx, name)
+    start, end = query_int(request, "start"), query_int(request, "end")
+    path = log_path(Path(ctx.settings.runtime_dir), name)
+    if not query_bool(request, "follow"):
+        return json_response(await anyio.to_thread.run_sync(read_slice, path, start, end))
+
+    def total() -> int:
+        try:
+            with path.open("rb") as f:
+                return count_lines(f)
+        except FileNotFoundError:
+            return 0
+
+    first, _ = normalise(await anyio.to_thread.run_sync(total), start, None)
+
+    async def lines() -> AsyncGenerator[bytes]:
+        async for index, line in follow(path, first):
+            yield sse("log", {"index": index, "line": line}, index)
+
+    return EventStream(lines, ctx.closing)
+
+
+def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[bytes]]:
+    async def changes() -> AsyncGenerator[bytes]:
+        with ctx.store.subscribe() as receive:
+            now = ctx.clock.wall()
+            for status in ctx.store.all():
+                if name is None or status.name == name:
+                    yield sse("status", instance_out(status.spec, status, now))
+            while True:
+                with anyio.move_on_after(HEARTBEAT_SECS) as idle:
+                    change = await receive.receive()
+                if idle.cancelled_caught:
+                    yield b": keepalive\n\n"
+                    continue
+                if name is not None and change.name != name:
+                    continue
+                if change.status is None:
+                    yield sse("deleted", {"name": change.name})
+                else:
+                    status = change.status
+                    yield sse("status", instance_out(status.spec, status, ctx.clock.wall()))
+
+    return changes
+
+
+async def list_events(request: Request) -> Response | EventStream:
+    ctx = ctx_of(request)
+    if wants_stream(request):
+        return EventStream(_watch(ctx, None), ctx.closing)
+    return json_response([event_out(e) for e in ctx.store.events()])
+
+
+async def instance_events(request: Request) -> Response | EventStream:
+    ctx = ctx_of(request)
+    name = request.path_params["name"]
+    await _known(ctx, name)
+    if wants_stream(request):
+        return EventStream(_watch(ctx, name), ctx.closing)
+    return json_response([event_out(e) for e in ctx.store.events(name)])

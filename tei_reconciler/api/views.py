@@ -1,0 +1,108 @@
+"""Status-store records as API bodies.
+
+An instance is shown from two sources: its desired spec (the state file) and what the
+controller observed (the status store). One the controller has not observed yet is `Pending`;
+one that left the file but still has a process shows its observed spec until it is gone.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from tei_reconciler.api.schemas import ConditionOut, EventOut, ExitOut, InstanceOut
+from tei_reconciler.spec import DesiredRun, InstanceSpec
+from tei_reconciler.status import ANCHOR_STATUS, Event, InstanceStatus, Phase
+
+
+def ts(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _gpu_id(spec: InstanceSpec) -> int | None:
+    """tei-manager's `gpu_id` is one index; a list, "all" or "none" has no such value."""
+    gpu = spec.gpu
+    if isinstance(gpu, int):
+        return gpu
+    if isinstance(gpu, tuple) and len(gpu) == 1:
+        return gpu[0]
+    return None
+
+
+def instance_out(
+    spec: InstanceSpec | None, status: InstanceStatus | None, now: float
+) -> InstanceOut:
+    """The instance body; `now` is epoch seconds (for `uptime_secs`)."""
+    shown = spec if spec is not None else status.spec if status is not None else None
+    if shown is None:
+        raise ValueError("an instance needs a spec or a status")
+    phase = status.phase if status is not None else Phase.PENDING
+    running = status is not None and status.pid is not None and status.created_at is not None
+    uptime = (
+        int(max(now - status.created_at, 0)) if running and status and status.created_at else None
+    )
+    return InstanceOut(
+        name=shown.name,
+        model_id=shown.model_id,
+        port=(status.port if status and status.port is not None else shown.port),
+        status=ANCHOR_STATUS[phase],  # type: ignore[arg-type]
+        pid=status.pid if status else None,
+        created_at=ts(status.created_at) if status else None,
+        uptime_secs=uptime,
+        restarts=status.restarts if status else 0,
+        health_check_failures=status.health_check_failures if status else 0,
+        last_health_check=ts(status.last_health_check) if status else None,
+        gpu_id=_gpu_id(shown),
+        prometheus_port=(
+            status.prometheus_port
+            if status and status.prometheus_port is not None
+            else shown.prometheus_port
+        ),
+        phase=phase.value,
+        ready=status.ready if status else False,
+        reason=status.reason if status else "NotObserved",
+        message=status.message if status else "the controller has not acted on it yet",
+        desired_state=(
+            "stopped" if shown.state is DesiredRun.STOPPED or spec is None else "running"
+        ),
+        conditions=[
+            ConditionOut(
+                type=c.type,
+                status=c.status,
+                reason=c.reason,
+                message=c.message,
+                last_transition_time=_ts(c.last_transition_time),
+            )
+            for c in (status.conditions if status else ())
+        ],
+        spec=msgspec.to_builtins(shown),
+        last_exit=(
+            ExitOut(
+                code=status.last_exit.code,
+                signal=status.last_exit.signal,
+                at=_ts(status.last_exit.at),
+                reason=status.last_exit.reason,
+            )
+            if status and status.last_exit
+            else None
+        ),
+        backoff_until=ts(status.backoff_until) if status else None,
+        events=f"/instances/{shown.name}/events",
+    )
+
+
+def event_out(event: Event) -> EventOut:
+    return EventOut(
+        instance=event.instance,
+        type=event.type,
+        reason=event.reason,
+        message=event.message,
+        count=event.count,
+        first_time=_ts(event.first_time),
+        last_time=_ts(event.last_time),
+    )
