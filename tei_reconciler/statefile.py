@@ -108,11 +108,19 @@ def load_state(path: Path, *, reserved_ports: frozenset[int] = frozenset()) -> D
 
 class StateFile:
     """One state file on disk. A file that does not exist yet reads as empty (no instances);
-    the first edit creates it."""
+    the first edit creates it. `max_instances` is checked under the lock, so concurrent
+    writers cannot together pass it; an edit that does not add an instance is always allowed."""
 
-    def __init__(self, path: Path, *, reserved_ports: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        reserved_ports: frozenset[int] = frozenset(),
+        max_instances: int | None = None,
+    ) -> None:
         self.path = path
         self.reserved_ports = reserved_ports
+        self.max_instances = max_instances
         self.lock_path = path.with_name(f".{path.name}.lock")
 
     # --- reading ---
@@ -260,9 +268,31 @@ class StateFile:
                 raise RevisionConflict(expected_revision, revision)
             new_data = edit(data)
             state = parse_state(new_data, str(self.path), reserved_ports=self.reserved_ports)
+            self._check_capacity(data, state)
             if new_data != data:
                 self._write(new_data)
             return state
+
+    def _check_capacity(self, old_data: bytes, new: DesiredState) -> None:
+        limit = self.max_instances
+        if limit is None or len(new.instances) <= limit:
+            return
+        old = decode(old_data, str(self.path))[1].get("instances", {}) if old_data else {}
+        if len(new.instances) <= len(old if isinstance(old, dict) else {}):
+            return
+        message = f"max_instances ({limit}) reached: the file would hold {len(new.instances)}"
+        raise SpecError(
+            [
+                Problem(
+                    path=str(self.path),
+                    line=0,
+                    column=0,
+                    field="instances",
+                    message=message,
+                    code="max_instances",
+                )
+            ]
+        )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

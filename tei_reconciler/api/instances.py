@@ -81,15 +81,9 @@ def state_fields(body: InstanceFields) -> dict[str, Any]:
 def check_capacity(
     ctx: ApiContext, desired: DesiredState, name: str, fields: dict[str, Any]
 ) -> None:
-    """422 when a new instance would pass `max_instances` or find no port to auto-assign."""
-    if name in desired.instances:
-        return
-    limit = ctx.settings.max_instances
-    if len(desired.instances) >= limit:
-        raise ApiError(
-            422, "MAX_INSTANCES_REACHED", f"max_instances ({limit}) instances already exist"
-        )
-    if "port" in fields:
+    """422 when a new instance would find no port to auto-assign. (`max_instances` is checked
+    by the StateFile under its lock, so concurrent creates cannot together pass it.)"""
+    if name in desired.instances or "port" in fields:
         return
     lo, hi = ctx.settings.instance_port_range
     explicit = {s.port for s in desired.instances.values() if s.port is not None}

@@ -69,7 +69,11 @@ def build(
     runtime = tmp_path / "runtime"
     (runtime / "logs").mkdir(parents=True, exist_ok=True)
     settings = settings or make_settings(runtime)
-    statefile = StateFile(tmp_path / "state.toml", reserved_ports=settings.reserved_ports)
+    statefile = StateFile(
+        tmp_path / "state.toml",
+        reserved_ports=settings.reserved_ports,
+        max_instances=settings.max_instances,
+    )
     store = StatusStore()
     controller = Controller()
     app = create_app(

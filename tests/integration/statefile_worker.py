@@ -4,6 +4,8 @@ statefile_worker.py bump PATH             set instances.c to ever larger values,
                                           printing each value once it is written
 statefile_worker.py increment PATH ID N   N optimistic increments of instances.c and
                                           N instances of its own
+statefile_worker.py fill PATH ID N LIMIT  try to add N instances of its own with
+                                          max_instances = LIMIT; print how many were added
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tei_reconciler.errors import RevisionConflict
+from tei_reconciler.errors import RevisionConflict, SpecError
 from tei_reconciler.statefile import StateFile, parse_state
 
 
@@ -45,8 +47,22 @@ def increment(sf: StateFile, worker: str, count: int) -> None:
         sf.add_instance(f"w{worker}-{k}", {"model_id": "o/m"})
 
 
+def fill(sf: StateFile, worker: str, count: int) -> None:
+    added = 0
+    for k in range(count):
+        try:
+            sf.add_instance(f"w{worker}-{k}", {"model_id": "o/m"})
+            added += 1
+        except SpecError:
+            continue
+    sys.stdout.write(f"{added}\n")
+
+
 def main() -> None:
     mode, path = sys.argv[1], Path(sys.argv[2])
+    if mode == "fill":
+        fill(StateFile(path, max_instances=int(sys.argv[5])), sys.argv[3], int(sys.argv[4]))
+        return
     sf = StateFile(path)
     if mode == "bump":
         bump(sf)

@@ -77,3 +77,15 @@ def test_concurrent_read_modify_write_processes_lose_no_update(tmp_path: Path) -
     data = tomllib.loads(path.read_text())["instances"]
     assert data["c"]["max_batch_tokens"] == 1 + workers * count
     assert set(data) == {"c"} | {f"w{w}-{k}" for w in range(workers) for k in range(count)}
+
+
+def test_concurrent_creators_never_pass_max_instances_together(tmp_path: Path) -> None:
+    path = tmp_path / "state.toml"
+    workers = [spawn("fill", str(path), str(i), "6", "10") for i in range(4)]
+    added = 0
+    for child in workers:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        added += int(out.strip())
+    assert added == 10
+    assert len(load_state(path).instances) == 10
