@@ -10,11 +10,26 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-#: subcommand -> (module, one-line help). Each module exposes `main(argv) -> int`.
+from tei_reconciler import __version__
+
+_CLIENT = "tei_reconciler.client.cli:main_"  # the kubectl-style client commands
+
+#: subcommand -> (module, one-line help). Each module exposes `main(argv) -> int`; a
+#: "module:function" entry names another entry point (several client commands share a module).
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("tei_reconciler.service", "run the controller, REST API and gRPC router"),
     "validate": ("tei_reconciler.validate", "check state files (exit 0 valid, 1 invalid)"),
     "engine": ("tei_reconciler.engine.cli", "the built-in TEI-compatible server"),
+    "get": (_CLIENT + "get", "list instances, or show one"),
+    "describe": (_CLIENT + "describe", "show one instance in detail, with events"),
+    "logs": (_CLIENT + "logs", "print an instance's log (-f to follow)"),
+    "diff": (_CLIENT + "diff", "compare a state file with the server's (exit 1 on changes)"),
+    "apply": (_CLIENT + "apply", "replace the desired state with a file (apply -f FILE)"),
+    "start": (_CLIENT + "start", "set an instance's desired state to running"),
+    "stop": (_CLIENT + "stop", "set an instance's desired state to stopped"),
+    "restart": (_CLIENT + "restart", "restart an instance"),
+    "delete": (_CLIENT + "delete", "remove an instance from the desired state"),
+    "wait": (_CLIENT + "wait", "wait until an instance is ready (--for ready)"),
 }
 
 USAGE = "usage: tei-reconciler <command> [options]\n\ncommands:\n" + "".join(
@@ -28,13 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0 if args else 2
     if args[0] in {"-V", "--version"}:
-        from tei_reconciler import __version__
-
         sys.stdout.write(f"tei-reconciler {__version__}\n")
         return 0
     entry = COMMANDS.get(args[0])
     if entry is None:
         sys.stderr.write(f"tei-reconciler: unknown command {args[0]!r}\n\n{USAGE}")
         return 2
-    command: Callable[[list[str]], int] = importlib.import_module(entry[0]).main
+    module, _, function = entry[0].partition(":")
+    command: Callable[[list[str]], int] = getattr(
+        importlib.import_module(module), function or "main"
+    )
     return command(args[1:])

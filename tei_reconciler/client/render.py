@@ -1,0 +1,195 @@
+"""How the client commands show API bodies to a person: kubectl-like tables and `describe`.
+
+Only presentation lives here, so the commands stay a list of requests and `--output json`
+bypasses this module entirely (scripts read the API's own JSON, unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tei_reconciler.client.http import ServerError
+
+INSTANCE_COLUMNS = ("NAME", "PHASE", "READY", "MODEL", "PORT", "GPU", "RESTARTS", "AGE")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by three spaces, like `kubectl get`."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = []
+    for row in (header, *rows):
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+        lines.append("   ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def duration(secs: float | None) -> str:
+    """`kubectl`'s compact ages: 45s, 3m12s, 5h4m, 2d3h; "-" when unknown."""
+    if secs is None:
+        return "-"
+    s = int(max(secs, 0))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def gpu_text(gpu: object) -> str:
+    if isinstance(gpu, list):
+        return ",".join(str(g) for g in gpu)
+    return "-" if gpu is None else str(gpu)
+
+
+def _show(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def instance_row(item: Mapping[str, Any]) -> list[str]:
+    spec = item.get("spec") or {}
+    return [
+        str(item["name"]),
+        str(item["phase"]),
+        "1/1" if item.get("ready") else "0/1",
+        str(item["model_id"]),
+        _show(item.get("port")),
+        gpu_text(spec.get("gpu")),
+        str(item.get("restarts", 0)),
+        duration(item.get("uptime_secs")),
+    ]
+
+
+def instances_table(items: Sequence[Mapping[str, Any]]) -> str:
+    if not items:
+        return "No instances.\n"
+    return table(INSTANCE_COLUMNS, [instance_row(i) for i in items])
+
+
+def age_since(stamp: str | None, now: datetime | None = None) -> str:
+    """How long ago an RFC 3339 time was, as `duration` shows it."""
+    if not stamp:
+        return "-"
+    then = datetime.fromisoformat(stamp)
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return duration(((now or datetime.now(UTC)) - then).total_seconds())
+
+
+def describe(item: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> str:
+    """The `describe` page: status first, then conditions, the desired spec and events."""
+    reason = item.get("reason") or ""
+    message = item.get("message") or ""
+    phase = str(item["phase"])
+    if reason or message:
+        phase += f" ({': '.join(p for p in (reason, message) if p)})"
+    fields = [
+        ("Name", item["name"]),
+        ("Model", item["model_id"]),
+        ("Desired state", item.get("desired_state")),
+        ("Phase", phase),
+        ("Ready", "True" if item.get("ready") else "False"),
+        ("Port", item.get("port")),
+        ("Prometheus port", item.get("prometheus_port")),
+        ("GPU", gpu_text((item.get("spec") or {}).get("gpu"))),
+        ("PID", item.get("pid")),
+        ("Started", item.get("created_at")),
+        ("Uptime", duration(item.get("uptime_secs"))),
+        ("Restarts", item.get("restarts", 0)),
+        ("Health failures", item.get("health_check_failures", 0)),
+        ("Last health check", item.get("last_health_check")),
+    ]
+    last_exit = item.get("last_exit")
+    if last_exit:
+        how = (
+            f"signal {last_exit['signal']}"
+            if last_exit.get("signal") is not None
+            else f"code {last_exit.get('code')}"
+        )
+        fields.append(("Last exit", f"{last_exit.get('reason', '')}, {how}, at {last_exit['at']}"))
+    if item.get("backoff_until"):
+        fields.append(("Back-off until", item["backoff_until"]))
+    width = max(len(k) for k, _ in fields) + 2
+    out = [f"{(k + ':').ljust(width)}{_show(v)}" for k, v in fields]
+
+    conditions = item.get("conditions") or []
+    out.append("Conditions:")
+    if conditions:
+        rows = [
+            [
+                str(c["type"]),
+                str(c["status"]),
+                str(c.get("reason", "")),
+                age_since(c.get("last_transition_time")),
+                str(c.get("message", "")),
+            ]
+            for c in conditions
+        ]
+        out.append(_indent(table(("TYPE", "STATUS", "REASON", "AGE", "MESSAGE"), rows)))
+    else:
+        out.append("  <none>")
+
+    spec = {
+        k: v for k, v in (item.get("spec") or {}).items() if k != "name" and v not in (None, [], {})
+    }
+    out.append("Spec:")
+    out.extend(f"  {k} = {_spec_value(v)}" for k, v in sorted(spec.items()))
+
+    out.append("Events:")
+    if events:
+        rows = [
+            [
+                str(e["type"]),
+                str(e["reason"]),
+                str(e.get("count", 1)),
+                age_since(e.get("last_time")),
+                str(e.get("message", "")),
+            ]
+            for e in events
+        ]
+        out.append(_indent(table(("TYPE", "REASON", "COUNT", "LAST SEEN", "MESSAGE"), rows)))
+    else:
+        out.append("  <none>")
+    return "\n".join(line.rstrip("\n") for line in out) + "\n"
+
+
+def _spec_value(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_spec_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_spec_value(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def server_error(exc: ServerError) -> str:
+    """`error: CODE: message`, then one line per detail (field, position, message)."""
+    lines = [f"error: {exc.code}: {exc.message}"]
+    for d in exc.details:
+        where = f"{d.line}:{d.column}: " if d.line else ""
+        name = f"{d.field}: " if d.field else ""
+        lines.append(f"  {where}{name}{d.message}")
+    return "\n".join(lines) + "\n"
+
+
+def plan_lines(actions: Sequence[Mapping[str, Any]]) -> str:
+    if not actions:
+        return "plan: nothing to do\n"
+    rows = [
+        f"  {a.get('action', '')} {a.get('instance', '')}"
+        + (f": {a['reason']}" if a.get("reason") else "")
+        for a in actions
+    ]
+    return "plan:\n" + "\n".join(rows) + "\n"
