@@ -2,6 +2,7 @@
 
     TeiReconcilerError
     ├── SpecError               a state or config file is invalid (carries every problem found)
+    ├── AuthConfigError         a CA, certificate, key or tokens file of [auth] cannot be loaded
     ├── StateFileError          the state file cannot be read or written
     │   ├── StateReadOnly       the file is GitOps-owned (symlink, read-only mount): never written
     │   ├── RevisionConflict    a write expected a revision the file no longer has
@@ -44,6 +45,10 @@ class SpecError(TeiReconcilerError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class AuthConfigError(TeiReconcilerError):
+    """A file `[auth]` names (CA, server certificate or key, tokens) cannot be loaded."""
 
 
 class StateFileError(TeiReconcilerError):

@@ -39,6 +39,7 @@ class MtlsSettings(_Base, frozen=True):
     allowed_subjects: tuple[str, ...] = ()  # exact client CNs; empty: any CA-signed client
     allowed_sans: tuple[str, ...] = ()  # e.g. "DNS:client.example.com"
     trusted_proxies: tuple[str, ...] = ()  # CIDRs allowed to send X-SSL-Client-Cert
+    rest_tls: bool = True  # false: REST speaks plain HTTP behind a TLS-terminating proxy
 
 
 class TokenSettings(_Base, frozen=True):
@@ -51,6 +52,7 @@ class AuthSettings(_Base, frozen=True):
     mtls: MtlsSettings = msgspec.field(default_factory=MtlsSettings)
     token: TokenSettings = msgspec.field(default_factory=TokenSettings)
     exempt_paths: tuple[str, ...] = ("/health", "/metrics")
+    exempt_grpc_services: tuple[str, ...] = ("grpc.health.v1.Health",)  # no per-call check
 
 
 class Settings(_Base, frozen=True):
@@ -244,6 +246,13 @@ def _auth(raw: object, report: Report) -> AuthSettings:
     paths = raw.get("exempt_paths", [])
     if not _strings(paths) or not all(p.startswith("/") for p in paths):
         report(("auth", "exempt_paths"), "must be a list of paths starting with '/'", "invalid")
+    services = raw.get("exempt_grpc_services", [])
+    if not _strings(services) or any("/" in s for s in services):
+        report(
+            ("auth", "exempt_grpc_services"),
+            'must be a list of full service names, e.g. "grpc.health.v1.Health"',
+            "invalid",
+        )
     mtls = raw.get("mtls", {})
     if _table(mtls, ("auth", "mtls"), MtlsSettings, report):
         for key in ("ca_cert", "server_cert", "server_key"):
@@ -254,6 +263,21 @@ def _auth(raw: object, report: Report) -> AuthSettings:
         for key in ("allowed_subjects", "allowed_sans", "trusted_proxies"):
             if key in mtls and not _strings(mtls[key]):
                 report(("auth", "mtls", key), "must be a list of strings", "invalid")
+        if "rest_tls" in mtls and not isinstance(mtls["rest_tls"], bool):
+            report(("auth", "mtls", "rest_tls"), "must be true or false", "invalid")
+        elif mtls.get("rest_tls") is False and not mtls.get("trusted_proxies"):
+            report(
+                ("auth", "mtls", "rest_tls"),
+                "false needs trusted_proxies (client certificates then come only from them)",
+                "invalid",
+            )
+        for san in mtls.get("allowed_sans", []) if _strings(mtls.get("allowed_sans")) else []:
+            if san.partition(":")[0] not in ("DNS", "IP", "URI", "email"):
+                report(
+                    ("auth", "mtls", "allowed_sans"),
+                    f"{san!r} must start with DNS:, IP:, URI: or email:",
+                    "invalid",
+                )
         for cidr in (
             mtls.get("trusted_proxies", []) if _strings(mtls.get("trusted_proxies")) else []
         ):

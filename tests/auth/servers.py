@@ -1,0 +1,80 @@
+"""The real REST app (create_app) and the real gRPC router, served on 127.0.0.1 port 0 with
+whatever `build_rest_auth` / `build_grpc_auth` make of the settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tei_reconciler.api import create_app
+from tei_reconciler.api.serve import serve_api
+from tei_reconciler.auth import build_grpc_auth, build_rest_auth
+from tei_reconciler.router import serve_router
+from tei_reconciler.routing import RoutingTable
+from tei_reconciler.settings import AuthSettings, Settings
+from tei_reconciler.statefile import StateFile
+from tei_reconciler.status import StatusStore
+
+
+def settings_with(tmp_path: Path, auth: AuthSettings) -> Settings:
+    runtime = tmp_path / "runtime"
+    (runtime / "logs").mkdir(parents=True, exist_ok=True)
+    return Settings(
+        runtime_dir=str(runtime),
+        state_file=str(tmp_path / "state.toml"),
+        api_port=0,
+        grpc_port=0,
+        auth=auth,
+    )
+
+
+@asynccontextmanager
+async def rest_server(settings: Settings) -> AsyncIterator[str]:
+    """Serve the API; yields its base URL (https:// when auth built a TLS context)."""
+    middleware, context = build_rest_auth(settings)
+    app = create_app(
+        statefile=StateFile(Path(settings.state_file), reserved_ports=frozenset()),
+        store=StatusStore(),
+        settings=settings,
+        on_change=lambda: None,
+        preview=lambda desired: [],
+        middleware=middleware,
+    )
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(_serve_api, app, context)
+        try:
+            yield f"{'https' if context else 'http'}://127.0.0.1:{port}"
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _serve_api(app: Any, context: Any, *, task_status: Any) -> None:
+    await serve_api(app, host="127.0.0.1", port=0, ssl=context, task_status=task_status, grace=1)
+
+
+@asynccontextmanager
+async def grpc_router(settings: Settings) -> AsyncIterator[int]:
+    """Serve the router (no instances) with the auth the settings ask for; yields its port."""
+    interceptors, credentials = build_grpc_auth(settings)
+
+    async def run(*, task_status: Any) -> None:
+        await serve_router(
+            RoutingTable(),
+            host="127.0.0.1",
+            port=0,
+            stop_grace_secs=1,
+            interceptors=interceptors,
+            credentials=credentials,
+            task_status=task_status,
+        )
+
+    async with anyio.create_task_group() as tg:
+        port: int = await tg.start(run)
+        try:
+            yield port
+        finally:
+            tg.cancel_scope.cancel()
