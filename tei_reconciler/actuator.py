@@ -1,0 +1,280 @@
+"""The actuator: carries out the planner's Start and Stop actions, and follows each process.
+
+It is the one boundary where acting on the world can fail: every error of a start becomes an
+outcome (phase `Failed` with a reason, retried on a slow curve), every exit becomes data
+(`last_exit`, crash backoff), every probe result becomes data (consecutive failures,
+readiness). It never decides what to do next; it records what happened and asks the
+controller for another pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import anyio
+import msgspec
+
+from tei_reconciler import metrics
+from tei_reconciler._types import Clock
+from tei_reconciler.backoff import BackoffPolicy, delay_for, record_crash
+from tei_reconciler.errors import ActionError
+from tei_reconciler.gpus import cuda_visible_devices
+from tei_reconciler.instance import Runtime
+from tei_reconciler.observed import Failure
+from tei_reconciler.plan import Stop
+from tei_reconciler.ports import PortBook
+from tei_reconciler.probe import ProbeOutcome, Prober, probe_forever
+from tei_reconciler.process import Driver, ProcessHandle, build_argv, build_env, resolve_binary
+from tei_reconciler.settings import Settings
+from tei_reconciler.spec import InstanceSpec, spec_hash
+from tei_reconciler.status import ExitInfo, ProbeResult, StatusStore
+
+log = logging.getLogger(__name__)
+
+
+class Actuator:
+    """Acts for the controller. `changed` asks for a pass, `spawn` runs a task in the
+    controller's task group, `forget` drops an instance the controller no longer tracks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        driver: Driver,
+        prober: Prober,
+        ports: PortBook,
+        store: StatusStore,
+        clock: Clock,
+        backoff: BackoffPolicy,
+        gpus: tuple[int, ...],
+        base_env: Mapping[str, str],
+        owner: str,
+        changed: Callable[[], None],
+        spawn: Callable[..., None],
+        forget: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.driver = driver
+        self.prober = prober
+        self.ports = ports
+        self.store = store
+        self.clock = clock
+        self.backoff = backoff
+        self.gpus = gpus
+        self.base_env = dict(base_env)
+        self.owner = owner
+        self.changed = changed
+        self.spawn = spawn
+        self.forget = forget
+        self._starts = anyio.CapacityLimiter(max(1, settings.max_concurrent_starts))
+
+    def follow(self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None) -> None:
+        """Watch a new (spawned or adopted) process: its exit and its health."""
+        self.spawn(self.watch_exit, rt, handle)
+        self.spawn(self.probe_loop, rt, handle, spec)
+
+    async def start(self, rt: Runtime, spec: InstanceSpec, *, explicit: set[int]) -> None:
+        """Spawn `spec`'s process; a failure becomes the instance's `Failed` reason."""
+        wall = self.clock.wall()
+        try:
+            async with self._starts:
+                cuda = cuda_visible_devices(spec.gpu, self.gpus)
+                assignment = self.ports.assign(spec, explicit=explicit)
+                prefix = resolve_binary(self.settings.tei_binary, self.settings.tei_protocol)
+                argv = build_argv(
+                    prefix,
+                    spec,
+                    host=self.settings.instance_host,
+                    port=assignment.port,
+                    prom=assignment.prometheus_port,
+                )
+                env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner)
+                with anyio.CancelScope(shield=True):  # a spawned child is never lost untracked
+                    handle = await self.driver.spawn(
+                        argv, env, name=spec.name, hash_=spec_hash(spec)
+                    )
+        except Exception as exc:  # the one boundary: every failure to start is an outcome
+            self._start_failed(rt, spec, exc, wall)
+        else:
+            if rt.generation > 0:
+                rt.restarts += 1
+            rt.attach(handle, spec=spec, now=self.clock.now(), wall=wall)
+            rt.port, rt.prometheus_port, rt.gpu_id = (
+                assignment.port,
+                assignment.prometheus_port,
+                cuda,
+            )
+            rt.failure, rt.failures = None, 0
+            metrics.ACTIONS.labels("start", "ok").inc()
+            self.store.record_event(
+                spec.name,
+                "Normal",
+                "Started",
+                f"started pid {handle.pid} on port {assignment.port}",
+                wall,
+            )
+            self.follow(rt, handle, spec)
+        finally:
+            rt.busy = None
+            self.changed()
+
+    def _start_failed(self, rt: Runtime, spec: InstanceSpec, exc: Exception, wall: float) -> None:
+        if isinstance(exc, ActionError):
+            reason, message = exc.reason, exc.message
+        else:  # a bug or an OS surprise: still an outcome, logged once with its traceback
+            reason, message = "StartFailed", f"{type(exc).__name__}: {exc}"
+            log.error("starting %s failed unexpectedly", spec.name, exc_info=exc)
+        rt.failures += 1
+        delay = delay_for(rt.failures, self.backoff)
+        rt.failure = Failure(
+            reason=reason,
+            message=message,
+            retry_at=self.clock.now() + delay,
+            spec_hash=spec_hash(spec),
+        )
+        metrics.ACTIONS.labels("start", "failed").inc()
+        self.store.record_event(spec.name, "Warning", reason, message, wall)
+        log.warning("cannot start %s: %s: %s (retry in %gs)", spec.name, reason, message, delay)
+
+    async def stop(self, rt: Runtime, action: Stop) -> None:
+        """Stop the instance's process group; a crash-like stop (probes) backs off."""
+        try:
+            await self._stop(rt, action)
+        except Exception:  # the process may live on: the next pass plans the stop again
+            log.exception("stopping %s failed", rt.name)
+            rt.stop_requested = False
+            rt.busy = None
+            self.changed()
+
+    async def _stop(self, rt: Runtime, action: Stop) -> None:
+        handle = rt.handle
+        if handle is None:
+            rt.busy = None
+            return
+        rt.stop_requested = True
+        rt.cancel_probes()
+        healthy_for = rt.healthy_for(self.clock.now())
+        exit_ = await self.driver.stop(handle, self.settings.stop_grace_secs)
+        rt.last_exit = msgspec.structs.replace(exit_, reason=action.reason)
+        rt.detach()
+        await self.prober.forget(rt.name)  # the next process may serve another model type
+        if action.crash:
+            rt.crash = record_crash(
+                rt.crash,
+                now=self.clock.now(),
+                healthy_for=healthy_for,
+                spec_hash=handle.spec_hash,
+                policy=self.backoff,
+            )
+        if action.reason not in {"Removed", "StoppedByUser"}:
+            metrics.RESTARTS.labels(action.reason).inc()
+        self.store.record_event(
+            rt.name,
+            "Normal" if not action.crash else "Warning",
+            "Killing",
+            f"stopped pid {handle.pid}: {action.reason}",
+            self.clock.wall(),
+        )
+        rt.busy = None
+        metrics.ACTIONS.labels("stop", "ok").inc()
+        if action.forget:
+            self.forget(rt.name)
+        self.changed()
+
+    async def watch_exit(self, rt: Runtime, handle: ProcessHandle) -> None:
+        exit_ = await handle.watch()
+        if rt.handle is not handle or rt.stop_requested:
+            return  # a stop we asked for: `_stop` does the bookkeeping
+        self.on_crash(rt, handle, exit_)
+
+    def on_crash(self, rt: Runtime, handle: ProcessHandle, exit_: ExitInfo) -> None:
+        now = self.clock.now()
+        healthy_for = rt.healthy_for(now)
+        rt.cancel_probes()
+        rt.last_exit = exit_
+        rt.detach()
+        rt.crash = record_crash(
+            rt.crash,
+            now=now,
+            healthy_for=healthy_for,
+            spec_hash=handle.spec_hash,
+            policy=self.backoff,
+        )
+        metrics.RESTARTS.labels("Crashed").inc()
+        how = f"signal {exit_.signal}" if exit_.signal is not None else f"code {exit_.code}"
+        self.store.record_event(
+            rt.name,
+            "Warning",
+            "BackOff",
+            f"pid {handle.pid} exited ({how}); restart in {rt.crash.delay:g}s",
+            self.clock.wall(),
+        )
+        log.warning(
+            "%s: pid %d exited (%s); restart in %gs", rt.name, handle.pid, how, rt.crash.delay
+        )
+        self.spawn(self.prober.forget, rt.name)
+        self.changed()
+
+    async def probe_loop(
+        self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None
+    ) -> None:
+        """Probe `handle` until it is replaced; results go into `rt` and may mark dirty."""
+        if rt.port is None:
+            return
+
+        def report(outcome: ProbeOutcome) -> None:
+            if rt.handle is not handle:
+                return
+            wall = self.clock.wall()
+            rt.record_probe(
+                ProbeResult(
+                    at=wall, ok=outcome.ok, latency_ms=outcome.latency_ms, message=outcome.message
+                )
+            )
+            if self.on_probe(rt, outcome.ok, outcome.message, wall):
+                self.changed()
+
+        with anyio.CancelScope() as scope:
+            rt.probe_scope = scope
+            await probe_forever(
+                self.prober,
+                rt.name,
+                self.settings.instance_host,
+                rt.port,
+                interval=(spec.health_interval_secs if spec else None)
+                or self.settings.health_interval_secs,
+                within=(spec.health_timeout_secs if spec else None)
+                or self.settings.health_timeout_secs,
+                started=lambda: rt.startup_ok,
+                report=report,
+            )
+
+    def on_probe(self, rt: Runtime, ok: bool, message: str, wall: float) -> bool:
+        """Fold one probe result into the runtime; True when a pass should look."""
+        if not rt.startup_ok:
+            if not ok:
+                metrics.PROBE_FAILURES.labels("startup").inc()
+                return False
+            rt.startup_ok = True
+            rt.mark_ready(self.clock.now(), wall)
+            self.store.record_event(rt.name, "Normal", "Ready", "startup probe succeeded", wall)
+            return True
+        if ok:
+            rt.consecutive_failures = 0
+            if not rt.ready:
+                rt.mark_ready(self.clock.now(), wall)
+                return True
+            return False
+        metrics.PROBE_FAILURES.labels("liveness").inc()
+        rt.consecutive_failures += 1
+        rt.ready = False
+        self.store.record_event(
+            rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
+        )
+        return True
+
+    async def reap(self, handle: ProcessHandle) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.watch)
+            await self.driver.stop(handle, self.settings.stop_grace_secs)

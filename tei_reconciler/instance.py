@@ -1,0 +1,263 @@
+"""Per-instance bookkeeping of the controller, and how it turns into published status.
+
+`Runtime` is the controller's mutable record of one instance: its current process handle,
+probe state, crash history and ports. `observe()` freezes what the planner needs; the status
+and routing builders turn a runtime plus the planner's verdict into the immutable
+`InstanceStatus` and `Endpoint` that the API and router read.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+
+import anyio
+
+from tei_reconciler import metrics
+from tei_reconciler.backoff import CrashLoop
+from tei_reconciler.observed import Busy, Failure, ObservedInstance, ProcessView
+from tei_reconciler.plan import Assessment, Policy, assess
+from tei_reconciler.process import ProcessHandle
+from tei_reconciler.routing import Endpoint, RoutingTable
+from tei_reconciler.spec import InstanceSpec
+from tei_reconciler.status import (
+    Condition,
+    ExitInfo,
+    InstanceStatus,
+    Phase,
+    ProbeResult,
+    StatusStore,
+)
+
+PROBE_HISTORY = 20  # probe results kept per instance
+
+
+class Runtime:
+    """What the controller knows and holds for one instance."""
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+        self.handle: ProcessHandle | None = None
+        self.spec: InstanceSpec | None = None  # the spec the current process runs, if known
+        self.busy: Busy | None = None
+        self.stop_requested = False
+        self.startup_ok = False
+        self.ready = False
+        self.consecutive_failures = 0
+        self.probes: deque[ProbeResult] = deque(maxlen=PROBE_HISTORY)
+        self.probe_scope: anyio.CancelScope | None = None
+        self.crash = CrashLoop()
+        self.failure: Failure | None = None
+        self.failures = 0  # start failures in a row (for the slow retry curve)
+        self.last_exit: ExitInfo | None = None
+        self.restarts = 0
+        self.generation = 0
+        self.started_at = 0.0  # monotonic
+        self.created_at: float | None = None  # wall
+        self.ready_since: float | None = None  # wall
+        self.ready_since_mono: float | None = None
+        self.port: int | None = None
+        self.prometheus_port: int | None = None
+        self.gpu_id: str | None = None
+
+    def attach(
+        self, handle: ProcessHandle, *, spec: InstanceSpec | None, now: float, wall: float
+    ) -> None:
+        """A new process (spawned or adopted) now represents the instance."""
+        self.handle = handle
+        self.spec = spec
+        self.generation += 1
+        self.stop_requested = False
+        self.startup_ok = self.ready = False
+        self.consecutive_failures = 0
+        self.started_at = now
+        self.created_at = wall
+        self.ready_since = self.ready_since_mono = None
+
+    def detach(self) -> None:
+        self.handle = None
+        self.stop_requested = False
+        self.startup_ok = self.ready = False
+        self.consecutive_failures = 0
+        self.ready_since = self.ready_since_mono = None
+
+    def cancel_probes(self) -> None:
+        if self.probe_scope is not None:
+            self.probe_scope.cancel()
+            self.probe_scope = None
+
+    def mark_ready(self, now: float, wall: float) -> None:
+        self.ready = True
+        if self.ready_since_mono is None:
+            self.ready_since_mono = now
+        self.ready_since = wall
+
+    def healthy_for(self, now: float) -> float:
+        """How long the current process has been Ready (for the backoff reset)."""
+        return 0.0 if self.ready_since_mono is None else now - self.ready_since_mono
+
+    def record_probe(self, result: ProbeResult) -> None:
+        self.probes.append(result)
+
+    def observe(self) -> ObservedInstance:
+        handle = self.handle
+        process = None
+        if handle is not None:
+            process = ProcessView(
+                pid=handle.pid,
+                spec_hash=handle.spec_hash,
+                started_at=self.started_at,
+                adopted=handle.adopted,
+            )
+        return ObservedInstance(
+            name=self.name,
+            process=process,
+            busy=self.busy,
+            startup_ok=self.startup_ok,
+            ready=self.ready,
+            consecutive_failures=self.consecutive_failures,
+            crash=self.crash,
+            failure=self.failure,
+        )
+
+
+def _transition_time(
+    previous: InstanceStatus | None, type_: str, status: str, wall: float
+) -> float:
+    """When a condition last changed: kept from `previous` while its status is unchanged."""
+    if previous is not None:
+        for old in previous.conditions:
+            if old.type == type_ and old.status == status:
+                return old.last_transition_time
+    return wall
+
+
+def _flag(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def build_status(
+    name: str,
+    spec: InstanceSpec | None,
+    rt: Runtime | None,
+    verdict: Assessment,
+    previous: InstanceStatus | None,
+    *,
+    now: float,
+    wall: float,
+    spec_errors: tuple[str, ...],
+) -> InstanceStatus:
+    phase = Phase(verdict.phase)
+    shown_spec = (
+        spec
+        or (rt.spec if rt is not None else None)
+        or (previous.spec if previous is not None else InstanceSpec(name=name, model_id=""))
+    )
+    ready = rt is not None and phase is Phase.RUNNING and rt.ready
+    progressing = phase in (Phase.PENDING, Phase.STARTING, Phase.STOPPING)
+    degraded = phase in (Phase.CRASH_LOOP_BACK_OFF, Phase.FAILED) or (
+        rt is not None and rt.consecutive_failures > 0
+    )
+
+    def condition(type_: str, status: bool, reason: str, message: str) -> Condition:
+        value = _flag(status)
+        since = _transition_time(previous, type_, value, wall)
+        return Condition(
+            type=type_, status=value, reason=reason, message=message, last_transition_time=since
+        )
+
+    conditions = (
+        condition("Ready", ready, verdict.reason, verdict.message),
+        condition("Progressing", progressing, verdict.reason, verdict.message),
+        condition(
+            "Degraded",
+            degraded,
+            verdict.reason if degraded else "Healthy",
+            verdict.message if degraded else "",
+        ),
+        condition(
+            "SpecValid",
+            not spec_errors,
+            "InvalidSpec" if spec_errors else "Valid",
+            spec_errors[0] if spec_errors else "",
+        ),
+    )
+    crash_until = None
+    if rt is not None and phase is Phase.CRASH_LOOP_BACK_OFF and rt.crash.until is not None:
+        crash_until = wall + (rt.crash.until - now)
+    if rt is not None and phase is Phase.FAILED and rt.failure is not None:
+        crash_until = wall + (rt.failure.retry_at - now)
+    return InstanceStatus(
+        name=name,
+        spec=shown_spec,
+        phase=phase,
+        reason=verdict.reason,
+        message=verdict.message,
+        pid=rt.handle.pid if rt is not None and rt.handle is not None else None,
+        port=rt.port if rt is not None and rt.port is not None else shown_spec.port,
+        prometheus_port=rt.prometheus_port if rt is not None else shown_spec.prometheus_port,
+        gpu_id=rt.gpu_id if rt is not None else None,
+        created_at=rt.created_at if rt is not None and rt.handle is not None else None,
+        ready_since=rt.ready_since if ready and rt is not None else None,
+        restarts=rt.restarts if rt is not None else 0,
+        health_check_failures=rt.consecutive_failures if rt is not None else 0,
+        last_health_check=rt.probes[-1].at if rt is not None and rt.probes else None,
+        last_exit=rt.last_exit if rt is not None else None,
+        backoff_until=crash_until,
+        conditions=conditions,
+        probes=tuple(rt.probes) if rt is not None else (),
+    )
+
+
+def endpoint_of(status: InstanceStatus, host: str, rt: Runtime | None) -> Endpoint | None:
+    """The routing entry of an instance; None while it has no port at all."""
+    if status.port is None:
+        return None
+    return Endpoint(
+        name=status.name,
+        model_id=status.spec.model_id,
+        host=host,
+        port=status.port,
+        ready=status.ready,
+        phase=status.phase.value,
+        generation=rt.generation if rt is not None else 0,
+    )
+
+
+def publish(
+    desired: Mapping[str, InstanceSpec],
+    runtimes: Mapping[str, Runtime],
+    store: StatusStore,
+    table: RoutingTable,
+    *,
+    policy: Policy,
+    host: str,
+    now: float,
+    wall: float,
+) -> None:
+    """Write every instance's status, the routing table and the phase gauge."""
+    counts = dict.fromkeys(Phase, 0)
+    endpoints = []
+    for name in sorted(desired.keys() | runtimes.keys()):
+        spec = desired.get(name)
+        rt = runtimes.get(name)
+        verdict = assess(spec, rt.observe() if rt is not None else None, now, policy)
+        status = build_status(
+            name,
+            spec,
+            rt,
+            verdict,
+            store.get(name),
+            now=now,
+            wall=wall,
+            spec_errors=store.spec_errors,
+        )
+        store.put(status)
+        counts[status.phase] += 1
+        endpoint = endpoint_of(status, host, rt)
+        if endpoint is not None:
+            endpoints.append(endpoint)
+    for phase, count in counts.items():
+        metrics.INSTANCES.labels(phase.value).set(count)
+    table.update(endpoints)
+    store.first_pass_done = True

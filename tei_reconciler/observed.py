@@ -1,0 +1,54 @@
+"""Observed state: what the controller saw of one instance at the start of a pass.
+
+The controller keeps mutable bookkeeping per instance (process handles, probe tasks); at the
+start of every pass it freezes the facts the planner needs into these Structs. The planner
+sees only this snapshot and `now`, so every decision is reproducible in a table test.
+All times here are monotonic seconds from the controller's clock.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from tei_reconciler.backoff import CrashLoop
+
+
+class Busy(enum.StrEnum):
+    """An action in flight for an instance; the planner leaves a busy instance alone."""
+
+    STARTING = "starting"  # spawning the process (port, GPU and binary checks included)
+    STOPPING = "stopping"  # SIGTERM sent to the group; waiting for it to exit
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """A start failed in a way no quick restart fixes (binary missing, GPU absent, port held).
+    Retried at `retry_at`, or at once when the spec changes."""
+
+    reason: str
+    message: str
+    retry_at: float
+    spec_hash: str
+
+
+class ProcessView(msgspec.Struct, frozen=True, kw_only=True):
+    """The live process of an instance, as found (spawned by us or adopted)."""
+
+    pid: int
+    spec_hash: str  # the hash the process was started with (its marker)
+    started_at: float  # when we spawned or adopted it
+    adopted: bool = False
+
+
+class ObservedInstance(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the planner may know about one instance."""
+
+    name: str
+    process: ProcessView | None = None
+    busy: Busy | None = None
+    startup_ok: bool = False  # the startup probe of the current process succeeded
+    ready: bool = False  # the latest probe of the current process succeeded
+    consecutive_failures: int = 0  # liveness failures in a row
+    crash: CrashLoop = msgspec.field(default_factory=CrashLoop)
+    failure: Failure | None = None

@@ -1,0 +1,208 @@
+"""The planner: desired state + observed state + now -> actions. Pure.
+
+Level-triggered like a Kubernetes controller: it never sees events, only the two states, so a
+missed trigger costs at most one resync. Every lifecycle decision lives here, which is what
+makes tei-manager's races impossible by construction:
+
+- a stopped instance has no probe and is never restarted (the planner only starts instances
+  whose desired `state` is running);
+- an instance with an action in flight (`busy`) gets no second action, so a start can never
+  run twice and a stop can never race a start;
+- the startup timeout applies to every process, however it was started;
+- removal stops the process first and forgets the instance only once no process is left.
+
+`plan()` returns the actions and when to look again; `assess()` names the phase a user sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from tei_reconciler.backoff import waiting
+from tei_reconciler.observed import Busy, ObservedInstance
+from tei_reconciler.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
+
+#: Values of `status.Phase` (that module holds the enum; the pure layer cannot import it).
+PhaseName = Literal[
+    "Pending", "Starting", "Running", "Stopping", "Stopped", "CrashLoopBackOff", "Failed"
+]
+
+StopReason = Literal["Removed", "StoppedByUser", "SpecChanged", "StartupTimeout", "LivenessFailed"]
+
+
+class Policy(msgspec.Struct, frozen=True, kw_only=True):
+    """Manager-wide defaults the planner needs; an instance's own fields override them."""
+
+    startup_timeout_secs: float = 600.0
+    failure_threshold: int = 3
+    max_instances: int = 32
+
+
+class Start(msgspec.Struct, frozen=True, kw_only=True, tag="start"):
+    """Spawn a process for `spec` (allocating ports, checking GPU and binary first)."""
+
+    name: str
+    spec: InstanceSpec
+
+
+class Stop(msgspec.Struct, frozen=True, kw_only=True, tag="stop"):
+    """Terminate the instance's process group. `crash`: count it as a failure (backoff);
+    `forget`: drop the instance's status once the process is gone."""
+
+    name: str
+    reason: StopReason
+    crash: bool = False
+    forget: bool = False
+
+
+class Forget(msgspec.Struct, frozen=True, kw_only=True, tag="forget"):
+    """Drop an instance that is neither desired nor running."""
+
+    name: str
+
+
+Action = Start | Stop | Forget
+
+
+class Assessment(msgspec.Struct, frozen=True, kw_only=True):
+    phase: PhaseName
+    reason: str
+    message: str
+
+
+def _startup_timeout(spec: InstanceSpec, policy: Policy) -> float:
+    if spec.startup_timeout_secs is not None:
+        return spec.startup_timeout_secs
+    return policy.startup_timeout_secs
+
+
+def _threshold(spec: InstanceSpec, policy: Policy) -> int:
+    return (
+        spec.failure_threshold if spec.failure_threshold is not None else policy.failure_threshold
+    )
+
+
+def _soonest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def plan_one(
+    spec: InstanceSpec | None, obs: ObservedInstance | None, now: float, policy: Policy
+) -> tuple[Action | None, float | None]:
+    """The next action for one instance and the monotonic time to look again (or None)."""
+    if obs is not None and obs.busy is not None:
+        return None, None  # the action in flight marks the controller dirty when it ends
+    process = obs.process if obs is not None else None
+    name = spec.name if spec is not None else obs.name if obs is not None else ""
+    if spec is None:
+        if process is not None:
+            return Stop(name=name, reason="Removed", forget=True), None
+        return (Forget(name=name), None) if obs is not None else (None, None)
+    if spec.state is DesiredRun.STOPPED:
+        if process is not None:
+            return Stop(name=name, reason="StoppedByUser"), None
+        return None, None
+    wanted = spec_hash(spec)
+    if process is not None:
+        assert obs is not None
+        if process.spec_hash != wanted:
+            return Stop(name=name, reason="SpecChanged"), None
+        if not obs.startup_ok:
+            deadline = process.started_at + _startup_timeout(spec, policy)
+            if now >= deadline:
+                return Stop(name=name, reason="StartupTimeout", crash=True), None
+            return None, deadline
+        if obs.consecutive_failures >= _threshold(spec, policy):
+            return Stop(name=name, reason="LivenessFailed", crash=True), None
+        return None, None
+    if obs is not None:
+        failure = obs.failure
+        if failure is not None and failure.spec_hash == wanted and failure.retry_at > now:
+            return None, failure.retry_at
+        if waiting(obs.crash, now=now, spec_hash=wanted):
+            return None, obs.crash.until
+    return Start(name=name, spec=spec), None
+
+
+def plan(
+    desired: DesiredState,
+    observed: Mapping[str, ObservedInstance],
+    now: float,
+    *,
+    policy: Policy | None = None,
+) -> tuple[list[Action], float | None]:
+    """Actions that move the world toward `desired`, and the monotonic time at which the
+    answer may change without any trigger (a backoff or startup deadline), or None.
+
+    Starts beyond `max_instances` live processes wait (in name order) until a slot frees.
+    """
+    policy = policy or Policy()
+    actions: list[Action] = []
+    requeue: float | None = None
+    live = sum(1 for o in observed.values() if o.process is not None or o.busy is Busy.STARTING)
+    for name in sorted(desired.instances.keys() | observed.keys()):
+        action, again = plan_one(desired.instances.get(name), observed.get(name), now, policy)
+        requeue = _soonest(requeue, again)
+        if isinstance(action, Start):
+            if live >= policy.max_instances:
+                continue
+            live += 1
+        if action is not None:
+            actions.append(action)
+    return actions, requeue
+
+
+def assess(
+    spec: InstanceSpec | None, obs: ObservedInstance | None, now: float, policy: Policy
+) -> Assessment:
+    """The phase, reason and message a user sees for one instance."""
+    process = obs.process if obs is not None else None
+    if obs is not None and obs.busy is Busy.STOPPING:
+        reason = "Removed" if spec is None else "Stopping"
+        return Assessment(phase="Stopping", reason=reason, message="stopping the process group")
+    if spec is None:
+        if process is not None:
+            return Assessment(phase="Stopping", reason="Removed", message="removed from state")
+        return Assessment(phase="Stopped", reason="Removed", message="removed from state")
+    if obs is not None and obs.busy is Busy.STARTING:
+        return Assessment(phase="Starting", reason="Spawning", message="starting the process")
+    if process is not None:
+        assert obs is not None
+        if spec.state is DesiredRun.STOPPED or process.spec_hash != spec_hash(spec):
+            return Assessment(phase="Stopping", reason="Stopping", message="")
+        if not obs.startup_ok:
+            return Assessment(
+                phase="Starting",
+                reason="StartupProbe",
+                message="waiting for the first healthy probe",
+            )
+        if not obs.ready:
+            return Assessment(
+                phase="Running",
+                reason="Unhealthy",
+                message=f"{obs.consecutive_failures} liveness probe(s) failed in a row",
+            )
+        return Assessment(phase="Running", reason="Healthy", message="")
+    if spec.state is DesiredRun.STOPPED:
+        return Assessment(phase="Stopped", reason="StoppedByUser", message='state = "stopped"')
+    wanted = spec_hash(spec)
+    if obs is not None:
+        failure = obs.failure
+        if failure is not None and failure.spec_hash == wanted:
+            return Assessment(phase="Failed", reason=failure.reason, message=failure.message)
+        if waiting(obs.crash, now=now, spec_hash=wanted):
+            until = obs.crash.until or now
+            return Assessment(
+                phase="CrashLoopBackOff",
+                reason="BackOff",
+                message=f"back-off {obs.crash.delay:g}s restarting failed instance "
+                f"(restart in {max(0.0, until - now):.1f}s)",
+            )
+    return Assessment(phase="Pending", reason="Scheduled", message="waiting to start")

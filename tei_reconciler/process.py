@@ -1,0 +1,373 @@
+"""The process driver: spawn, watch, stop and adopt TEI processes.
+
+Every instance runs in its own session (so its own process group): a stop signals the whole
+group, so no grandchild outlives its instance, and a terminal's Ctrl-C or the reconciler's own
+death never reaches the children. Output goes straight from the child to an append-mode log
+file (not through a pipe): a child keeps running and logging when the reconciler is killed,
+which is what lets the next reconciler adopt it without a restart.
+
+Children are found again by the markers in their environment (owner digest, instance name,
+spec hash). An adopted process is not our child and cannot be waited for; its exit is watched
+through a pidfd, or by polling when pidfds are unavailable.
+
+Spawning happens only on the event-loop thread (anyio.open_process), never from a worker
+thread: see reconciler-semantics.md on threads and PR_SET_PDEATHSIG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import msgspec
+import psutil
+from anyio.abc import Process
+
+from tei_reconciler._types import Clock
+from tei_reconciler.errors import PermanentError
+from tei_reconciler.spec import (
+    MARKER_INSTANCE,
+    MARKER_OWNER,
+    MARKER_SPEC_HASH,
+    InstanceSpec,
+    spec_hash,
+)
+from tei_reconciler.status import ExitInfo
+
+#: TEI reads each of its flags from an env var with a generic name (tei-wire.md section 4):
+#: a leaked `PORT` or `HOSTNAME` (Docker sets it) would silently change a child's behaviour.
+TEI_ENV_NAMES = frozenset(
+    {
+        "PORT",
+        "HOSTNAME",
+        "MODEL_ID",
+        "REVISION",
+        "API_KEY",
+        "POOLING",
+        "DTYPE",
+        "AUTO_TRUNCATE",
+        "JSON_OUTPUT",
+        "PROMETHEUS_PORT",
+        "PAYLOAD_LIMIT",
+        "TOKENIZATION_WORKERS",
+        "SERVED_MODEL_NAME",
+        "DEFAULT_PROMPT_NAME",
+        "DEFAULT_PROMPT",
+        "DENSE_PATH",
+        "UDS_PATH",
+        "DISABLE_SPANS",
+        "OTLP_ENDPOINT",
+        "OTLP_SERVICE_NAME",
+        "CORS_ALLOW_ORIGIN",
+        "CUDA_VISIBLE_DEVICES",
+    }
+)
+_POLL = 0.05  # seconds between checks while a process group winds down
+
+
+def owner_digest(state_file: Path) -> str:
+    """The owner marker: identifies children of the reconciler of this state file."""
+    return hashlib.sha256(os.path.abspath(state_file).encode()).hexdigest()[:16]
+
+
+def resolve_binary(tei_binary: str, protocol: str) -> list[str]:
+    """The argv prefix that starts TEI: `auto`, `builtin`, or a path."""
+    builtin = [sys.executable, "-m", "tei_reconciler", "engine"]
+    if protocol == "http":
+        builtin.append("--http")
+    if tei_binary == "builtin":
+        return builtin
+    if tei_binary == "auto":
+        found = shutil.which("text-embeddings-router")
+        return [found] if found else builtin
+    return [tei_binary]
+
+
+def build_argv(
+    prefix: list[str], spec: InstanceSpec, *, host: str, port: int, prom: int
+) -> list[str]:
+    """DESIGN.md section 5: every managed flag explicit, `extra_args` last."""
+    argv = [*prefix, "--model-id", spec.model_id, "--port", str(port), "--hostname", host]
+    argv += ["--prometheus-port", str(prom), "--max-batch-tokens", str(spec.max_batch_tokens)]
+    argv += ["--max-concurrent-requests", str(spec.max_concurrent_requests)]
+    argv += ["--max-client-batch-size", str(spec.max_client_batch_size)]
+    optional: list[tuple[str, object]] = [
+        ("--revision", spec.revision),
+        ("--max-batch-requests", spec.max_batch_requests),
+        ("--pooling", spec.pooling),
+        ("--dtype", spec.dtype),
+        ("--served-model-name", spec.served_model_name),
+        ("--tokenization-workers", spec.tokenization_workers),
+    ]
+    argv += [a for flag, value in optional if value is not None for a in (flag, str(value))]
+    if spec.auto_truncate is not None:
+        argv += ["--auto-truncate", "true" if spec.auto_truncate else "false"]
+    return [*argv, "--json-output", *spec.extra_args]
+
+
+def build_env(
+    base: Mapping[str, str], spec: InstanceSpec, *, cuda: str, owner: str
+) -> dict[str, str]:
+    """The manager's env minus TEI's generic names and our own settings, plus the instance's."""
+    env = {
+        k: v
+        for k, v in base.items()
+        if k not in TEI_ENV_NAMES and not k.startswith(("MAX_", "TEI_RECONCILER_"))
+    }
+    env.update(spec.env)
+    env["CUDA_VISIBLE_DEVICES"] = cuda
+    env[MARKER_OWNER] = owner
+    env[MARKER_INSTANCE] = spec.name
+    env[MARKER_SPEC_HASH] = spec_hash(spec)
+    return env
+
+
+def exit_info(returncode: int | None, at: float) -> ExitInfo:
+    if returncode is None:
+        return ExitInfo(code=None, signal=None, at=at, reason="Exited")
+    if returncode < 0:
+        return ExitInfo(code=None, signal=-returncode, at=at, reason="Killed")
+    return ExitInfo(
+        code=returncode, signal=None, at=at, reason="Completed" if returncode == 0 else "Error"
+    )
+
+
+class Found(msgspec.Struct, frozen=True, kw_only=True):
+    """A running child of this reconciler's owner, found by its markers."""
+
+    pid: int
+    instance: str
+    spec_hash: str
+    port: int | None
+    prometheus_port: int | None
+    gpu_id: str | None
+
+
+class ProcessHandle:
+    """One process group leader, spawned by us (`process`) or adopted (`psutil_proc`)."""
+
+    def __init__(
+        self,
+        *,
+        pid: int,
+        spec_hash: str,
+        clock: Clock,
+        process: Process | None = None,
+        psutil_proc: psutil.Process | None = None,
+    ) -> None:
+        self.pid = pid
+        self.spec_hash = spec_hash
+        self.adopted = process is None
+        self._clock = clock
+        self._process = process
+        self._psutil = psutil_proc
+        self._exited = anyio.Event()
+        self.exit: ExitInfo | None = None
+
+    @property
+    def started_wall(self) -> float | None:
+        """When an adopted process started (epoch seconds), if the kernel says."""
+        try:
+            return None if self._psutil is None else self._psutil.create_time()
+        except psutil.Error:
+            return None
+
+    @property
+    def alive(self) -> bool:
+        return self.exit is None
+
+    async def watch(self) -> ExitInfo:
+        """Wait for the leader to exit (run once, in its own task), then reap the group."""
+        code: int | None = None
+        if self._process is not None:
+            code = await self._process.wait()
+        else:
+            await self._wait_foreign()
+        self.exit = exit_info(code, self._clock.wall())
+        kill_group(self.pid, signal.SIGKILL)  # nothing of a dead instance may hold its port
+        self._exited.set()
+        return self.exit
+
+    async def _wait_foreign(self) -> None:
+        try:
+            fd = os.pidfd_open(self.pid)
+        except (OSError, AttributeError):
+            fd = -1
+        if fd >= 0:
+            try:
+                await anyio.wait_readable(fd)
+            finally:
+                os.close(fd)
+            return
+        while self._psutil is not None and self._psutil.is_running():
+            if self._psutil.status() == psutil.STATUS_ZOMBIE:
+                return
+            await anyio.sleep(0.5)
+
+    async def wait(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self.exit is not None
+        return self.exit
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the group."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+class Driver(Protocol):
+    """The seam between the controller and the OS (tests pass a fake)."""
+
+    def log_path(self, name: str) -> Path: ...
+
+    async def spawn(
+        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str
+    ) -> ProcessHandle: ...
+
+    async def stop(self, handle: ProcessHandle, grace: float) -> ExitInfo: ...
+
+    def discover(self) -> list[Found]: ...
+
+    def adopt(self, found: Found) -> ProcessHandle | None: ...
+
+
+class ProcessDriver:
+    """Spawns and stops instance process groups; finds this owner's children."""
+
+    def __init__(self, *, runtime_dir: Path, owner: str, clock: Clock) -> None:
+        self.log_dir = runtime_dir / "logs"
+        self.owner = owner
+        self.clock = clock
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    async def spawn(
+        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str
+    ) -> ProcessHandle:
+        """Start `argv` in a new session, output appended to the instance's log.
+
+        Raises PermanentError("BinaryNotFound") when the program cannot be executed.
+        """
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_fd = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            process = await anyio.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                env=env,
+                start_new_session=True,
+            )
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            raise PermanentError(
+                "BinaryNotFound", f"cannot execute {argv[0]!r}: {exc.strerror or exc}"
+            ) from exc
+        finally:
+            os.close(log_fd)
+        return ProcessHandle(pid=process.pid, spec_hash=hash_, clock=self.clock, process=process)
+
+    async def stop(self, handle: ProcessHandle, grace: float) -> ExitInfo:
+        """SIGTERM the group, wait up to `grace` for all of it, then SIGKILL the group."""
+        kill_group(handle.pid, signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await handle.wait()
+            while group_alive(handle.pid):  # noqa: ASYNC110 - no event exists for "group empty"
+                await anyio.sleep(_POLL)
+        if handle.alive or group_alive(handle.pid):
+            kill_group(handle.pid, signal.SIGKILL)
+            with anyio.move_on_after(10):
+                await handle.wait()
+                while group_alive(handle.pid):  # noqa: ASYNC110
+                    await anyio.sleep(_POLL)
+        return await handle.wait()
+
+    def discover(self) -> list[Found]:
+        """Running group leaders whose markers name this owner."""
+        found: list[Found] = []
+        for proc in psutil.process_iter(["pid", "status"]):
+            try:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(proc.pid) != proc.pid:
+                    continue
+                env = proc.environ()
+                if env.get(MARKER_OWNER) != self.owner or MARKER_INSTANCE not in env:
+                    continue
+                cmdline = proc.cmdline()
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+            found.append(
+                Found(
+                    pid=proc.pid,
+                    instance=env[MARKER_INSTANCE],
+                    spec_hash=env.get(MARKER_SPEC_HASH, ""),
+                    port=_flag_int(cmdline, "--port"),
+                    prometheus_port=_flag_int(cmdline, "--prometheus-port"),
+                    gpu_id=env.get("CUDA_VISIBLE_DEVICES"),
+                )
+            )
+        return found
+
+    def adopt(self, found: Found) -> ProcessHandle | None:
+        try:
+            proc = psutil.Process(found.pid)
+        except psutil.Error:
+            return None
+        return ProcessHandle(
+            pid=found.pid, spec_hash=found.spec_hash, clock=self.clock, psutil_proc=proc
+        )
+
+
+def _flag_int(argv: list[str], flag: str) -> int | None:
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == flag and i + 1 < len(argv) else None
+        if arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
+
+
+def rotate_log(path: Path, *, max_bytes: int, backups: int) -> bool:
+    """Copy-truncate rotation: the child keeps its append-mode descriptor and simply
+    continues at the start of the emptied file. Returns whether it rotated."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    if backups <= 0:
+        os.truncate(path, 0)
+        return True
+    for i in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    os.truncate(path, 0)
+    return True

@@ -1,0 +1,202 @@
+"""Fakes behind the controller's seams (Driver, Prober, Clock, loader) for fast, exact tests
+of lifecycle decisions: no processes, no sockets, time moved by hand."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tei_reconciler.controller import Controller
+from tei_reconciler.probe import ProbeOutcome
+from tei_reconciler.process import Found, ProcessHandle, exit_info
+from tei_reconciler.routing import RoutingTable
+from tei_reconciler.settings import Settings
+from tei_reconciler.spec import DesiredState, InstanceSpec
+from tei_reconciler.status import ExitInfo, InstanceStatus, StatusStore
+
+_pids = itertools.count(100_000)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.t
+
+    def advance(self, secs: float) -> None:
+        self.t += secs
+
+
+class FakeHandle(ProcessHandle):
+    """A 'process' that lives until `die(code)`."""
+
+    def __init__(self, *, spec_hash: str, clock: FakeClock, adopted: bool = False) -> None:
+        super().__init__(pid=next(_pids), spec_hash=spec_hash, clock=clock)
+        self.adopted = adopted
+        self.died = anyio.Event()
+        self.code: int | None = 0
+
+    def die(self, code: int | None) -> None:
+        self.code = code
+        self.died.set()
+
+    async def watch(self) -> ExitInfo:
+        await self.died.wait()
+        self.exit = exit_info(self.code, self._clock.wall())
+        self._exited.set()
+        return self.exit
+
+
+class FakeDriver:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.spawned: list[tuple[str, str, FakeHandle]] = []  # (name, spec hash, handle)
+        self.stopped: list[str] = []
+        self.found: list[Found] = []
+        self.errors: dict[str, Exception] = {}
+        self.spawn_gate: anyio.Event | None = None
+        self.stop_gate: anyio.Event | None = None
+        self.adopted: dict[int, FakeHandle] = {}
+
+    def log_path(self, name: str) -> Path:
+        return Path("/nonexistent") / f"{name}.log"
+
+    def spawns_of(self, name: str) -> list[FakeHandle]:
+        return [h for n, _, h in self.spawned if n == name]
+
+    async def spawn(
+        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str
+    ) -> ProcessHandle:
+        if self.spawn_gate is not None:
+            await self.spawn_gate.wait()
+        if name in self.errors:
+            raise self.errors[name]
+        handle = FakeHandle(spec_hash=hash_, clock=self.clock)
+        self.spawned.append((name, hash_, handle))
+        return handle
+
+    async def stop(self, handle: ProcessHandle, grace: float) -> ExitInfo:
+        assert isinstance(handle, FakeHandle)
+        self.stopped.append(str(handle.pid))
+        if self.stop_gate is not None:
+            await self.stop_gate.wait()
+        handle.die(-15)
+        return await handle.wait()
+
+    def discover(self) -> list[Found]:
+        return list(self.found)
+
+    def adopt(self, found: Found) -> ProcessHandle | None:
+        handle = FakeHandle(spec_hash=found.spec_hash, clock=self.clock, adopted=True)
+        handle.pid = found.pid
+        self.adopted[found.pid] = handle
+        return handle
+
+
+class FakeProber:
+    """`mode[name]`: "ok" (default), "fail" or "hang"."""
+
+    def __init__(self) -> None:
+        self.mode: dict[str, str] = {}
+        self.calls: dict[str, int] = {}
+
+    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        mode = self.mode.get(name, "ok")
+        if mode == "hang":
+            await anyio.sleep_forever()
+        return ProbeOutcome(ok=mode == "ok", latency_ms=0.1, message=mode)
+
+    async def forget(self, name: str) -> None:
+        return None
+
+
+class World:
+    """A controller wired to fakes, plus the knobs a test turns."""
+
+    def __init__(self, tmp: Path, **overrides: Any) -> None:
+        base = random.randrange(20000, 50000, 400)
+        values: dict[str, Any] = {
+            "state_file": str(tmp / "state.toml"),
+            "runtime_dir": str(tmp / "runtime"),
+            "instance_port_range": (base, base + 200),
+            "prometheus_port_range": (base + 200, base + 400),
+            "resync_interval_secs": 3600.0,
+            "health_interval_secs": 0.01,
+            "health_timeout_secs": 0.05,
+            "failure_threshold": 3,
+            "startup_timeout_secs": 60.0,
+            "backoff_initial_secs": 10.0,
+            "backoff_max_secs": 300.0,
+            "backoff_reset_secs": 600.0,
+            "stop_grace_secs": 1.0,
+        }
+        values.update(overrides)
+        self.settings = Settings(**values)
+        self.clock = FakeClock()
+        self.driver = FakeDriver(self.clock)
+        self.prober = FakeProber()
+        self.store = StatusStore()
+        self.table = RoutingTable()
+        self.desired = DesiredState()
+        self._version = 0
+        Path(self.settings.state_file).write_text("# version 0\n")
+        self.controller = Controller(
+            self.settings,
+            store=self.store,
+            table=self.table,
+            clock=self.clock,
+            loader=lambda _path: self.desired,
+            driver=self.driver,
+            prober=self.prober,
+            gpus=(),
+            base_env={},
+        )
+
+    def set_desired(self, *specs: InstanceSpec) -> None:
+        self.desired = DesiredState(instances={s.name: s for s in specs})
+        self._version += 1
+        Path(self.settings.state_file).write_text(f"# version {self._version}\n")
+        self.controller.mark_dirty()
+
+    def status(self, name: str) -> InstanceStatus | None:
+        return self.store.get(name)
+
+    async def until(self, check: Any, what: str = "condition", within: float = 10.0) -> Any:
+        with anyio.fail_after(within):
+            while True:
+                result = check()
+                if result:
+                    return result
+                await anyio.sleep(0.005)
+
+    async def phase(self, name: str, phase: str) -> InstanceStatus:
+        result: InstanceStatus = await self.until(
+            lambda: (s := self.status(name)) is not None and s.phase.value == phase and s,
+            f"{name} {phase}",
+        )
+        return result
+
+    async def passes(self, count: int) -> None:
+        for _ in range(count):
+            target = self.controller.passes + 1
+            self.controller.mark_dirty()
+            await self.until(lambda target=target: self.controller.passes >= target)
+
+
+@asynccontextmanager
+async def running(world: World) -> AsyncIterator[World]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(world.controller.run)
+        yield world
+        tg.cancel_scope.cancel()

@@ -1,0 +1,47 @@
+"""Every failure to act becomes an instance outcome; none takes the controller down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tei_reconciler.spec import DesiredState, InstanceSpec
+
+from .reconciler_fakes import World, running
+
+pytestmark = pytest.mark.anyio
+SPEC = InstanceSpec(name="a", model_id="hash/8")
+
+
+class Boom(OSError):
+    pass
+
+
+async def test_an_unexpected_spawn_error_fails_that_instance_and_no_other(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.driver.errors["a"] = Boom(28, "No space left on device")
+    async with running(world):
+        world.set_desired(SPEC, msgspec.structs.replace(SPEC, name="b"))
+        failed = await world.phase("a", "Failed")
+        assert failed.reason == "StartFailed"
+        assert "No space left" in failed.message
+        await world.phase("b", "Running")
+        del world.driver.errors["a"]
+        world.clock.advance(10)  # the first slow retry
+        await world.passes(1)
+        await world.phase("a", "Running")
+
+
+async def test_preview_lists_what_a_pass_would_do_without_doing_it(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    async with running(world):
+        world.set_desired(SPEC)
+        await world.phase("a", "Running")
+        changed = msgspec.structs.replace(SPEC, max_batch_tokens=64)
+        added = msgspec.structs.replace(SPEC, name="b")
+        actions = world.controller.preview(DesiredState(instances={"a": changed, "b": added}))
+        assert [(type(a).__name__, a.name) for a in actions] == [("Stop", "a"), ("Start", "b")]
+        await world.passes(2)
+        assert len(world.driver.spawned) == 1  # nothing was done

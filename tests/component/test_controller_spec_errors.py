@@ -1,0 +1,35 @@
+"""A state file mid-write is not an instruction to remove everything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tei_reconciler.spec import InstanceSpec
+
+from .reconciler_fakes import World, running
+
+pytestmark = pytest.mark.anyio
+SPEC = InstanceSpec(name="a", model_id="hash/8")
+
+
+def truncate(path: str) -> None:
+    Path(path).write_bytes(b"")
+
+
+async def test_an_emptied_file_keeps_every_instance_and_says_why(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    async with running(world):
+        world.set_desired(SPEC)
+        await world.phase("a", "Running")
+        truncate(world.settings.state_file)
+        await world.passes(2)
+        assert world.driver.stopped == []
+        assert "empty" in world.store.spec_errors[0]
+        status = world.status("a")
+        assert status is not None
+        assert status.phase.value == "Running"
+        world.set_desired()  # an explicit, non-empty file with no instances does remove
+        await world.until(lambda: world.status("a") is None)
+        assert world.store.spec_errors == ()

@@ -1,0 +1,183 @@
+"""Run the reconciler in-process against a real state file, real child processes and real
+probes; helpers to write state files the ways editors and GitOps tools do."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+
+from tei_reconciler.controller import Controller
+from tei_reconciler.routing import RoutingTable
+from tei_reconciler.service import serve
+from tei_reconciler.settings import Settings
+from tei_reconciler.spec import MARKER_INSTANCE, MARKER_OWNER
+from tei_reconciler.status import InstanceStatus, StatusStore
+
+DEADLINE = 30.0  # generous: a loaded 2-core machine starts Python slowly
+
+
+def fast_settings(tmp: Path, **overrides: Any) -> Settings:
+    """Settings for tests: small probe periods, backoffs and grace; a random port range."""
+    base = random.randrange(20000, 50000, 400)
+    values: dict[str, Any] = {
+        "api_port": 0,
+        "grpc_port": 0,
+        "state_file": str(tmp / "state" / "state.toml"),
+        "runtime_dir": str(tmp / "runtime"),
+        "tei_binary": "builtin",
+        "instance_port_range": (base, base + 200),
+        "prometheus_port_range": (base + 200, base + 400),
+        "resync_interval_secs": 1.0,
+        "health_interval_secs": 0.2,
+        "health_timeout_secs": 2.0,
+        "failure_threshold": 3,
+        "startup_timeout_secs": 30.0,
+        "backoff_initial_secs": 0.3,
+        "backoff_max_secs": 2.0,
+        "backoff_reset_secs": 600.0,
+        "stop_grace_secs": 3.0,
+        "on_shutdown": "stop",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def instance_toml(name: str, model_id: str = "hash/8", **fields: object) -> str:
+    lines = [f"[instances.{name}]", f'model_id = "{model_id}"']
+    for key, value in fields.items():
+        if isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, dict):
+            inner = ", ".join(f'{k} = "{v}"' for k, v in value.items())
+            lines.append(f"{key} = {{ {inner} }}")
+        else:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """What editors do: write a temp file beside the target, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{random.randrange(1 << 30)}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def eventually(
+    check: Callable[[], object], *, within: float = DEADLINE, what: str = "condition"
+) -> Any:
+    """Poll `check` until it returns something truthy (no sleep-to-wait: a deadline)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
+        await anyio.sleep(0.05)
+
+
+async def passes(controller: Controller, count: int) -> None:
+    """Wait until `count` more reconcile passes have completed."""
+    target = controller.passes + count
+    await eventually(lambda: controller.passes >= target, what=f"{count} passes")
+
+
+def children(owner: str, instance: str | None = None) -> list[psutil.Process]:
+    """Live processes carrying this reconciler's owner marker (optionally one instance's)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if env.get(MARKER_OWNER) != owner or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if instance is None or env.get(MARKER_INSTANCE) == instance:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+class Harness:
+    def __init__(self, controller: Controller, store: StatusStore, table: RoutingTable) -> None:
+        self.controller = controller
+        self.store = store
+        self.table = table
+
+    @property
+    def state_file(self) -> Path:
+        return self.controller.state_file
+
+    def status(self, name: str) -> InstanceStatus | None:
+        return self.store.get(name)
+
+    def phase(self, name: str) -> str | None:
+        status = self.store.get(name)
+        return None if status is None else status.phase.value
+
+    async def ready(self, name: str, *, within: float = DEADLINE) -> InstanceStatus:
+        def check() -> InstanceStatus | None:
+            status = self.store.get(name)
+            return status if status is not None and status.ready else None
+
+        result: InstanceStatus = await eventually(check, within=within, what=f"{name} Ready")
+        return result
+
+    async def phase_is(self, name: str, phase: str, *, within: float = DEADLINE) -> InstanceStatus:
+        def check() -> InstanceStatus | None:
+            status = self.store.get(name)
+            return status if status is not None and status.phase.value == phase else None
+
+        result: InstanceStatus = await eventually(check, within=within, what=f"{name} {phase}")
+        return result
+
+
+@asynccontextmanager
+async def reconciler(settings: Settings, state: str | None = None) -> AsyncIterator[Harness]:
+    """A running reconciler (controller + watcher); on exit it stops every instance."""
+    state_file = Path(settings.state_file)
+    if state is not None:
+        write_atomic(state_file, state)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    store, table = StatusStore(), RoutingTable()
+    try:
+        async with anyio.create_task_group() as tg:
+            controller: Controller = await tg.start(
+                lambda task_status: serve(
+                    settings,
+                    store=store,
+                    table=table,
+                    handle_signals=False,
+                    task_status=task_status,
+                )
+            )
+            try:
+                yield Harness(controller, store, table)
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        leftovers = (
+            children(Controller.owner_of(settings)) if settings.on_shutdown == "stop" else []
+        )
+        for proc in leftovers:
+            proc.kill()
+
+
+def script(tmp: Path, name: str, body: str) -> Path:
+    """An executable Python script standing in for TEI."""
+    path = tmp / name
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return path

@@ -1,0 +1,204 @@
+"""A reconciler crash costs no instance downtime: the next one adopts what is running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tei_reconciler.controller import Controller
+from tei_reconciler.settings import Settings
+
+from .reconciler_harness import (
+    children,
+    eventually,
+    fast_settings,
+    instance_toml,
+    reconciler,
+    write_atomic,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def config_toml(settings: Settings) -> str:
+    keys = [
+        "state_file",
+        "runtime_dir",
+        "tei_binary",
+        "instance_port_range",
+        "prometheus_port_range",
+        "resync_interval_secs",
+        "health_interval_secs",
+        "health_timeout_secs",
+        "failure_threshold",
+        "backoff_initial_secs",
+        "backoff_max_secs",
+        "stop_grace_secs",
+        "on_shutdown",
+    ]
+    lines = []
+    for key in keys:
+        value = getattr(settings, key)
+        if isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        elif isinstance(value, tuple):
+            lines.append(f"{key} = [{value[0]}, {value[1]}]")
+        else:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def serving(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="tei.v1.Embed"), timeout=2
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def port_of(proc: psutil.Process) -> int:
+    argv = proc.cmdline()
+    return int(argv[argv.index("--port") + 1])
+
+
+@pytest.fixture
+def stray_children(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test leaves running under its owner marker is killed afterwards."""
+    yield
+    owner = Controller.owner_of(fast_settings(tmp_path))
+    for proc in children(owner):
+        proc.kill()
+
+
+async def test_instances_survive_a_reconciler_kill_and_are_adopted_without_restarts(
+    tmp_path: Path, stray_children: None
+) -> None:
+    settings = fast_settings(tmp_path, api_port=0, grpc_port=0)
+    config = tmp_path / "config.toml"
+    config.write_text(config_toml(settings))
+    state_file = Path(settings.state_file)
+    write_atomic(state_file, instance_toml("alpha") + instance_toml("beta"))
+    owner = Controller.owner_of(settings)
+    env = {**os.environ, "TEI_RECONCILER_API_PORT": "0", "TEI_RECONCILER_GRPC_PORT": "0"}
+    with (tmp_path / "first.log").open("wb") as log:
+        first = await anyio.open_process(
+            [sys.executable, "-m", "tei_reconciler", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        running = await eventually(
+            lambda: (
+                len(procs := children(owner)) == 2
+                and all(serving(port_of(p)) for p in procs)
+                and procs
+            ),
+            what="two serving instances under the first reconciler",
+        )
+    finally:
+        first.kill()  # SIGKILL: no shutdown code runs
+        await first.wait()
+    pids = {psutil.Process(p.pid).environ()["TEI_RECONCILER_INSTANCE"]: p.pid for p in running}
+    ports = {p.pid: port_of(p) for p in running}
+    # The reconciler is gone; its instances still answer.
+    assert all(serving(port) for port in ports.values())
+    # While no reconciler runs, beta's spec changes.
+    write_atomic(state_file, instance_toml("alpha") + instance_toml("beta", max_batch_tokens=512))
+    async with reconciler(settings) as h:
+        alpha = await h.ready("alpha")
+        assert alpha.pid == pids["alpha"]
+        assert alpha.restarts == 0
+        assert alpha.port == ports[pids["alpha"]]
+        assert any(e.reason == "Adopted" for e in h.store.events("alpha"))
+        beta = await eventually(
+            lambda: (s := h.status("beta")) is not None and s.ready and s.pid != pids["beta"] and s,
+            what="beta replaced",
+        )
+        assert beta.pid is not None
+        argv = psutil.Process(beta.pid).cmdline()
+        assert argv[argv.index("--max-batch-tokens") + 1] == "512"
+        assert len(children(owner)) == 2  # never a duplicate
+        still = h.status("alpha")
+        assert still is not None
+        assert still.pid == pids["alpha"]
+
+
+async def test_keep_on_shutdown_leaves_instances_running_for_the_next_reconciler(
+    tmp_path: Path, stray_children: None
+) -> None:
+    settings = fast_settings(tmp_path, on_shutdown="keep")
+    async with reconciler(settings, instance_toml("alpha")) as h:
+        status = await h.ready("alpha")
+    assert status.pid is not None
+    assert psutil.pid_exists(status.pid)
+    assert status.port is not None
+    assert serving(status.port)
+    async with reconciler(fast_settings(tmp_path)) as h:
+        again = await h.ready("alpha")
+        assert again.pid == status.pid
+        assert again.restarts == 0
+
+
+async def test_stop_on_shutdown_stops_every_instance_within_one_grace_period(
+    tmp_path: Path,
+) -> None:
+    """tei-manager stopped instances one after another, 30 s each."""
+    settings = fast_settings(tmp_path, stop_grace_secs=4.0)
+    faults = {"TEI_ENGINE_FAULTS": "ignore_sigterm=1"}
+    state = "".join(instance_toml(n, env=faults) for n in ("a", "b", "c"))
+    async with reconciler(settings, state) as h:
+        for name in ("a", "b", "c"):
+            await h.ready(name)
+        pids = [s.pid for s in h.store.all()]
+        started = time.monotonic()
+    elapsed = time.monotonic() - started
+    assert all(p is not None and not psutil.pid_exists(p) for p in pids)
+    # In parallel: about one grace period, far from the three a sequential stop needs.
+    assert elapsed < 2 * settings.stop_grace_secs
+
+
+async def test_sigterm_to_the_reconciler_stops_its_instances_and_exits_cleanly(
+    tmp_path: Path, stray_children: None
+) -> None:
+    settings = fast_settings(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config_toml(settings))
+    write_atomic(Path(settings.state_file), instance_toml("alpha"))
+    owner = Controller.owner_of(settings)
+    env = {**os.environ, "TEI_RECONCILER_API_PORT": "0", "TEI_RECONCILER_GRPC_PORT": "0"}
+    process = await anyio.open_process(
+        [sys.executable, "-m", "tei_reconciler", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        (instance,) = await eventually(
+            lambda: len(procs := children(owner)) == 1 and serving(port_of(procs[0])) and procs,
+            what="one serving instance",
+        )
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 0
+    assert not psutil.pid_exists(instance.pid)
+    assert children(owner) == []

@@ -1,0 +1,189 @@
+"""How an instance is launched: argv, a cleaned environment, GPUs, binary and log rotation."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tei_reconciler.errors import PermanentError
+from tei_reconciler.gpus import cuda_visible_devices
+from tei_reconciler.ports import PortBook
+from tei_reconciler.process import build_argv, build_env, resolve_binary, rotate_log
+from tei_reconciler.spec import (
+    MARKER_INSTANCE,
+    MARKER_OWNER,
+    MARKER_SPEC_HASH,
+    InstanceSpec,
+    spec_hash,
+)
+
+SPEC = InstanceSpec(
+    name="bge",
+    model_id="BAAI/bge-small-en-v1.5",
+    revision="main",
+    pooling="mean",  # type: ignore[arg-type]
+    auto_truncate=False,
+    extra_args=("--disable-spans",),
+    env={"HF_HUB_OFFLINE": "1"},
+)
+
+
+def test_argv_passes_every_managed_flag_explicitly_and_extra_args_last() -> None:
+    argv = build_argv(["tei"], SPEC, host="127.0.0.1", port=8080, prom=9100)
+    assert argv[:9] == [
+        "tei",
+        "--model-id",
+        "BAAI/bge-small-en-v1.5",
+        "--port",
+        "8080",
+        "--hostname",
+        "127.0.0.1",
+        "--prometheus-port",
+        "9100",
+    ]
+    flags = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert flags["--max-batch-tokens"] == "16384"
+    assert flags["--revision"] == "main"
+    assert flags["--pooling"] == "mean"
+    assert flags["--auto-truncate"] == "false"
+    assert argv[-2:] == ["--json-output", "--disable-spans"]
+
+
+def test_env_drops_tei_generic_names_and_sets_markers_and_gpus() -> None:
+    base = {
+        "PATH": "/usr/bin",
+        "PORT": "80",
+        "HOSTNAME": "container-id",
+        "API_KEY": "secret",
+        "MAX_BATCH_TOKENS": "1",
+        "MODEL_ID": "x",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "TEI_RECONCILER_API_PORT": "9000",
+        "HF_TOKEN": "hf_x",
+    }
+    env = build_env(base, SPEC, cuda="1", owner="o" * 16)
+    assert env["PATH"] == "/usr/bin"
+    assert env["HF_TOKEN"] == "hf_x"  # not TEI's flag names: the user's to pass
+    for name in (
+        "PORT",
+        "HOSTNAME",
+        "API_KEY",
+        "MAX_BATCH_TOKENS",
+        "MODEL_ID",
+        "TEI_RECONCILER_API_PORT",
+    ):
+        assert name not in env
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env[MARKER_OWNER] == "o" * 16
+    assert env[MARKER_INSTANCE] == "bge"
+    assert env[MARKER_SPEC_HASH] == spec_hash(SPEC)
+
+
+def test_gpu_field_maps_to_cuda_visible_devices() -> None:
+    assert cuda_visible_devices("none", (0, 1)) == ""
+    assert cuda_visible_devices("all", (0, 1)) == "0,1"
+    assert cuda_visible_devices("all", ()) == ""
+    assert cuda_visible_devices(1, (0, 1)) == "1"
+    assert cuda_visible_devices((1, 0), (0, 1)) == "1,0"
+    with pytest.raises(PermanentError) as info:
+        cuda_visible_devices(2, (0, 1))
+    assert info.value.reason == "GpuNotFound"
+
+
+def test_binary_choice_auto_builtin_or_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert resolve_binary("auto", "grpc") == [sys.executable, "-m", "tei_reconciler", "engine"]
+    assert resolve_binary("builtin", "http")[-1] == "--http"
+    router = tmp_path / "text-embeddings-router"
+    router.write_text("#!/bin/sh\n")
+    router.chmod(0o755)
+    assert resolve_binary("auto", "grpc") == [str(router)]
+    assert resolve_binary("/opt/tei", "grpc") == ["/opt/tei"]
+
+
+def test_copy_truncate_rotation_keeps_the_writer_appending(tmp_path: Path) -> None:
+    log = tmp_path / "bge.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for n in range(3):
+            os.write(fd, f"generation {n}\n".encode() * 100)
+            assert rotate_log(log, max_bytes=100, backups=2)
+        os.write(fd, b"after\n")
+    finally:
+        os.close(fd)
+    assert log.read_bytes() == b"after\n"
+    assert (tmp_path / "bge.log.1").read_text().startswith("generation 2")
+    assert (tmp_path / "bge.log.2").read_text().startswith("generation 1")
+    assert not (tmp_path / "bge.log.3").exists()
+    assert not rotate_log(log, max_bytes=100, backups=2)
+
+
+def _book(tmp_path: Path, start: int) -> PortBook:
+    return PortBook(
+        tmp_path / "ports.json",
+        host="127.0.0.1",
+        instance_range=(start, start + 50),
+        prometheus_range=(start + 50, start + 100),
+    )
+
+
+def free_base() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port % 40000 + 20000
+
+
+def test_auto_ports_are_sticky_across_reconciler_restarts(tmp_path: Path) -> None:
+    base = free_base()
+    first = _book(tmp_path, base).assign(InstanceSpec(name="a", model_id="m"))
+    other = _book(tmp_path, base).assign(InstanceSpec(name="b", model_id="m"))
+    again = _book(tmp_path, base).assign(InstanceSpec(name="a", model_id="m"))
+    assert again == first
+    assert {other.port, other.prometheus_port}.isdisjoint({first.port, first.prometheus_port})
+
+
+def test_allocation_skips_ports_other_processes_hold(tmp_path: Path) -> None:
+    base = free_base()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", base))
+        held.listen()
+        got = _book(tmp_path, base).assign(InstanceSpec(name="a", model_id="m"))
+    assert got.port != base
+
+
+def test_an_explicit_port_held_by_another_process_names_the_holder(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(PermanentError) as info:
+            _book(tmp_path, free_base()).assign(InstanceSpec(name="a", model_id="m", port=port))
+    assert info.value.reason == "PortInUse"
+    assert f"pid {os.getpid()}" in info.value.message
+
+
+def test_ports_of_a_removed_instance_are_reused_and_failed_allocations_consume_none(
+    tmp_path: Path,
+) -> None:
+    """tei-manager's allocator moved its cursor on failed creates and never reused a
+    prometheus port; here allocation is a pure function of what is taken now."""
+    base = free_base()
+    book = _book(tmp_path, base)
+    first = book.assign(InstanceSpec(name="a", model_id="m"))
+    book.release("a")
+    assert book.assign(InstanceSpec(name="b", model_id="m")) == first
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(PermanentError):
+            book.assign(InstanceSpec(name="c", model_id="m", port=port))
+    assert book.get("c") is None
