@@ -1,0 +1,191 @@
+"""Relaying one call to one instance: unary, client-streaming and bidirectional streams.
+
+Payloads are raw bytes (no serializers on either side), so the router never decodes what it
+does not need to. The client's deadline becomes the backend call's deadline (else
+`request_timeout_secs`, for streams too); metadata is forwarded except the keys gRPC owns
+and the router's own routing keys; a backend's status, details and trailing metadata come
+back unchanged. Streams are relayed message by message with gRPC's own flow control on both
+legs (each write waits for the transport), so a slow reader slows the writer instead of
+filling a buffer. A half-close from the client becomes a half-close to the backend; a client
+cancel, a router-side error or the end of the handler cancels the backend call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import grpc
+
+from tei_reconciler import metrics
+from tei_reconciler.router.pool import ChannelPool, Connection
+from tei_reconciler.router.routes import Balancer, RouteError
+from tei_reconciler.routing import Endpoint, RoutingTable
+
+Context = Any  # grpc.aio.ServicerContext (untyped)
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+INSTANCE_KEY = "x-tei-instance"
+MODEL_KEY = "x-tei-model"
+_NOT_FORWARDED = frozenset(
+    {"content-type", "te", "user-agent", "host", "accept-encoding", INSTANCE_KEY, MODEL_KEY}
+)
+
+
+def split_metadata(context: Context) -> tuple[Metadata, str | None, str | None]:
+    """Metadata to forward, plus the values of the two routing keys (None when absent)."""
+    forward: list[tuple[str, str | bytes]] = []
+    instance = model = None
+    for key, value in context.invocation_metadata() or ():
+        if key == INSTANCE_KEY:
+            instance = value
+        elif key == MODEL_KEY:
+            model = value
+        elif key in _NOT_FORWARDED or key.startswith((":", "grpc-")):
+            continue
+        else:
+            forward.append((key, value))
+    return tuple(forward), instance, model
+
+
+class Relay:
+    """Shared state of every handler: the table, the channels, the load and the limits."""
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        pool: ChannelPool,
+        *,
+        request_timeout_secs: float,
+        default_instance: str | None,
+    ) -> None:
+        self.table = table
+        self.pool = pool
+        self.balancer = Balancer()
+        self.request_timeout_secs = request_timeout_secs
+        self.default_instance = default_instance
+
+    def timeout(self, context: Context) -> float | None:
+        remaining: float | None = context.time_remaining()
+        if remaining is not None:
+            return max(remaining, 0.0)
+        return self.request_timeout_secs or None
+
+    def begin(self, endpoint: Endpoint) -> Connection:
+        conn = self.pool.get(endpoint)
+        self.balancer.acquire(endpoint.name)
+        metrics.ROUTER_IN_FLIGHT.labels(endpoint.name).inc()
+        return conn
+
+    def end(self, endpoint: Endpoint, method: str, code: str, started: float) -> None:
+        self.balancer.release(endpoint.name)
+        metrics.ROUTER_IN_FLIGHT.labels(endpoint.name).dec()
+        metrics.ROUTER_REQUESTS.labels(endpoint.name, method, code).inc()
+        metrics.ROUTER_LATENCY.labels(method).observe(time.perf_counter() - started)
+
+    async def refuse(self, context: Context, method: str, error: RouteError) -> None:
+        """Answer a call the router cannot route (always raises, through `context.abort`)."""
+        metrics.ROUTER_REQUESTS.labels("", method, error.code.name).inc()
+        await context.abort(error.code, error.message)
+
+    async def unary(
+        self,
+        context: Context,
+        *,
+        method: str,
+        endpoint: Endpoint,
+        path: str,
+        payload: bytes,
+        metadata: Metadata,
+    ) -> bytes:
+        started = time.perf_counter()
+        conn = self.begin(endpoint)
+        code = "CANCELLED"
+        try:
+            response: bytes = await conn.unary_unary(path)(
+                payload, timeout=self.timeout(context), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            await pass_through(context, exc)
+            raise  # unreachable: abort raises
+        else:
+            code = "OK"
+            return response
+        finally:
+            self.end(endpoint, method, code, started)
+
+    async def stream(
+        self,
+        context: Context,
+        *,
+        method: str,
+        endpoint: Endpoint,
+        path: str,
+        first: bytes | None,
+        rest: AsyncIterator[bytes],
+        unwrap: Callable[[bytes], bytes] | None,
+        metadata: Metadata,
+        client_stream_only: bool = False,
+    ) -> bytes | None:
+        """Relay a stream; returns the single response of a client-streaming call."""
+        started = time.perf_counter()
+        conn = self.begin(endpoint)
+        factory = conn.stream_unary(path) if client_stream_only else conn.stream_stream(path)
+        call = factory(timeout=self.timeout(context), metadata=metadata)
+        code = "CANCELLED"
+        refused: RouteError | None = None
+        failed: grpc.aio.AioRpcError | None = None
+        response: bytes | None = None
+
+        async def pump(scope: anyio.CancelScope) -> None:
+            nonlocal refused
+            try:
+                if first is not None:
+                    await call.write(first)
+                async for raw in rest:
+                    await call.write(raw if unwrap is None else unwrap(raw))
+                await call.done_writing()
+            except RouteError as exc:
+                refused = exc
+                call.cancel()  # wakes the reader, which an anyio cancel alone may not
+                scope.cancel()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                pass  # the backend already ended the call; the reader reports its status
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump, tg.cancel_scope)
+                try:
+                    if client_stream_only:
+                        response = await call
+                    else:
+                        async for message in call:
+                            await context.write(message)
+                except grpc.aio.AioRpcError as exc:
+                    failed = exc
+                tg.cancel_scope.cancel()
+        finally:
+            call.cancel()
+            if refused is not None:
+                code = refused.code.name
+            elif failed is not None:
+                code = failed.code().name
+            elif tg.cancel_scope.cancel_called:
+                code = "OK"
+            self.end(endpoint, method, code, started)
+        if refused is not None:
+            await context.abort(refused.code, refused.message)
+        if failed is not None:
+            await pass_through(context, failed)
+        return response
+
+
+async def pass_through(context: Context, exc: grpc.aio.AioRpcError) -> None:
+    trailing = tuple(
+        (k, v) for k, v in (exc.trailing_metadata() or ()) if not k.startswith("grpc-")
+    )
+    await context.abort(exc.code(), exc.details() or "", trailing)

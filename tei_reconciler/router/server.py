@@ -1,0 +1,120 @@
+"""Running the router: one grpc.aio server for every instance, until cancelled.
+
+`serve_router` binds, reports the bound port through `task_status.started(port)` (port 0
+picks a free one), then runs a maintenance task that mirrors the routing table into the
+health service and closes the channels of instances that left it or idled out. On
+cancellation it stops in uvicorn's order: health reports NOT_SERVING, the server stops
+accepting and gives running calls `stop_grace_secs`, then the instance channels close.
+Auth plugs in from outside: server interceptors and server credentials are parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import grpc
+from anyio.abc import TaskStatus
+
+from tei_reconciler.router.arrow import embed_arrow_handler, embed_sparse_arrow_handler
+from tei_reconciler.router.health import HEALTH_SERVICE, HealthSync, add_reflection
+from tei_reconciler.router.methods import MULTIPLEXER_SERVICE, TEI_SERVICES
+from tei_reconciler.router.multiplexer import method_handlers
+from tei_reconciler.router.passthrough import generic_handlers
+from tei_reconciler.router.pool import ChannelPool
+from tei_reconciler.router.relay import Relay
+from tei_reconciler.routing import RoutingTable
+
+SYNC_INTERVAL_SECS = 0.25
+CHANNEL_CLOSE_GRACE_SECS = 5.0
+
+
+async def serve_router(
+    table: RoutingTable,
+    *,
+    host: str,
+    port: int,
+    request_timeout_secs: float = 30.0,
+    max_message_mb: int = 40,
+    idle_channel_secs: float = 600.0,
+    default_instance: str | None = None,
+    stop_grace_secs: float = 5.0,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    max_bytes = max_message_mb * 1024 * 1024
+    pool = ChannelPool(max_message_bytes=max_bytes, idle_secs=idle_channel_secs)
+    relay = Relay(
+        table, pool, request_timeout_secs=request_timeout_secs, default_instance=default_instance
+    )
+    health = HealthSync(table)
+    server = grpc.aio.server(
+        interceptors=list(interceptors or ()),
+        options=[
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    mux = method_handlers(relay)
+    mux["EmbedArrow"] = embed_arrow_handler(relay)
+    mux["EmbedSparseArrow"] = embed_sparse_arrow_handler(relay)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(MULTIPLEXER_SERVICE, mux),)
+    )
+    server.add_generic_rpc_handlers(tuple(generic_handlers(relay)))
+    health.add_to(server)
+    add_reflection(server, [MULTIPLEXER_SERVICE, *TEI_SERVICES, HEALTH_SERVICE])
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
+    if not bound:
+        raise OSError(f"gRPC router cannot bind {address}")
+    await health.apply()
+    await server.start()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_maintain, relay, health)
+            task_status.started(bound)
+            await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await health.servicer.enter_graceful_shutdown()
+            await server.stop(stop_grace_secs)
+            for channel in pool.drain():
+                await channel.close()
+
+
+async def _maintain(relay: Relay, health: HealthSync) -> None:
+    pool = relay.pool
+    seen = -1
+    ticks = 0
+    prune_every = max(1, int(min(pool_idle(relay), 60.0) / SYNC_INTERVAL_SECS))
+    async with anyio.create_task_group() as closers:
+        while True:
+            if relay.table.version != seen:
+                seen = relay.table.version
+                pool.sync(relay.table)
+                await health.apply()
+            ticks += 1
+            if ticks % prune_every == 0:
+                pool.prune_idle()
+            for channel in pool.take_retired():
+                closers.start_soon(_close, channel)
+            await anyio.sleep(SYNC_INTERVAL_SECS)
+
+
+def pool_idle(relay: Relay) -> float:
+    return relay.pool.idle_secs
+
+
+async def _close(channel: grpc.aio.Channel) -> None:
+    """Let calls on a dropped channel finish; on shutdown, close it at once."""
+    try:
+        await channel.close(CHANNEL_CLOSE_GRACE_SECS)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await channel.close()

@@ -1,0 +1,59 @@
+"""Run a router on port 0 inside a test, and build multiplexer requests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import grpc
+
+from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2, multiplexer_pb2_grpc
+from tei_reconciler.router import serve_router
+from tei_reconciler.routing import Endpoint, RoutingTable
+
+
+def endpoint(
+    name: str,
+    port: int,
+    *,
+    model_id: str = "fake/model",
+    ready: bool = True,
+    phase: str = "Running",
+    generation: int = 0,
+) -> Endpoint:
+    return Endpoint(
+        name=name,
+        model_id=model_id,
+        host="127.0.0.1",
+        port=port,
+        ready=ready,
+        phase=phase if ready or phase != "Running" else "Starting",
+        generation=generation,
+    )
+
+
+@asynccontextmanager
+async def running_router(table: RoutingTable, **options: Any) -> AsyncIterator[int]:
+    """Serve the router for `table` on 127.0.0.1 port 0; yields the bound port."""
+    async with anyio.create_task_group() as tg:
+        port: int = await tg.start(
+            lambda task_status: serve_router(
+                table, host="127.0.0.1", port=0, task_status=task_status, **options
+            )
+        )
+        try:
+            yield port
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def mux_client(port: int) -> AsyncIterator[multiplexer_pb2_grpc.TeiMultiplexerStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
+
+
+def to(name: str) -> multiplexer_pb2.Target:
+    return multiplexer_pb2.Target(instance_name=name)

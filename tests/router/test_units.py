@@ -1,0 +1,96 @@
+"""The router's pure parts: wire splitting, channel bookkeeping, load balancing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tei_reconciler.protos.tei.v1 import tei_pb2
+from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
+from tei_reconciler.router.pool import ChannelPool
+from tei_reconciler.router.routes import Balancer
+from tei_reconciler.router.wire import WireError, split_wrapper
+from tei_reconciler.routing import RoutingTable
+
+from .harness import endpoint
+
+pytestmark = pytest.mark.anyio
+
+
+@given(
+    text=st.text(max_size=300),
+    name=st.text(max_size=20),
+    normalize=st.none() | st.booleans(),
+    dims=st.none() | st.integers(0, 2**32 - 1),
+)
+def test_splitting_a_wrapper_yields_the_bytes_a_full_decode_would_forward(
+    text: str, name: str, normalize: bool | None, dims: int | None
+) -> None:
+    inner = tei_pb2.EmbedRequest(inputs=text, normalize=normalize, dimensions=dims)
+    wrapper = mux.EmbedRequest(target=mux.Target(instance_name=name), request=inner)
+    raw_target, raw_inner = split_wrapper(wrapper.SerializeToString())
+    assert raw_inner is not None
+    assert tei_pb2.EmbedRequest.FromString(raw_inner) == inner
+    assert raw_target is not None
+    assert mux.Target.FromString(raw_target) == wrapper.target
+
+
+def test_a_present_but_empty_inner_request_is_not_missing() -> None:
+    present = mux.EmbedRequest(request=tei_pb2.EmbedRequest()).SerializeToString()
+    absent = mux.EmbedRequest().SerializeToString()
+    assert split_wrapper(present) == (None, b"")
+    assert split_wrapper(absent) == (None, None)
+
+
+def test_repeated_inner_fields_merge_like_protobuf_does() -> None:
+    first = mux.EmbedRequest(request=tei_pb2.EmbedRequest(inputs="a")).SerializeToString()
+    second = mux.EmbedRequest(request=tei_pb2.EmbedRequest(truncate=True)).SerializeToString()
+    _, inner = split_wrapper(first + second)
+    assert inner is not None
+    assert tei_pb2.EmbedRequest.FromString(inner) == tei_pb2.EmbedRequest(inputs="a", truncate=True)
+
+
+@pytest.mark.parametrize("garbage", [b"\x12\x05ab", b"\x80", b"\x0f", b"\x15\x01"])
+def test_malformed_wrappers_are_rejected(garbage: bytes) -> None:
+    with pytest.raises(WireError):
+        split_wrapper(garbage)
+
+
+def test_least_outstanding_prefers_the_idle_instance_and_rotates_ties() -> None:
+    a, b = endpoint("a", 1), endpoint("b", 2)
+    balancer = Balancer()
+    balancer.acquire("a")
+    assert [balancer.pick([a, b]).name for _ in range(3)] == ["b", "b", "b"]
+    balancer.release("a")
+    assert {balancer.pick([a, b]).name for _ in range(4)} == {"a", "b"}
+
+
+async def test_a_channel_is_reused_until_the_instance_moves_or_leaves() -> None:
+    now = [0.0]
+    pool = ChannelPool(max_message_bytes=1 << 20, idle_secs=60, clock=lambda: now[0])
+    table = RoutingTable()
+    first = pool.get(endpoint("a", 1))
+    assert pool.get(endpoint("a", 1)) is first
+    moved = pool.get(endpoint("a", 2))
+    assert moved is not first
+    assert pool.get(endpoint("a", 2, generation=1)) is not moved
+    table.update([endpoint("a", 2, generation=1, ready=False)])
+    pool.sync(table)
+    assert len(pool) == 0
+    for channel in pool.take_retired():
+        await channel.close()
+
+
+async def test_idle_channels_are_pruned_and_busy_ones_kept() -> None:
+    now = [0.0]
+    pool = ChannelPool(max_message_bytes=1 << 20, idle_secs=60, clock=lambda: now[0])
+    pool.get(endpoint("idle", 1))
+    now[0] = 50.0
+    pool.get(endpoint("busy", 2))
+    now[0] = 100.0
+    pool.prune_idle()
+    assert pool.address_of("idle") is None
+    assert pool.address_of("busy") == ("127.0.0.1:2", 0)
+    for channel in [*pool.take_retired(), *pool.drain()]:
+        await channel.close()
