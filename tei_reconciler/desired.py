@@ -18,7 +18,7 @@ from tei_reconciler import metrics
 from tei_reconciler._types import Clock
 from tei_reconciler.errors import SpecError, StateFileError
 from tei_reconciler.spec import DesiredState
-from tei_reconciler.statefile import load_state
+from tei_reconciler.statefile import load_state, revision_of
 from tei_reconciler.status import StatusStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,11 @@ class DesiredSource:
         return desired
 
     def _load(self, data: bytes | None) -> DesiredState:
+        if data is None and self.desired is None and not self.path.exists():
+            # First start with no state file yet: nothing is desired; the first API write or
+            # hand edit creates the file. (A file that disappears later keeps the last state.)
+            log.info("no state file at %s yet: no instances desired", self.path)
+            return DesiredState(revision=revision_of(b""))
         if data is not None and not data.strip() and self.desired and self.desired.instances:
             raise StateFileError(
                 f"{self.path}: the file is empty; keeping the last good state "

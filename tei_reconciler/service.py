@@ -10,11 +10,13 @@ grace period, or leaves them running for the next reconciler (`on_shutdown = "ke
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,17 +25,48 @@ import anyio
 from anyio import CancelScope
 from anyio.abc import TaskStatus
 
+from tei_reconciler.api import create_app, serve_api
+from tei_reconciler.auth import build_grpc_auth, build_rest_auth
 from tei_reconciler.controller import Controller
-from tei_reconciler.errors import SpecError
+from tei_reconciler.errors import AuthConfigError, SpecError, TeiReconcilerError
+from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
+from tei_reconciler.statefile import StateFile
 from tei_reconciler.status import StatusStore
 from tei_reconciler.watcher import watch_state_file
 
 log = logging.getLogger("tei_reconciler")
 
-#: A front end run beside the controller: receives it (for `mark_dirty`, `preview`, the store).
-Part = Callable[[Controller], Coroutine[Any, Any, None]]
+#: A front end run beside the controller: `part(controller, task_status=...)` reports
+#: `started()` once it listens, and receives the controller for `mark_dirty`, `preview`, the store.
+Part = Callable[..., Coroutine[Any, Any, None]]
+
+
+class AlreadyRunning(TeiReconcilerError):
+    """Another reconciler holds this runtime directory: two would fight over the instances."""
+
+
+@contextmanager
+def exclusive_runtime(runtime_dir: Path) -> Iterator[None]:
+    """Hold `<runtime_dir>/reconciler.lock` for the life of the process (released by the OS
+    even on SIGKILL, so a crashed reconciler never blocks its successor)."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = runtime_dir / "reconciler.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise AlreadyRunning(
+                f"another tei-reconciler (pid {holder}) is running with runtime_dir {runtime_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def _cancel_on_signal(
@@ -56,18 +89,76 @@ async def serve(
     handle_signals: bool = True,
     task_status: TaskStatus[Controller] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the controller, the watcher and `extra` until cancelled or signalled."""
+    """Run the controller, the watcher and `extra` until cancelled or signalled.
+
+    The front ends listen before the controller touches any instance, so the API answers
+    (`/ready` says not yet) while adoption and the first starts are under way, and a port
+    that cannot be bound stops the reconciler before it has changed anything."""
     store = store or StatusStore()
     table = table or RoutingTable(settings.default_instance)
     controller = Controller(settings, store=store, table=table)
-    async with anyio.create_task_group() as tg:
-        if handle_signals:
-            await tg.start(_cancel_on_signal, tg.cancel_scope)
-        await tg.start(controller.run)
-        await tg.start(partial(watch_state_file, Path(settings.state_file), controller.mark_dirty))
-        for part in extra:
-            tg.start_soon(part, controller)
-        task_status.started(controller)
+    with exclusive_runtime(Path(settings.runtime_dir)):
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                await tg.start(_cancel_on_signal, tg.cancel_scope)
+            for part in extra:
+                await tg.start(part, controller)
+            await tg.start(controller.run)
+            await tg.start(
+                partial(watch_state_file, Path(settings.state_file), controller.mark_dirty)
+            )
+            task_status.started(controller)
+
+
+def front_ends(settings: Settings) -> list[Part]:
+    """The REST API and the gRPC router, each with its auth, as parts for `serve`.
+
+    Auth files are loaded here, before anything listens, so a broken certificate or tokens
+    file fails startup instead of serving unauthenticated."""
+    middleware, ssl_context = build_rest_auth(settings)
+    interceptors, credentials = build_grpc_auth(settings)
+
+    async def rest_api(
+        controller: Controller, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        app = create_app(
+            statefile=StateFile(
+                Path(settings.state_file),
+                reserved_ports=settings.reserved_ports,
+                max_instances=settings.max_instances,
+            ),
+            store=controller.store,
+            settings=settings,
+            on_change=controller.mark_dirty,
+            preview=controller.preview,
+            middleware=middleware,
+        )
+        await serve_api(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            ssl=ssl_context,
+            task_status=task_status,
+        )
+
+    async def grpc_router(
+        controller: Controller, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await serve_router(
+            controller.table,
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            request_timeout_secs=settings.request_timeout_secs,
+            max_message_mb=settings.max_message_mb,
+            idle_channel_secs=settings.idle_channel_secs,
+            default_instance=settings.default_instance,
+            interceptors=interceptors,
+            credentials=credentials,
+            stop_grace_secs=min(settings.stop_grace_secs, 5.0),
+            task_status=task_status,
+        )
+
+    return [rest_api, grpc_router]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,11 +195,23 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # one line per event otherwise
     try:
         settings = settings_from_args(argv)
+        parts = front_ends(settings)
     except SpecError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"{problem}\n")
         return 2
-    anyio.run(partial(serve, settings), backend="asyncio")
+    except AuthConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    failure: str | None = None
+    try:
+        anyio.run(partial(serve, settings, extra=parts), backend="asyncio")
+    except* (AlreadyRunning, OSError) as group:  # a port that cannot be bound: nothing was changed
+        failure = "; ".join(str(exc) for exc in group.exceptions)
+    if failure is not None:
+        sys.stderr.write(f"error: {failure}\n")
+        return 1
     return 0

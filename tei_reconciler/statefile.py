@@ -251,6 +251,10 @@ class StateFile:
             if not exact:
                 self._validate(new_text)
                 raise StateFileError(f"{self.path}: instances.{name} cannot be written as given")
+            if not new_text.strip():
+                # An empty file reads as a truncated save (the controller keeps the last good
+                # state); removing the last instance says so explicitly.
+                new_text = "[instances]\n"
             return new_text.encode("utf-8")
 
         return self._edit(edit, expected_revision)

@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from anyio.abc import TaskStatus
 
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.controller import Controller
@@ -45,9 +46,10 @@ async def test_an_instance_created_through_the_api_becomes_ready_and_goes_away(
     )
     store = StatusStore()
     bound: list[int] = []
-    listening = anyio.Event()
 
-    async def api(controller: Controller) -> None:
+    async def api(
+        controller: Controller, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         app = create_app(
             statefile=StateFile(Path(settings.state_file), reserved_ports=settings.reserved_ports),
             store=store,
@@ -57,12 +59,11 @@ async def test_an_instance_created_through_the_api_becomes_ready_and_goes_away(
         )
         async with anyio.create_task_group() as tg:
             bound.append(await tg.start(partial(serve_api, app, host="127.0.0.1", port=0)))
-            listening.set()
+            task_status.started(bound[0])
 
     with anyio.fail_after(DEADLINE * 2):
         async with anyio.create_task_group() as tg:
             await tg.start(partial(serve, settings, store=store, extra=[api], handle_signals=False))
-            await listening.wait()
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{bound[0]}", timeout=DEADLINE + 10
             ) as client:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from tei_reconciler.desired import DesiredSource, file_loader
 from tei_reconciler.spec import InstanceSpec
+from tei_reconciler.status import StatusStore
 
-from .reconciler_fakes import World, running
+from .reconciler_fakes import FakeClock, World, running
 
 pytestmark = pytest.mark.anyio
 SPEC = InstanceSpec(name="a", model_id="hash/8")
@@ -33,3 +35,19 @@ async def test_an_emptied_file_keeps_every_instance_and_says_why(tmp_path: Path)
         world.set_desired()  # an explicit, non-empty file with no instances does remove
         await world.until(lambda: world.status("a") is None)
         assert world.store.spec_errors == ()
+
+
+
+def test_a_first_start_without_a_state_file_is_valid_and_desires_nothing(tmp_path: Path) -> None:
+    store = StatusStore()
+    path = tmp_path / "state.toml"
+    source = DesiredSource(path, file_loader(frozenset()), store=store, clock=FakeClock())
+    desired = source.refresh()
+    assert desired is not None
+    assert desired.instances == {}
+    assert store.spec_errors == ()
+    path.write_text('[instances.a]\nmodel_id = "o/m"\n')
+    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+    path.unlink()  # a file that vanishes later is an error: the last good state stays
+    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+    assert "no such file" in store.spec_errors[0]

@@ -272,3 +272,12 @@ def test_removing_the_last_instance_leaves_a_valid_file_without_instances(
     path.write_text('# kept\n[instances.a]\nmodel_id = "o/m"\n')
     assert StateFile(path).remove_instance("a").instances == {}
     assert path.read_text() == "# kept\n"
+
+
+def test_removing_the_only_instance_writes_an_explicitly_empty_instances_table(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.toml"
+    path.write_text('[instances.a]\nmodel_id = "o/m"\n')
+    assert StateFile(path).remove_instance("a").instances == {}
+    assert path.read_text() == "[instances]\n"
