@@ -29,7 +29,7 @@ class Phase(enum.StrEnum):
     STOPPING = "Stopping"  # SIGTERM sent, waiting for the group to exit
     STOPPED = "Stopped"  # desired stopped and no process
     CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"  # died or failed liveness; waiting before restart
-    FAILED = "Failed"  # no restart can fix it (binary missing, GPU absent, port held): retried slowly
+    FAILED = "Failed"  # no restart fixes it (binary missing, GPU absent, port held): retried slowly
 
 
 #: DESIGN.md section 6: tei-manager's `status` vocabulary for each phase.
@@ -198,4 +198,3 @@ class StatusStore:
                 continue  # a slow reader misses intermediate states; it re-reads on the next one
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.discard(send)
-

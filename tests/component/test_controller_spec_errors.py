@@ -37,7 +37,6 @@ async def test_an_emptied_file_keeps_every_instance_and_says_why(tmp_path: Path)
         assert world.store.spec_errors == ()
 
 
-
 def test_a_first_start_without_a_state_file_is_valid_and_desires_nothing(tmp_path: Path) -> None:
     store = StatusStore()
     path = tmp_path / "state.toml"
@@ -45,7 +44,7 @@ def test_a_first_start_without_a_state_file_is_valid_and_desires_nothing(tmp_pat
     desired = source.refresh()
     assert desired is not None
     assert desired.instances == {}
-    assert store.spec_errors == ()
+    assert not store.spec_errors
     path.write_text('[instances.a]\nmodel_id = "o/m"\n')
     assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
     path.unlink()  # a file that vanishes later is an error: the last good state stays
