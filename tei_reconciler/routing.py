@@ -7,6 +7,7 @@ router's whole view of the world: it never reads the state file or the status st
 
 from __future__ import annotations
 
+import anyio
 import msgspec
 
 
@@ -33,6 +34,7 @@ class RoutingTable:
         self._endpoints: dict[str, Endpoint] = {}
         self.version = 0
         self.default_instance = default_instance
+        self._changed: anyio.Event | None = None  # created on first wait (needs a running loop)
 
     def update(self, endpoints: list[Endpoint]) -> None:
         """Replace the whole table (the controller calls this after every pass)."""
@@ -40,6 +42,16 @@ class RoutingTable:
         if new != self._endpoints:
             self._endpoints = new
             self.version += 1
+            if self._changed is not None:
+                self._changed.set()
+                self._changed = None
+
+    async def wait_changed(self, seen: int) -> None:
+        """Return once `version` differs from `seen` (at once if it already does)."""
+        while self.version == seen:
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
 
     def get(self, name: str) -> Endpoint | None:
         return self._endpoints.get(name)

@@ -25,7 +25,6 @@ from tei_reconciler.router.pool import ChannelPool
 from tei_reconciler.router.relay import Relay
 from tei_reconciler.routing import RoutingTable
 
-SYNC_INTERVAL_SECS = 0.25
 CHANNEL_CLOSE_GRACE_SECS = 5.0
 
 
@@ -89,26 +88,26 @@ async def serve_router(
 
 
 async def _maintain(relay: Relay, health: HealthSync) -> None:
+    """Mirror each routing-table change into the pool and health service as it happens;
+    prune idle channels on a slow timer."""
     pool = relay.pool
+    table = relay.table
+    prune_interval = min(pool.idle_secs, 60.0)
     seen = -1
-    ticks = 0
-    prune_every = max(1, int(min(pool_idle(relay), 60.0) / SYNC_INTERVAL_SECS))
+    next_prune = anyio.current_time() + prune_interval
     async with anyio.create_task_group() as closers:
         while True:
-            if relay.table.version != seen:
-                seen = relay.table.version
-                pool.sync(relay.table)
+            with anyio.move_on_after(max(0.0, next_prune - anyio.current_time())):
+                await table.wait_changed(seen)
+            if table.version != seen:
+                seen = table.version
+                pool.sync(table)
                 await health.apply()
-            ticks += 1
-            if ticks % prune_every == 0:
+            if anyio.current_time() >= next_prune:
                 pool.prune_idle()
+                next_prune = anyio.current_time() + prune_interval
             for channel in pool.take_retired():
                 closers.start_soon(_close, channel)
-            await anyio.sleep(SYNC_INTERVAL_SECS)
-
-
-def pool_idle(relay: Relay) -> float:
-    return relay.pool.idle_secs
 
 
 async def _close(channel: grpc.aio.Channel) -> None:
