@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-STATE ?= examples/quickstart.toml
+STATE ?= tei-state.toml
 PROTO_OUT := tei_reconciler/protos
 PYTEST_ARGS ?=
 
@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The quick start: a copy of examples/quickstart.toml becomes the editable state file.
 run: install
+	test -f $(STATE) || cp examples/quickstart.toml $(STATE)
 	$(BIN)/tei-reconciler run --state $(STATE)
 
 test: install

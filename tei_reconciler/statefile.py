@@ -199,16 +199,23 @@ class StateFile:
         self, name: str, field: str, value: object, *, expected_revision: str | None = None
     ) -> DesiredState:
         """Set one key of an instance (None removes it). Raises InstanceNotFound."""
+        return self.set_fields(name, {field: value}, expected_revision=expected_revision)
+
+    def set_fields(
+        self, name: str, values: dict[str, object], *, expected_revision: str | None = None
+    ) -> DesiredState:
+        """Set several keys of an instance in one write (None removes a key)."""
 
         def change(instances: dict[str, Any]) -> Fields | None:
             current = instances.get(name)
             if not isinstance(current, dict):
                 raise InstanceNotFound(name)
             updated = dict(current)
-            if value is None:
-                updated.pop(field, None)
-            else:
-                updated[field] = plain(field, value)
+            for field, value in values.items():
+                if value is None:
+                    updated.pop(field, None)
+                else:
+                    updated[field] = plain(field, value)
             return updated
 
         return self._edit_instance(name, change, expected_revision)

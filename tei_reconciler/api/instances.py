@@ -229,8 +229,7 @@ async def _set_fields(request: Request, fields: dict[str, Any]) -> Response:
     name = request.path_params["name"]
     wait = wait_timeout(request)
     try:
-        for field, value in fields.items():
-            await ctx.write(ctx.statefile.set_field, name, field, value)
+        await ctx.write(ctx.statefile.set_fields, name, fields)
     except Exception as exc:
         raise api_error_for(exc, prefix=f"instances.{name}.") from exc
     desired = await ctx.effective()

@@ -281,3 +281,14 @@ def test_removing_the_only_instance_writes_an_explicitly_empty_instances_table(
     path.write_text('[instances.a]\nmodel_id = "o/m"\n')
     assert StateFile(path).remove_instance("a").instances == {}
     assert path.read_text() == "[instances]\n"
+
+
+def test_several_fields_change_in_one_write_with_one_new_revision(state_path: Path) -> None:
+    sf = StateFile(state_path)
+    _, before = sf.read()
+    name = next(iter(sf.load().instances))
+    state = sf.set_fields(name, {"state": "stopped", "max_batch_tokens": 1234})
+    spec = state.instances[name]
+    assert (spec.state, spec.max_batch_tokens) == ("stopped", 1234)
+    assert state.revision != before
+    assert sf.read()[1] == state.revision
