@@ -13,17 +13,15 @@ holder when the kernel shows it (reading other processes' sockets may need root)
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
 import psutil
 
+from tei_reconciler._atomic import write_atomically
 from tei_reconciler.errors import PermanentError
 from tei_reconciler.spec import InstanceSpec
 
@@ -62,27 +60,6 @@ def port_holder(port: int) -> str:
     return ""
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class PortBook:
     """The sticky port assignments of every instance, persisted in `path`."""
 
@@ -115,6 +92,7 @@ class PortBook:
 
     def _save(self) -> None:
         body = {"ports": {n: msgspec.to_builtins(a) for n, a in sorted(self._book.items())}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, json.dumps(body, indent=2).encode() + b"\n")
 
     def get(self, name: str) -> Assignment | None:

@@ -20,13 +20,12 @@ import glob
 import hashlib
 import os
 import re
-import stat
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tei_reconciler._atomic import write_atomically
 from tei_reconciler._tomledit import Fields, plain, rewrite_instance
 from tei_reconciler._tomlsource import scan
 from tei_reconciler.errors import (
@@ -325,31 +324,10 @@ class StateFile:
                 orphan.unlink()
 
     def _write(self, data: bytes) -> None:
-        parent = self.path.parent
         try:
-            mode = stat.S_IMODE(self.path.stat().st_mode)
-        except FileNotFoundError:
-            mode = 0o644
-        try:
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            write_atomically(self.path, data, keep_mode=True)
         except OSError as exc:
             raise StateFileError(f"{self.path}: cannot write: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise StateFileError(f"{self.path}: cannot write: {exc.strerror}") from None
-        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _clean(fields: Fields) -> Fields:
