@@ -52,9 +52,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
         sock.listen(1024)
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        message = f"REST API cannot listen on {host}:{port}: {exc.strerror}"
+        raise OSError(exc.errno, message) from exc
     return sock
 
 

@@ -1,4 +1,5 @@
-"""The API wired to the real controller: create -> Ready -> logs -> delete, with a real child."""
+"""The API wired to the real controller: create -> Ready -> embed -> stop -> delete, with a
+real engine child."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import grpc
 import httpx
 import pytest
 from anyio.abc import TaskStatus
 
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.controller import Controller
+from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
 from tei_reconciler.statefile import StateFile
@@ -79,6 +82,17 @@ async def test_an_instance_created_through_the_api_becomes_ready_and_goes_away(
                 assert plan["valid"] is True
                 logs = (await client.get("/instances/e2e/logs")).json()
                 assert logs["total_lines"] >= 1
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    embedded = await tei_pb2_grpc.EmbedStub(channel).Embed(
+                        tei_pb2.EmbedRequest(inputs="through the engine the API started")
+                    )
+                assert len(embedded.embeddings) == 8
+                stopped = await client.post("/instances/e2e/stop")
+                assert stopped.status_code == 200, stopped.text
+                with store.subscribe() as changes:
+                    while (status := store.get("e2e")) is None or status.phase != "Stopped":
+                        await changes.receive()
+                assert (await client.get("/instances/e2e")).json()["status"] == "stopped"
                 with store.subscribe() as changes:
                     assert (await client.delete("/instances/e2e")).status_code == 204
                     while store.get("e2e") is not None:  # stopped, then forgotten
