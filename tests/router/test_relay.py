@@ -276,3 +276,18 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
                 )
     assert len(reply.embeddings) == big
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_stream_without_a_client_deadline_ends_at_the_request_timeout() -> None:
+    async with fake_backend() as (a_port, recorder):
+        table = RoutingTable()
+        table.update([endpoint("a", a_port)])
+        async with running_router(table, request_timeout_secs=1) as port, mux_client(port) as stub:
+            call = stub.EmbedStream()  # no client deadline
+            await call.write(embed("slow stream", to("a")))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                with anyio.fail_after(DEADLINE):
+                    await call.read()
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            with anyio.fail_after(DEADLINE):
+                await recorder.cancelled.wait()  # the instance saw the call end, too
