@@ -124,16 +124,20 @@ async def measure(op: Op, count: int, concurrency: int = 1) -> Sample:
 async def compare(
     name: str, direct: Op, routed: Op, count: int, rounds: int, concurrency: int = 1
 ) -> tuple[str, Sample, Sample]:
+    """`rounds` x `count` calls on each side, alternating in slices of about a tenth of a
+    round (at least `concurrency` calls), so load drift on the shared machine hits both alike."""
     for op in (direct, routed):  # warm both paths
         await measure(op, max(2, concurrency), concurrency)
     a = Sample([], 0.0, 0)
     b = Sample([], 0.0, 0)
-    for _ in range(rounds):
+    slice_ = max(concurrency, count // 10, 1)
+    for _ in range(rounds * max(1, count // slice_)):
         for side, op in ((a, direct), (b, routed)):
-            sample = await measure(op, count, concurrency)
+            sample = await measure(op, slice_, concurrency)
             side.latencies += sample.latencies
             side.wall += sample.wall
             side.operations += sample.operations
+    print(f"  {name}: done", file=sys.stderr, flush=True)
     return name, a, b
 
 

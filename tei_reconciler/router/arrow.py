@@ -23,15 +23,15 @@ transport cost.
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import grpc
-import numpy as np
-import pyarrow as pa
 
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2
@@ -44,90 +44,9 @@ NOOP_DIMENSION = 384  # tei-manager's noop answer; never used when an instance a
 MAX_STREAMS = 4
 MIN_CHUNK = 32
 THREAD_ROWS = 256  # build larger answers in a worker thread: LZ4 releases the GIL
+_IPC_MODULE = "tei_reconciler.router.arrow_ipc"
 
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
-_DENSE_ITEM = pa.field("item", pa.float32(), nullable=False)
-_SPARSE_ITEM = pa.field(
-    "item",
-    pa.struct(
-        [
-            pa.field("index", pa.uint32(), nullable=False),
-            pa.field("value", pa.float32(), nullable=False),
-        ]
-    ),
-    nullable=False,
-)
-
-
-def read_texts(ipc: bytes) -> list[str | None]:
-    """Column 0 of every batch of an IPC stream, nulls kept."""
-    try:
-        reader = pa.ipc.open_stream(ipc)
-        batches = list(reader)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise RouteError(_INVALID, f"Invalid Arrow IPC: {exc}") from exc
-    if not batches:
-        raise RouteError(_INVALID, "No RecordBatch in stream")
-    schema = reader.schema
-    if not schema.names:
-        raise RouteError(_INVALID, "First column must be Utf8 or LargeUtf8 (no columns)")
-    kind = schema.field(0).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise RouteError(_INVALID, f"First column must be Utf8 or LargeUtf8, not {kind}")
-    texts: list[str | None] = []
-    for batch in batches:
-        texts.extend(batch.column(0).to_pylist())
-    return texts
-
-
-def write_ipc(name: str, column: pa.Array, nullable: bool) -> bytes:
-    schema = pa.schema([pa.field(name, column.type, nullable=nullable)])
-    sink = pa.BufferOutputStream()
-    options = pa.ipc.IpcWriteOptions(compression="lz4")
-    with pa.ipc.new_stream(sink, schema, options=options) as writer:
-        writer.write_batch(pa.record_batch([column], schema=schema))
-    data: bytes = sink.getvalue().to_pybytes()
-    return data
-
-
-def _mask(texts: list[str | None]) -> pa.Array | None:
-    if all(t is not None for t in texts):
-        return None
-    return pa.array([t is None for t in texts], type=pa.bool_())
-
-
-def dense_table(texts: list[str | None], vectors: list[np.ndarray[Any, Any]], dim: int) -> bytes:
-    values = np.zeros((len(texts), dim), dtype=np.float32)
-    present = (i for i, t in enumerate(texts) if t is not None)
-    for row, vector in zip(present, vectors, strict=True):
-        values[row] = vector
-    mask = _mask(texts)
-    column = pa.FixedSizeListArray.from_arrays(
-        pa.array(values.reshape(-1)), type=pa.list_(_DENSE_ITEM, dim), mask=mask
-    )
-    return write_ipc("embeddings", column, nullable=mask is not None)
-
-
-def sparse_table(texts: list[str | None], rows: list[tuple[list[int], list[float]]]) -> bytes:
-    offsets = [0]
-    indices: list[int] = []
-    weights: list[float] = []
-    answers = iter(rows)
-    for text in texts:
-        if text is not None:
-            idx, val = next(answers)
-            indices.extend(idx)
-            weights.extend(val)
-        offsets.append(len(indices))
-    values = pa.StructArray.from_arrays(
-        [pa.array(indices, pa.uint32()), pa.array(weights, pa.float32())],
-        fields=list(_SPARSE_ITEM.type),
-    )
-    mask = _mask(texts)
-    column = pa.ListArray.from_arrays(
-        pa.array(offsets, pa.int32()), values, type=pa.list_(_SPARSE_ITEM), mask=mask
-    )
-    return write_ipc("sparse_embeddings", column, nullable=mask is not None)
 
 
 async def fan_out(
@@ -180,6 +99,14 @@ async def fan_out(
     return flat
 
 
+async def _ipc() -> Any:
+    """The pyarrow side (`arrow_ipc`), imported off the event loop on first use."""
+    module = sys.modules.get(_IPC_MODULE)
+    if module is None:
+        module = await anyio.to_thread.run_sync(importlib.import_module, _IPC_MODULE)
+    return module
+
+
 def _target_of(request: Any) -> multiplexer_pb2.Target:
     if not request.HasField("target"):
         raise RouteError(_INVALID, "Missing target")
@@ -195,17 +122,17 @@ async def _relay_arrow(
     request: Any,
     path: str,
     build: Callable[[list[str | None], Connection, Metadata], Any],
-    noop: Callable[[list[str | None]], bytes],
+    noop: Callable[[list[str | None]], Awaitable[bytes]],
 ) -> bytes:
     try:
         target = validate_target(_target_of(request))
-        texts = read_texts(request.arrow_ipc)
+        texts = (await _ipc()).read_texts(request.arrow_ipc)
         endpoint = resolve(relay.table, relay.balancer, target)
     except RouteError as exc:
         await relay.refuse(context, label, exc)
         raise
     if request.noop:
-        return noop(texts)
+        return await noop(texts)
     metadata, _, _ = split_metadata(context)
     started = time.perf_counter()
     conn = relay.begin(endpoint)
@@ -245,18 +172,14 @@ def embed_arrow_handler(relay: Relay) -> grpc.RpcMethodHandler:
                     _INVALID, "every row is null: the dimension comes from the instance"
                 )
             answers = await fan_out(conn, path, requests, relay.timeout(context), metadata)
-            vectors = [
-                np.asarray(tei_pb2.EmbedResponse.FromString(a).embeddings, dtype=np.float32)
-                for a in answers
-            ]
+            vectors = [tei_pb2.EmbedResponse.FromString(a).embeddings for a in answers]
             dim = len(vectors[0])
             if any(len(v) != dim for v in vectors):
                 raise RouteError(grpc.StatusCode.INTERNAL, "instance returned unequal dimensions")
-            return _ok(await _off_loop(dense_table, texts, vectors, dim))
+            return _ok(await _off_loop((await _ipc()).dense_table, texts, vectors, dim))
 
-        def noop(texts: list[str | None]) -> bytes:
-            vectors = [np.zeros(NOOP_DIMENSION, np.float32) for t in texts if t is not None]
-            return _ok(dense_table(texts, vectors, NOOP_DIMENSION))
+        async def noop(texts: list[str | None]) -> bytes:
+            return _ok((await _ipc()).dense_table(texts, None, NOOP_DIMENSION))
 
         return await _relay_arrow(
             relay, context, label=label, request=request, path=path, build=build, noop=noop
@@ -286,15 +209,15 @@ def embed_sparse_arrow_handler(relay: Relay) -> grpc.RpcMethodHandler:
                 for answer in answers:
                     values = tei_pb2.EmbedSparseResponse.FromString(answer).sparse_embeddings
                     rows.append(([v.index for v in values], [v.value for v in values]))
-            return _ok(await _off_loop(sparse_table, texts, rows), sparse=True)
+            return _ok(await _off_loop((await _ipc()).sparse_table, texts, rows), sparse=True)
 
-        def noop(texts: list[str | None]) -> bytes:
+        async def noop(texts: list[str | None]) -> bytes:
             rows = [
                 ([i, i + 100, i + 200], [1.0, 0.5, 0.25])
                 for i, t in enumerate(texts)
                 if t is not None
             ]
-            return _ok(sparse_table(texts, rows), sparse=True)
+            return _ok((await _ipc()).sparse_table(texts, rows), sparse=True)
 
         return await _relay_arrow(
             relay, context, label=label, request=request, path=path, build=build, noop=noop
