@@ -291,3 +291,27 @@ async def test_a_stream_without_a_client_deadline_ends_at_the_request_timeout() 
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             with anyio.fail_after(DEADLINE):
                 await recorder.cancelled.wait()  # the instance saw the call end, too
+
+
+async def test_a_stream_to_an_instance_that_stops_reading_pushes_back_on_the_client() -> None:
+    """Flow control end to end: the router buffers no more than the transports' windows, so
+    a client writing to an instance that no longer reads is soon made to wait."""
+    megabyte = embed("x" * 1_000_000)
+    limit = 200  # 200 MB: far beyond any HTTP/2 window, well within what an unbounded buffer takes
+    async with fake_backend() as (a_port, recorder):
+        table = RoutingTable()
+        table.update([endpoint("a", a_port)])
+        async with running_router(table) as port, mux_client(port) as stub:
+            call = stub.EmbedStream(timeout=DEADLINE)
+            await call.write(embed("slow: the instance stops reading here", to("a")))
+            with anyio.fail_after(DEADLINE):
+                await recorder.slow_started.wait()
+            written = 0
+            while written < limit:
+                with anyio.move_on_after(2) as waited:
+                    await call.write(megabyte)
+                if waited.cancelled_caught:
+                    break
+                written += 1
+            call.cancel()
+    assert written < limit
