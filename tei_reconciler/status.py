@@ -9,6 +9,7 @@ subscriber that cannot keep up loses the oldest notifications, never blocks the 
 from __future__ import annotations
 
 import enum
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tei_reconciler.spec import InstanceSpec
+
+log = logging.getLogger("tei_reconciler.events")
 
 
 class Phase(enum.StrEnum):
@@ -173,9 +176,9 @@ class StatusStore:
     def record_event(
         self, instance: str, type_: str, reason: str, message: str, at: float
     ) -> Event:
-        log = self._events.setdefault(instance, OrderedDict())
+        events = self._events.setdefault(instance, OrderedDict())
         key = (type_, reason, message)
-        previous = log.pop(key, None)
+        previous = events.pop(key, None)
         event = Event(
             instance=instance,
             type=type_,
@@ -185,9 +188,10 @@ class StatusStore:
             first_time=at if previous is None else previous.first_time,
             last_time=at,
         )
-        log[key] = event
-        while len(log) > self._events_per_instance:
-            log.popitem(last=False)
+        events[key] = event
+        while len(events) > self._events_per_instance:
+            events.popitem(last=False)
+        _log_event(event)
         return event
 
     def _publish(self, change: StoreChange) -> None:
@@ -198,3 +202,10 @@ class StatusStore:
                 continue  # a slow reader misses intermediate states; it re-reads on the next one
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.discard(send)
+
+
+def _log_event(event: Event) -> None:
+    """Every event also goes to the log, so `journalctl`/`kubectl logs` tell the same story."""
+    level = logging.WARNING if event.type == "Warning" else logging.INFO
+    subject = event.instance or "state file"
+    log.log(level, "%s: %s: %s", subject, event.reason, event.message)

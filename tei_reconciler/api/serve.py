@@ -10,6 +10,7 @@ shutdown. That part runs shielded, so a cancelled service still closes its port 
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl as ssl_
 from collections.abc import Awaitable, Callable
@@ -82,6 +83,9 @@ async def serve_api(
     bound = sock.getsockname()[1]
     config = _Config(sock, ssl)
     config.accesslog = None
+    # A Logger (not "-") makes hypercorn log through the application's logging setup instead
+    # of adding a stderr handler of its own, which printed every line twice.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = grace
     started = anyio.Event()
     stop = anyio.Event()

@@ -10,6 +10,7 @@ Auth plugs in from outside: server interceptors and server credentials are param
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import anyio
@@ -26,6 +27,8 @@ from tei_reconciler.router.relay import Relay
 from tei_reconciler.routing import RoutingTable
 
 CHANNEL_CLOSE_GRACE_SECS = 5.0
+
+log = logging.getLogger(__name__)
 
 
 async def serve_router(
@@ -74,6 +77,7 @@ async def serve_router(
         raise OSError(f"gRPC router cannot bind {address}")
     await health.apply()
     await server.start()
+    log.info("gRPC router listening on %s:%d", host, bound)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_maintain, relay, health)
