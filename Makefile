@@ -13,9 +13,10 @@ install: $(STAMP)
 
 # Reinstall only when the project's metadata changed; a no-op otherwise.
 $(STAMP): pyproject.toml
+	@echo "installing tei-reconciler and its dependencies into $(VENV) (the first time takes a few minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 
 # The quick start: a copy of examples/quickstart.toml becomes the editable state file.
