@@ -164,7 +164,10 @@ class Relay:
                         response = await call
                     else:
                         async for message in call:
-                            await context.write(message)
+                            # A write is never cut in half by a cancel from the pump: the
+                            # call must stay usable for the status that follows.
+                            with anyio.CancelScope(shield=True):
+                                await context.write(message)
                 except grpc.aio.AioRpcError as exc:
                     failed = exc
                 tg.cancel_scope.cancel()
