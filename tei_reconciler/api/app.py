@@ -22,6 +22,7 @@ from tei_reconciler._types import Clock, SystemClock
 from tei_reconciler.api import instances, state, streams, system
 from tei_reconciler.api.context import ApiContext, Preview
 from tei_reconciler.api.errors import EXCEPTION_HANDLERS
+from tei_reconciler.api.instance_metrics import instance_metrics
 from tei_reconciler.settings import Settings
 from tei_reconciler.statefile import StateFile
 from tei_reconciler.status import StatusStore
@@ -43,6 +44,7 @@ ROUTES = [
     Route(f"{ONE}/restart", instances.restart_instance, methods=["POST"]),
     Route(f"{ONE}/logs", streams.get_logs, methods=["GET"]),
     Route(f"{ONE}/events", streams.instance_events, methods=["GET"]),
+    Route(f"{ONE}/metrics", instance_metrics, methods=["GET"]),
     Route("/events", streams.list_events, methods=["GET"]),
     Route("/state", state.get_state, methods=["GET"]),
     Route("/state", state.put_state, methods=["PUT"]),

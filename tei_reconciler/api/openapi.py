@@ -122,6 +122,13 @@ OPERATIONS: tuple[Op, ...] = (
     ),
     Op(
         "get",
+        f"{ONE}/metrics",
+        "The instance's own Prometheus metrics (TEI's), scraped through the API",
+        {200: "text"},
+        (404, 502, 503),
+    ),
+    Op(
+        "get",
         "/events",
         "All events; Accept: text/event-stream watches every status change",
         {200: list[EventOut]},
@@ -161,7 +168,8 @@ _DESCRIPTIONS = {
     415: "Wrong Content-Type",
     422: "No capacity (MAX_INSTANCES_REACHED, PORT_ALLOCATION_FAILED)",
     500: "Internal error (INTERNAL_ERROR)",
-    503: "Not ready (NOT_READY)",
+    502: "The instance did not answer (INSTANCE_METRICS_UNAVAILABLE)",
+    503: "Not ready (NOT_READY, INSTANCE_NOT_RUNNING)",
     504: "Written, but not Ready in time (TIMEOUT)",
 }
 

@@ -84,7 +84,8 @@ def wants_stream(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-async def _known(ctx: ApiContext, name: str) -> None:
+async def known_instance(ctx: ApiContext, name: str) -> None:
+    """404 unless `name` is in the state file or the status store."""
     spec, status = await ctx.lookup(name)
     if (spec is None and status is None) or NAME.fullmatch(name) is None:
         raise ApiError(404, "INSTANCE_NOT_FOUND", f"instance {name!r} not found")
@@ -93,7 +94,7 @@ async def _known(ctx: ApiContext, name: str) -> None:
 async def get_logs(request: Request) -> Response | EventStream:
     ctx = ctx_of(request)
     name = request.path_params["name"]
-    await _known(ctx, name)
+    await known_instance(ctx, name)
     start, end = query_int(request, "start"), query_int(request, "end")
     path = log_path(Path(ctx.settings.runtime_dir), name)
     if not query_bool(request, "follow"):
@@ -149,7 +150,7 @@ async def list_events(request: Request) -> Response | EventStream:
 async def instance_events(request: Request) -> Response | EventStream:
     ctx = ctx_of(request)
     name = request.path_params["name"]
-    await _known(ctx, name)
+    await known_instance(ctx, name)
     if wants_stream(request):
         return EventStream(_watch(ctx, name), ctx.closing)
     return json_response([event_out(e) for e in ctx.store.events(name)])

@@ -1,0 +1,94 @@
+"""An instance's own Prometheus metrics, scraped through the API port."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
+from tei_reconciler.spec import InstanceSpec
+from tei_reconciler.status import Phase
+
+from .harness import build, observed
+
+pytestmark = pytest.mark.anyio
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def engine_metrics_port() -> Iterator[int]:
+    """A real engine; yields its --prometheus-port once that answers."""
+    port, metrics_port = free_port(), free_port()
+    flags = ["--model-id", "hash/8", "--port", str(port), "--prometheus-port", str(metrics_port)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tei_reconciler", "engine", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or child.poll() is not None:
+                    raise
+            time.sleep(0.05)  # poll interval of a deadline loop, not a wait for an event
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # traffic to count
+            tei_pb2_grpc.EmbedStub(channel).Embed(tei_pb2.EmbedRequest(inputs="x"), timeout=30)
+        yield metrics_port
+    finally:
+        child.kill()
+        child.wait()
+
+
+async def test_an_instances_metrics_are_its_own_tei_metrics(
+    tmp_path: Path, engine_metrics_port: int
+) -> None:
+    _, api = build(tmp_path)
+    spec = InstanceSpec(name="emb", model_id="hash/8")
+    api.statefile.add_instance("emb", {"model_id": "hash/8"})
+    api.store.put(observed(spec, prometheus_port=engine_metrics_port))
+    answer = await api.client.get("/instances/emb/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert "te_request_count" in answer.text  # TEI's own metric names
+
+
+async def test_metrics_of_an_unknown_instance_are_404(tmp_path: Path) -> None:
+    _, api = build(tmp_path)
+    answer = await api.client.get("/instances/ghost/metrics")
+    assert (answer.status_code, answer.json()["code"]) == (404, "INSTANCE_NOT_FOUND")
+
+
+async def test_metrics_of_a_stopped_instance_are_503(tmp_path: Path) -> None:
+    _, api = build(tmp_path)
+    spec = InstanceSpec(name="off", model_id="hash/8", state="stopped")  # type: ignore[arg-type]
+    api.statefile.add_instance("off", {"model_id": "hash/8", "state": "stopped"})
+    api.store.put(observed(spec, Phase.STOPPED, prometheus_port=None))
+    answer = await api.client.get("/instances/off/metrics")
+    assert (answer.status_code, answer.json()["code"]) == (503, "INSTANCE_NOT_RUNNING")
+
+
+async def test_metrics_of_an_instance_that_does_not_answer_are_502(tmp_path: Path) -> None:
+    _, api = build(tmp_path)
+    spec = InstanceSpec(name="gone", model_id="hash/8")
+    api.statefile.add_instance("gone", {"model_id": "hash/8"})
+    api.store.put(observed(spec, prometheus_port=free_port()))  # nothing listens there
+    answer = await api.client.get("/instances/gone/metrics")
+    assert (answer.status_code, answer.json()["code"]) == (502, "INSTANCE_METRICS_UNAVAILABLE")
