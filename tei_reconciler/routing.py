@@ -24,7 +24,11 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """`host:port` as gRPC targets spell it (an IPv6 literal goes in brackets)."""
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
 
 
 class RoutingTable:

@@ -29,6 +29,8 @@ async def instance_metrics(request: Request) -> Response:
         raise ApiError(503, "INSTANCE_NOT_RUNNING", f"instance {name!r} has no running process")
     host = ctx.settings.instance_host
     host = "127.0.0.1" if host in _ANY_ADDRESS else host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal, as URLs spell it
     url = f"http://{host}:{status.prometheus_port}/metrics"
     try:
         async with httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_SECS) as client:

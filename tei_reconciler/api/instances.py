@@ -136,13 +136,28 @@ async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> Non
             return
         with anyio.move_on_after(seconds):
             async for change in changes:
-                if change.name == spec.name and ready(ctx.store.get(spec.name)):
+                if change.name != spec.name:
+                    continue
+                if ready(ctx.store.get(spec.name)):
                     return
+                await _still_desired(ctx, spec.name)
     raise ApiError(
         504,
         "TIMEOUT",
         f"the change to {spec.name!r} was written, but it was not Ready within {seconds:g} s",
     )
+
+
+async def _still_desired(ctx: ApiContext, name: str) -> None:
+    """404 once a valid state file no longer holds `name`: it can never become Ready, so a
+    waiter must not sit out its whole timeout."""
+    snap = await ctx.snapshot()
+    if snap.desired is not None and name not in snap.desired.instances:
+        raise ApiError(
+            404,
+            "INSTANCE_NOT_FOUND",
+            f"instance {name!r} was deleted while waiting for it to be Ready",
+        )
 
 
 async def _answer(
@@ -229,12 +244,11 @@ async def _set_fields(request: Request, fields: dict[str, Any]) -> Response:
     name = request.path_params["name"]
     wait = wait_timeout(request)
     try:
-        await ctx.write(ctx.statefile.set_fields, name, fields)
+        # The state this write produced: a re-read could already show someone else's save
+        # (or a half-written file) and deny a change that was made.
+        desired = await ctx.write(ctx.statefile.set_fields, name, fields)
     except Exception as exc:
         raise api_error_for(exc, prefix=f"instances.{name}.") from exc
-    desired = await ctx.effective()
-    if name not in desired.instances:  # removed by someone else in the meantime
-        raise ApiError(404, "INSTANCE_NOT_FOUND", f"instance {name!r} not found")
     return await _answer(ctx, desired, name, wait)
 
 

@@ -51,7 +51,7 @@ WAIT = (
     (
         "timeout",
         {"type": "number", "minimum": 0, "maximum": 3600},
-        "seconds to wait (default 300); 504 TIMEOUT after",
+        "seconds to wait (default 300); 504 TIMEOUT after, 404 if it is deleted meanwhile",
     ),
 )
 BODY_ERRORS = (400, 413, 415)
@@ -75,7 +75,7 @@ OPERATIONS: tuple[Op, ...] = (
         "/instances",
         "Create an instance (adds it to the state file)",
         {201: InstanceOut},
-        (*BODY_ERRORS, 409, 422, 504),
+        (*BODY_ERRORS, 404, 409, 422, 504),
         body=CreateInstanceRequest,
         query=WAIT,
     ),
@@ -85,7 +85,7 @@ OPERATIONS: tuple[Op, ...] = (
         ONE,
         "Create or replace an instance (apply)",
         {200: InstanceOut, 201: InstanceOut},
-        (*BODY_ERRORS, 409, 422, 504),
+        (*BODY_ERRORS, 404, 409, 422, 504),
         body=ApplyInstanceRequest,
         query=WAIT,
     ),

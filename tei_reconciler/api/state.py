@@ -79,13 +79,15 @@ async def put_state(request: Request) -> Response:
         )
         return json_response(body)
     try:
-        await ctx.write(ctx.statefile.replace, data, expected_revision=expected)
+        # What this write produced, not a re-read: another writer may already have saved over
+        # it, and an ETag naming their revision would let our next If-Match erase their edit.
+        desired = await ctx.write(ctx.statefile.replace, data, expected_revision=expected)
     except Exception as exc:
         raise api_error_for(exc) from exc
-    snap = await ctx.snapshot()
-    actions = ctx.plan(snap.desired) if snap.desired is not None else []
-    body = StateWriteResponse(revision=snap.revision, dry_run=False, written=True, actions=actions)
-    return json_response(body, headers={"ETag": etag(snap.revision)})
+    body = StateWriteResponse(
+        revision=desired.revision, dry_run=False, written=True, actions=ctx.plan(desired)
+    )
+    return json_response(body, headers={"ETag": etag(desired.revision)})
 
 
 async def get_plan(request: Request) -> Response:

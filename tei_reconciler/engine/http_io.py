@@ -77,20 +77,26 @@ def direction_left(data: dict[str, Any]) -> bool:
     return str(value).lower() == "left"
 
 
+U32_MAX = 0xFFFF_FFFF
+
+
+def is_token_id(value: Any) -> bool:
+    """A JSON integer that fits TEI's `u32` token ids (booleans and negatives do not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= U32_MAX
+
+
 def inputs_of(value: Any) -> tuple[list[Text], bool]:
     """TEI's `Input`: a string, token ids, or a batch of either. Returns (inputs, is_batch)."""
     if isinstance(value, str):
         return [value], False
     if isinstance(value, list):
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if all(is_token_id(v) for v in value):
             return [tuple(value)], False
         texts: list[Text] = []
         for item in value:
             if isinstance(item, str):
                 texts.append(item)
-            elif isinstance(item, list) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in item
-            ):
+            elif isinstance(item, list) and all(is_token_id(v) for v in item):
                 texts.append(tuple(item))
             else:
                 raise shape_error("inputs: data did not match any variant of untagged enum Input")

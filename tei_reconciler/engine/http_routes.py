@@ -27,6 +27,7 @@ from tei_reconciler.engine.http_io import (
     direction_left,
     get,
     inputs_of,
+    is_token_id,
     read_json,
     shape_error,
 )
@@ -231,6 +232,8 @@ class HttpApi:
         inputs = get(data, "inputs", dict, REQUIRED)
         source = get(inputs, "source_sentence", str, REQUIRED)
         sentences = get(inputs, "sentences", list, REQUIRED)
+        if not all(isinstance(s, str) for s in sentences):
+            raise shape_error("sentences: invalid type, expected a string")
         if not sentences:
             raise EngineError(ErrorType.EMPTY, "`inputs` cannot be empty")
         params = get(data, "parameters", dict, {})
@@ -263,8 +266,8 @@ class HttpApi:
 
     async def decode(self, data: dict[str, Any]) -> tuple[Any, None, str]:
         ids = get(data, "ids", list, REQUIRED)
-        batch = [ids] if all(isinstance(i, int) for i in ids) else ids
-        if not all(isinstance(b, list) and all(isinstance(i, int) for i in b) for b in batch):
+        batch = [ids] if all(is_token_id(i) for i in ids) else ids
+        if not all(isinstance(b, list) and all(is_token_id(i) for i in b) for b in batch):
             raise shape_error("ids: expected a sequence of integers")
         skip = get(data, "skip_special_tokens", bool, True)
         self.infer.check_batch(len(batch))

@@ -151,7 +151,7 @@ async def _relay_arrow(
         code = "OK"
         return data
     finally:
-        relay.end(endpoint, label, code, started)
+        relay.end(endpoint, conn, label, code, started)
 
 
 def embed_arrow_handler(relay: Relay) -> grpc.RpcMethodHandler:

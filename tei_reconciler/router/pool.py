@@ -5,8 +5,9 @@ dictionary insert and nothing holds a lock across a connect (tei-manager held on
 remembers the address and generation it was made for: a call for an instance that restarted
 on another port, or was replaced, gets a fresh channel at once; `sync` drops the channels of
 instances that stopped, stopped being Ready or were deleted; `prune_idle` drops the ones
-nobody used for `idle_secs`. Dropped channels are closed with a grace period by whoever
-owns the pool (the router's maintenance task), so calls already running on them finish.
+that carry no call and have not for `idle_secs` (a stream may run for hours). Dropped
+channels are closed with a grace period by whoever owns the pool (the router's maintenance
+task), so calls already running on them finish.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Connection:
         self.key = (endpoint.address, endpoint.generation)
         self.channel = channel
         self.last_used = now
+        self.active = 0  # calls running on the channel (`acquire` / `release`)
         self._unary: dict[str, MultiCallable] = {}
         self._stream: dict[str, MultiCallable] = {}
         self._client_stream: dict[str, MultiCallable] = {}
@@ -93,6 +95,14 @@ class ChannelPool:
         conn = self._connections[endpoint.name] = Connection(endpoint, channel, now)
         return conn
 
+    def acquire(self, conn: Connection) -> None:
+        conn.active += 1
+        conn.last_used = self._clock()
+
+    def release(self, conn: Connection) -> None:
+        conn.active -= 1
+        conn.last_used = self._clock()
+
     def address_of(self, name: str) -> tuple[str, int] | None:
         conn = self._connections.get(name)
         return None if conn is None else conn.key
@@ -112,7 +122,7 @@ class ChannelPool:
     def prune_idle(self) -> None:
         cutoff = self._clock() - self.idle_secs
         for name, conn in list(self._connections.items()):
-            if conn.last_used < cutoff:
+            if conn.active == 0 and conn.last_used < cutoff:
                 del self._connections[name]
                 self.retired.append(conn.channel)
 

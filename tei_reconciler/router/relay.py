@@ -76,11 +76,15 @@ class Relay:
 
     def begin(self, endpoint: Endpoint) -> Connection:
         conn = self.pool.get(endpoint)
+        self.pool.acquire(conn)
         self.balancer.acquire(endpoint.name)
         metrics.ROUTER_IN_FLIGHT.labels(endpoint.name).inc()
         return conn
 
-    def end(self, endpoint: Endpoint, method: str, code: str, started: float) -> None:
+    def end(
+        self, endpoint: Endpoint, conn: Connection, method: str, code: str, started: float
+    ) -> None:
+        self.pool.release(conn)
         self.balancer.release(endpoint.name)
         metrics.ROUTER_IN_FLIGHT.labels(endpoint.name).dec()
         metrics.ROUTER_REQUESTS.labels(endpoint.name, method, code).inc()
@@ -116,7 +120,7 @@ class Relay:
             code = "OK"
             return response
         finally:
-            self.end(endpoint, method, code, started)
+            self.end(endpoint, conn, method, code, started)
 
     async def stream(
         self,
@@ -179,7 +183,7 @@ class Relay:
                 code = failed.code().name
             elif tg.cancel_scope.cancel_called:
                 code = "OK"
-            self.end(endpoint, method, code, started)
+            self.end(endpoint, conn, method, code, started)
         if refused is not None:
             await context.abort(refused.code, refused.message)
         if failed is not None:

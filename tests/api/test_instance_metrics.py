@@ -17,7 +17,7 @@ from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.spec import InstanceSpec
 from tei_reconciler.status import Phase
 
-from .harness import build, observed
+from .harness import build, make_settings, observed
 
 pytestmark = pytest.mark.anyio
 
@@ -92,3 +92,40 @@ async def test_metrics_of_an_instance_that_does_not_answer_are_502(tmp_path: Pat
     api.store.put(observed(spec, prometheus_port=free_port()))  # nothing listens there
     answer = await api.client.get("/instances/gone/metrics")
     assert (answer.status_code, answer.json()["code"]) == (502, "INSTANCE_METRICS_UNAVAILABLE")
+
+
+@pytest.fixture
+def ipv6_engine_metrics_port() -> Iterator[int]:
+    """A real engine listening on ::1 only; yields its --prometheus-port after one request."""
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        metrics_port: int = sock.getsockname()[1]
+    grpc_port = free_port()
+    flags = ["--model-id", "hash/8", "--hostname", "::1", "--port", str(grpc_port)]
+    flags += ["--prometheus-port", str(metrics_port)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tei_reconciler", "engine", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with grpc.insecure_channel(f"[::1]:{grpc_port}") as channel:  # traffic to count
+            request = tei_pb2.EmbedRequest(inputs="x")
+            tei_pb2_grpc.EmbedStub(channel).Embed(request, timeout=60, wait_for_ready=True)
+        yield metrics_port
+    finally:
+        child.kill()
+        child.wait()
+
+
+async def test_metrics_of_an_instance_on_an_ipv6_instance_host_are_scraped(
+    tmp_path: Path, ipv6_engine_metrics_port: int
+) -> None:
+    settings = make_settings(tmp_path / "runtime", instance_host="::1")
+    _, api = build(tmp_path, settings)
+    spec = InstanceSpec(name="six", model_id="hash/8")
+    api.statefile.add_instance("six", {"model_id": "hash/8"})
+    api.store.put(observed(spec, prometheus_port=ipv6_engine_metrics_port))
+    answer = await api.client.get("/instances/six/metrics")
+    assert answer.status_code == 200, answer.text
+    assert "te_request_count" in answer.text

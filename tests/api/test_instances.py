@@ -414,3 +414,54 @@ async def test_a_bad_wait_is_400_and_writes_nothing(api: Api) -> None:
 def test_request_schemas_reject_unknown_fields() -> None:
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"name":"a","model_id":"m","bogus":1}', type=CreateInstanceRequest)
+
+
+@pytest.mark.anyio
+async def test_a_stop_that_was_written_answers_200_even_if_the_file_is_broken_right_after(
+    api: Api,
+) -> None:
+    await api.client.post("/instances", json={"name": "a", "model_id": "m/x"})
+
+    def half_save() -> None:
+        # An editor saves a half-written file just after our write lands.
+        api.statefile.path.write_text("[instances.a\n")
+
+    api.controller.hooks.append(half_save)
+    response = await api.client.post("/instances/a/stop")
+    assert response.status_code == 200, response.text
+    assert response.json()["desired_state"] == "stopped"
+
+
+@pytest.mark.anyio
+async def test_a_wait_for_ready_ends_with_404_when_the_instance_is_deleted_meanwhile(
+    api: Api,
+) -> None:
+    await api.client.post("/instances", json={"name": "a", "model_id": "m/x"})
+    spec = api.statefile.load().instances["a"]
+    api.store.put(observed(spec, Phase.STARTING, ready=False, pid=5))
+    written = anyio.Event()
+    api.controller.hooks.append(written.set)
+
+    async def someone_deletes_it() -> None:
+        await written.wait()
+        api.statefile.remove_instance("a")
+        api.store.put(observed(spec, Phase.STOPPING, ready=False, pid=5))
+        api.store.forget("a")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(someone_deletes_it)
+        response = await api.client.post("/instances/a/restart?wait=ready&timeout=20")
+    body = assert_error(response, 404, "INSTANCE_NOT_FOUND")
+    assert "deleted" in str(body["error"])
+
+
+@pytest.mark.anyio
+async def test_the_openapi_document_lists_404_for_every_route_that_can_wait(api: Api) -> None:
+    paths = (await api.client.get("/openapi.json")).json()["paths"]
+    waiting = [
+        paths["/instances"]["post"],
+        paths["/instances/{name}"]["put"],
+        *(paths[f"/instances/{{name}}/{verb}"]["post"] for verb in ("start", "stop", "restart")),
+    ]
+    for operation in waiting:
+        assert {"404", "504"} <= set(operation["responses"])

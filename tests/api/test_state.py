@@ -157,3 +157,32 @@ async def test_concurrent_api_writes_and_another_writer_lose_no_update(tmp_path:
             tg.start_soon(api_write, i)
     names = set(tomllib.loads(api.statefile.path.read_text())["instances"])
     assert names == {f"hand-{i}" for i in range(8)} | {f"api-{i}" for i in range(8)}
+
+
+@pytest.mark.anyio
+async def test_the_etag_of_a_put_names_what_it_wrote_even_if_a_hand_edit_follows_at_once(
+    api: Api,
+) -> None:
+    api.statefile.path.write_bytes(GOOD)
+    etag = (await api.client.get("/state")).headers["etag"]
+    ours = GOOD + b'\n[instances.b]\nmodel_id = "m/y"\n'
+    theirs = GOOD + b'\n[instances.c]\nmodel_id = "m/z"\n'
+
+    def hand_edit() -> None:
+        # Someone saves the file right after our write lands, before the response is built.
+        api.statefile.path.write_bytes(theirs)
+
+    api.controller.hooks.append(hand_edit)
+    response = await api.client.put("/state", content=ours, headers={**TOML, "If-Match": etag})
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == f'"{revision_of(ours)}"'
+    assert response.json()["revision"] == revision_of(ours)
+    assert [a["instance"] for a in response.json()["actions"]] == ["a", "b"]
+    # So a follow-up conditional write on that ETag is refused instead of erasing their edit.
+    api.controller.hooks.clear()
+    again = ours + b"# more\n"
+    stale = await api.client.put(
+        "/state", content=again, headers={**TOML, "If-Match": response.headers["etag"]}
+    )
+    assert stale.status_code == 412
+    assert api.statefile.path.read_bytes() == theirs

@@ -253,3 +253,21 @@ def test_cors_allows_any_origin_by_default(client: httpx.Client) -> None:
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] in {"*", "https://app.example"}
     assert "POST" in preflight.headers["access-control-allow-methods"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/similarity", {"inputs": {"source_sentence": "a", "sentences": [1, 2]}}),
+        ("/embed", {"inputs": [-1]}),
+        ("/embed", {"inputs": [[5, 2**32]]}),
+        ("/decode", {"ids": [-1]}),
+        ("/decode", {"ids": [[1], [2, True]]}),
+    ],
+)
+def test_values_outside_tei_types_are_rejected_as_bad_shape_not_server_errors(
+    client: httpx.Client, route: str, body: dict[str, Any]
+) -> None:
+    answer = client.post(route, json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.text.startswith("Failed to deserialize the JSON body")

@@ -102,15 +102,15 @@ async def _enum(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
 
 @asynccontextmanager
 async def fake_backend(
-    model_id: str = "fake/model", dim: int = 8, port: int = 0
+    model_id: str = "fake/model", dim: int = 8, port: int = 0, host: str = "127.0.0.1"
 ) -> AsyncIterator[tuple[int, Recorder]]:
-    """Serve the fake on 127.0.0.1 (port 0 picks one); yields (port, recorder)."""
+    """Serve the fake on `host` (port 0 picks one); yields (port, recorder)."""
     recorder = Recorder()
     server = grpc.aio.server()
     tei_pb2_grpc.add_EmbedServicer_to_server(FakeEmbed(recorder, dim), server)  # type: ignore[abstract]
     tei_pb2_grpc.add_InfoServicer_to_server(FakeInfo(model_id), server)
     tei_pb2_grpc.add_RerankServicer_to_server(FakeRerank(), server)  # type: ignore[abstract]
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     await server.start()
     try:
         yield bound, recorder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
@@ -171,3 +172,13 @@ async def test_router_metrics_count_calls_by_instance_method_and_code() -> None:
         )
         == 0
     )
+
+
+async def test_an_instance_listening_on_an_ipv6_address_is_reachable_through_the_router() -> None:
+    async with fake_backend(dim=4, host="::1") as (backend_port, backend):
+        table = RoutingTable()
+        table.update([msgspec.structs.replace(endpoint("v6", backend_port), host="::1")])
+        async with running_router(table) as port, mux_client(port) as stub:
+            reply = await stub.Embed(embed(to("v6"), "hi"), timeout=30)
+    assert list(reply.embeddings) == pytest.approx(vector("hi", 4))
+    assert backend.calls == 1

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.router.pool import ChannelPool
+from tei_reconciler.router.relay import Relay
 from tei_reconciler.router.routes import Balancer
 from tei_reconciler.router.wire import WireError, split_wrapper
 from tei_reconciler.routing import RoutingTable
@@ -92,5 +93,26 @@ async def test_idle_channels_are_pruned_and_busy_ones_kept() -> None:
     pool.prune_idle()
     assert pool.address_of("idle") is None
     assert pool.address_of("busy") == ("127.0.0.1:2", 0)
+    for channel in [*pool.take_retired(), *pool.drain()]:
+        await channel.close()
+
+
+async def test_a_channel_carrying_a_call_is_not_pruned_however_long_the_call_runs() -> None:
+    now = [0.0]
+    pool = ChannelPool(max_message_bytes=1 << 20, idle_secs=60, clock=lambda: now[0])
+    relay = Relay(RoutingTable(), pool, request_timeout_secs=30, default_instance=None)
+    streaming = endpoint("streaming", 1)
+    conn = relay.begin(streaming)
+    now[0] = 3600.0  # an hour-long EmbedStream, nothing else sent to this instance
+    pool.prune_idle()
+    assert pool.address_of("streaming") == ("127.0.0.1:1", 0)
+    assert pool.take_retired() == []
+    relay.end(streaming, conn, "/tei.v1.Embed/EmbedStream", "OK", 0.0)
+    now[0] = 3630.0  # idle time counts from the end of the last call
+    pool.prune_idle()
+    assert pool.address_of("streaming") is not None
+    now[0] = 3661.0
+    pool.prune_idle()
+    assert pool.address_of("streaming") is None
     for channel in [*pool.take_retired(), *pool.drain()]:
         await channel.close()
