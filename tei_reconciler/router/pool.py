@@ -108,14 +108,14 @@ class ChannelPool:
         return None if conn is None else conn.key
 
     def sync(self, table: RoutingTable) -> None:
-        """Retire the channels of instances that are gone, not Ready, or moved."""
+        """Retire the channels of instances that are gone or moved (a new process or port).
+
+        An instance that is merely not Ready keeps its channel: it gets no new calls, but the
+        calls it is serving finish (a stop or restart replaces the process, and then the
+        generation moves)."""
         for name, conn in list(self._connections.items()):
             endpoint = table.get(name)
-            if (
-                endpoint is None
-                or not endpoint.ready
-                or conn.key != (endpoint.address, endpoint.generation)
-            ):
+            if endpoint is None or conn.key != (endpoint.address, endpoint.generation):
                 del self._connections[name]
                 self.retired.append(conn.channel)
 

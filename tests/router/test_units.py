@@ -78,6 +78,9 @@ async def test_a_channel_is_reused_until_the_instance_moves_or_leaves() -> None:
     assert pool.get(endpoint("a", 2, generation=1)) is not moved
     table.update([endpoint("a", 2, generation=1, ready=False)])
     pool.sync(table)
+    assert len(pool) == 1  # not Ready: no new calls, but the running ones keep their channel
+    table.update([])
+    pool.sync(table)
     assert len(pool) == 0
     for channel in pool.take_retired():
         await channel.close()
