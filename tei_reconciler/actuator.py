@@ -149,8 +149,9 @@ class Actuator:
 
     async def _stop(self, rt: Runtime, action: Stop) -> None:
         handle = rt.handle
-        if handle is None:
+        if handle is None:  # it exited between the plan and now: the next pass decides again
             rt.busy = None
+            self.changed()
             return
         rt.stop_requested = True
         rt.cancel_probes()
@@ -220,8 +221,8 @@ class Actuator:
         self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None
     ) -> None:
         """Probe `handle` until it is replaced; results go into `rt` and may mark dirty."""
-        if rt.port is None:
-            return
+        if rt.port is None or rt.handle is not handle:
+            return  # it exited (or was replaced) before this task began: nothing to cancel us
 
         def report(outcome: ProbeOutcome) -> None:
             if rt.handle is not handle:

@@ -38,12 +38,14 @@ from tei_reconciler.process import (
     Driver,
     Found,
     ProcessDriver,
+    build_argv,
     owner_digest,
+    resolve_binary,
     rotate_log,
 )
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import DesiredState, spec_hash
+from tei_reconciler.spec import DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.status import StatusStore
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,11 @@ class Controller:
         runtime_dir = Path(settings.runtime_dir)
         reserved = settings.reserved_ports
         self.source = DesiredSource(
-            self.state_file, loader or file_loader(reserved), store=store, clock=self.clock
+            self.state_file,
+            loader or file_loader(reserved),
+            store=store,
+            clock=self.clock,
+            running=self._running,
         )
         self.owner = owner_digest(self.state_file)
         self.driver: Driver = driver or ProcessDriver(
@@ -118,6 +124,7 @@ class Controller:
             forget=self._forget,
         )
         self.runtimes: dict[str, Runtime] = {}
+        self._found_at_boot = False
         self._dirty = anyio.Event()
         self._tg: TaskGroup | None = None
         self._last_rotate = 0.0
@@ -148,8 +155,11 @@ class Controller:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                found = self.driver.discover()
+                self._found_at_boot = bool(found)  # the first read knows what already runs
                 self.source.refresh()
-                self._adopt()
+                self._adopt(found)
+                self._found_at_boot = False
                 requeue = await self._pass()
                 task_status.started()
                 while True:
@@ -173,6 +183,7 @@ class Controller:
             actions, requeue = plan(self.desired, self._observe(), now, policy=self.policy)
             for action in actions:
                 self._dispatch(action)
+            self._release_stale_ports()
         self._publish(now)
         if now - self._last_rotate >= _ROTATE_EVERY:
             self._last_rotate = now
@@ -191,12 +202,16 @@ class Controller:
             rt = self.runtimes[name] = Runtime(name=name)
         return rt
 
-    def _adopt(self) -> None:
+    def _running(self) -> bool:
+        """Whether instance processes run now (adopted ones included)."""
+        return self._found_at_boot or any(rt.handle is not None for rt in self.runtimes.values())
+
+    def _adopt(self, found: list[Found]) -> None:
         """Take over this owner's children left by a previous reconciler; stop duplicates."""
         wanted = self.desired.instances if self.desired is not None else {}
         by_name: dict[str, list[Found]] = {}
-        for found in self.driver.discover():
-            by_name.setdefault(found.instance, []).append(found)
+        for one in found:
+            by_name.setdefault(one.instance, []).append(one)
         for name, candidates in by_name.items():
             spec = wanted.get(name)
             candidates.sort(key=lambda f: (spec is None or f.spec_hash != spec_hash(spec), f.pid))
@@ -208,10 +223,14 @@ class Controller:
             handle = self.driver.adopt(keep)
             if handle is None:
                 continue
+            if spec is not None and not self._launched_as_now(keep, spec):
+                # Same spec, other binary, protocol or host (a TEI upgrade): replace it.
+                log.info("%s (pid %d) runs another command than configured now", name, keep.pid)
+                handle.spec_hash = f"{keep.spec_hash}/stale-launch"
             rt = self._runtime(name)
             rt.attach(
                 handle,
-                spec=spec if spec is not None and keep.spec_hash == spec_hash(spec) else None,
+                spec=spec if spec is not None and handle.spec_hash == spec_hash(spec) else None,
                 now=self.clock.now(),
                 wall=self.clock.wall(),
             )
@@ -231,6 +250,21 @@ class Controller:
             )
             log.info("adopted %s (pid %d)", name, handle.pid)
             self.actuator.follow(rt, handle, rt.spec or spec)
+
+    def _launched_as_now(self, found: Found, spec: InstanceSpec) -> bool:
+        """Whether `found` runs the argv this reconciler would launch for `spec` on its ports
+        (True when the kernel does not show the command line)."""
+        if not found.argv or found.port is None or found.prometheus_port is None:
+            return True
+        prefix = resolve_binary(self.settings.tei_binary, self.settings.tei_protocol)
+        expected = build_argv(
+            prefix,
+            spec,
+            host=self.settings.instance_host,
+            port=found.port,
+            prom=found.prometheus_port,
+        )
+        return list(found.argv) == expected
 
     # ---- act ---------------------------------------------------------------------------
     def _spawn_task(self, func: Callable[..., object], *args: object) -> None:
@@ -260,6 +294,13 @@ class Controller:
         self.ports.release(name)
         self._spawn_task(self.prober.forget, name)
 
+    def _release_stale_ports(self) -> None:
+        """Free the sticky ports of instances removed while no reconciler was running: no
+        process and no Forget will ever release them, and the range would slowly fill up."""
+        assert self.desired is not None
+        for name in self.ports.names() - self.desired.instances.keys() - self.runtimes.keys():
+            self.ports.release(name)
+
     def _explicit_ports(self, name: str) -> set[int]:
         assert self.desired is not None
         return {
@@ -272,7 +313,7 @@ class Controller:
 
     # ---- publish -----------------------------------------------------------------------
     def _publish(self, now: float) -> None:
-        desired = self.desired.instances if self.desired is not None else {}
+        desired = self.desired.instances if self.desired is not None else None
         publish(
             desired,
             self.runtimes,

@@ -38,9 +38,18 @@ def file_loader(reserved_ports: frozenset[int]) -> Loader:
 class DesiredSource:
     """Reads `path` through `loader` and keeps the last good result in `desired`."""
 
-    def __init__(self, path: Path, loader: Loader, *, store: StatusStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        path: Path,
+        loader: Loader,
+        *,
+        store: StatusStore,
+        clock: Clock,
+        running: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.path = path
         self.loader = loader
+        self.running = running  # whether instance processes run (adopted ones included)
         self.store = store
         self.clock = clock
         self.desired: DesiredState | None = None  # None until a valid file was read
@@ -73,17 +82,38 @@ class DesiredSource:
         return desired
 
     def _load(self, data: bytes | None) -> DesiredState:
-        if data is None and self.desired is None and not self.path.exists():
+        exists = data is not None or self.path.exists()
+        if not exists and self.desired is None and self.running():
+            # Processes adopted at boot, but no file (a volume not mounted yet, a swap under
+            # way): reading that as "nothing desired" would stop every one of them.
+            raise StateFileError(
+                f"{self.path}: no such file; keeping the running instances as they are"
+            )
+        if not exists and self.desired is None:
             # First start with no state file yet: nothing is desired; the first API write or
             # hand edit creates the file. (A file that disappears later keeps the last state.)
             log.info("no state file at %s yet: no instances desired", self.path)
             return DesiredState(revision=revision_of(b""))
-        if data is not None and not data.strip() and self.desired and self.desired.instances:
-            raise StateFileError(
-                f"{self.path}: the file is empty; keeping the last good state "
-                "(write `[instances]` to remove every instance)"
-            )
-        return self.loader(self.path)
+        has_instances = bool(self.desired and self.desired.instances) or self.running()
+        emptied = StateFileError(
+            f"{self.path}: the file is empty; keeping the last good state "
+            "(write `[instances]` to remove every instance)"
+        )
+        if data is not None and not data.strip() and has_instances:
+            raise emptied
+        desired = self.loader(self.path)
+        if has_instances and not desired.instances and data is not None and self._reread() != data:
+            # The loader read other bytes than were checked above: an in-place save may have
+            # truncated the file in between. Look again on the next pass, never remove all.
+            self._seen = None
+            raise emptied
+        return desired
+
+    def _reread(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return None
 
     def _report(self, exc: SpecError | StateFileError) -> None:
         problems = exc.problems if isinstance(exc, SpecError) else [exc]

@@ -224,8 +224,26 @@ def endpoint_of(status: InstanceStatus, host: str, rt: Runtime | None) -> Endpoi
     )
 
 
+def _unknown_desire(rt: Runtime) -> Assessment | None:
+    """The verdict on a process while no valid state file has been read (an invalid file at
+    boot): it is kept, probed and routed as found, never shown as being removed."""
+    if rt.handle is None or rt.busy is not None:
+        return None
+    if not rt.startup_ok:
+        return Assessment(
+            phase="Starting",
+            reason="SpecUnknown",
+            message="no valid state file read yet; waiting for the first healthy probe",
+        )
+    return Assessment(
+        phase="Running",
+        reason="Healthy" if rt.ready else "Unhealthy",
+        message="no valid state file read yet; the process is kept as found",
+    )
+
+
 def publish(
-    desired: Mapping[str, InstanceSpec],
+    desired: Mapping[str, InstanceSpec] | None,
     runtimes: Mapping[str, Runtime],
     store: StatusStore,
     table: RoutingTable,
@@ -235,13 +253,16 @@ def publish(
     now: float,
     wall: float,
 ) -> None:
-    """Write every instance's status, the routing table and the phase gauge."""
+    """Write every instance's status, the routing table and the phase gauge. `desired` is
+    None while no valid state file has been read: the processes found are kept as they are."""
     counts = dict.fromkeys(Phase, 0)
     endpoints = []
-    for name in sorted(desired.keys() | runtimes.keys()):
-        spec = desired.get(name)
+    for name in sorted((desired or {}).keys() | runtimes.keys()):
+        spec = desired.get(name) if desired is not None else None
         rt = runtimes.get(name)
-        verdict = assess(spec, rt.observe() if rt is not None else None, now, policy)
+        verdict = None if desired is not None or rt is None else _unknown_desire(rt)
+        if verdict is None:
+            verdict = assess(spec, rt.observe() if rt is not None else None, now, policy)
         status = build_status(
             name,
             spec,

@@ -98,6 +98,9 @@ class PortBook:
     def get(self, name: str) -> Assignment | None:
         return self._book.get(name)
 
+    def names(self) -> set[str]:
+        return set(self._book)
+
     def record(self, name: str, assignment: Assignment) -> None:
         """Remember ports found in use by `name` (an adopted process)."""
         if self._book.get(name) != assignment:
@@ -115,6 +118,13 @@ class PortBook:
                 taken.update((a.port, a.prometheus_port))
         return taken
 
+    def _booked_by(self, port: int, name: str) -> str | None:
+        """The other instance whose assignment holds `port`, if any."""
+        for other, a in sorted(self._book.items()):
+            if other != name and port in (a.port, a.prometheus_port):
+                return other
+        return None
+
     def _pick(
         self,
         kind: str,
@@ -122,11 +132,19 @@ class PortBook:
         sticky: int | None,
         span: tuple[int, int],
         taken: set[int],
+        *,
+        name: str,
     ) -> int:
         if explicit is not None:
             if not port_is_free(self.host, explicit):
                 holder = port_holder(explicit)
                 by = f" by {holder}" if holder else " by another process"
+                other = self._booked_by(explicit, name)
+                if other is not None:  # our own instance, on a port it was given automatically
+                    by = (
+                        f" by instance {other}, which was given it automatically "
+                        f"(restart {other} to move it, or choose another {kind})"
+                    )
                 raise PermanentError("PortInUse", f"{kind} {explicit} is already in use{by}")
             return explicit
         if sticky is not None and sticky not in taken and port_is_free(self.host, sticky):
@@ -145,7 +163,12 @@ class PortBook:
         others = {p for p in explicit if p not in (spec.port, spec.prometheus_port)}
         taken = self._taken_by_others(spec.name, others)
         port = self._pick(
-            "port", spec.port, previous.port if previous else None, self.instance_range, taken
+            "port",
+            spec.port,
+            previous.port if previous else None,
+            self.instance_range,
+            taken,
+            name=spec.name,
         )
         taken.add(port)
         prometheus_port = self._pick(
@@ -154,6 +177,7 @@ class PortBook:
             previous.prometheus_port if previous else None,
             self.prometheus_range,
             taken,
+            name=spec.name,
         )
         assignment = Assignment(port=port, prometheus_port=prometheus_port)
         self.record(spec.name, assignment)

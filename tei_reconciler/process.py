@@ -17,6 +17,7 @@ thread: see reconciler-semantics.md on threads and PR_SET_PDEATHSIG.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -71,6 +72,8 @@ TEI_ENV_NAMES = frozenset(
         "CUDA_VISIBLE_DEVICES",
     }
 )
+#: exec errors that no retry soon can fix (the file is there but is not a program to run)
+_NOT_RUNNABLE = frozenset({errno.ENOEXEC, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _POLL = 0.05  # seconds between checks while a process group winds down
 
 
@@ -150,6 +153,7 @@ class Found(msgspec.Struct, frozen=True, kw_only=True):
     port: int | None
     prometheus_port: int | None
     gpu_id: str | None
+    argv: tuple[str, ...] = ()  # as the kernel shows it; empty when unreadable
 
 
 class ProcessHandle:
@@ -288,6 +292,12 @@ class ProcessDriver:
             raise PermanentError(
                 "BinaryNotFound", f"cannot execute {argv[0]!r}: {exc.strerror or exc}"
             ) from exc
+        except OSError as exc:
+            if exc.errno not in _NOT_RUNNABLE:
+                raise
+            raise PermanentError(
+                "BinaryNotFound", f"cannot execute {argv[0]!r}: {exc.strerror or exc}"
+            ) from exc
         finally:
             os.close(log_fd)
         return ProcessHandle(pid=process.pid, spec_hash=hash_, clock=self.clock, process=process)
@@ -328,6 +338,7 @@ class ProcessDriver:
                     port=_flag_int(cmdline, "--port"),
                     prometheus_port=_flag_int(cmdline, "--prometheus-port"),
                     gpu_id=env.get("CUDA_VISIBLE_DEVICES"),
+                    argv=tuple(cmdline),
                 )
             )
         return found

@@ -195,8 +195,18 @@ class _Invalid(Exception):
     """A value that breaks its field's rule; the message says what the rule is."""
 
 
+_INT64_MAX = 2**63 - 1  # TOML integers are 64-bit; Python's parser accepts more
+
+
+def _no_nul(value: str, what: str = "") -> str:
+    """A NUL cannot pass through argv or the environment: exec would refuse the child."""
+    if "\0" in value:
+        raise _Invalid(f"{what}may not contain a NUL character, got {_show(value)}")
+    return value
+
+
 def _positive_int(value: object) -> int:
-    if not _is_int(value) or value < 1:
+    if not _is_int(value) or not 1 <= value <= _INT64_MAX:
         raise _Invalid(f"must be a positive integer, got {_show(value)}")
     return value
 
@@ -215,7 +225,7 @@ def _positive_number(value: object) -> float:
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid(f"must be a non-empty string, got {_show(value)}")
-    return value
+    return _no_nul(value)
 
 
 def _choice(enum_type: type[enum.StrEnum]) -> Callable[[object], object]:
@@ -282,6 +292,7 @@ def _extra_args(value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise _Invalid(f"must be a list of strings, got {_show(value)}")
     for arg in value:
+        _no_nul(arg)
         flag = arg.split("=", 1)[0]
         if flag in MANAGED_FLAGS:
             instead = _FLAG_FIELD.get(flag, flag.lstrip("-").replace("-", "_"))
@@ -301,6 +312,7 @@ def _env(value: object) -> dict[str, str]:
             raise _Invalid(f"may not set {key} ({instead})")
         if not isinstance(item, str):
             raise _Invalid(f"{key} must be a string, got {_show(item)}")
+        _no_nul(item, f"{key} ")
     return dict(value)
 
 

@@ -187,3 +187,21 @@ def test_ports_of_a_removed_instance_are_reused_and_failed_allocations_consume_n
         with pytest.raises(PermanentError):
             book.assign(InstanceSpec(name="c", model_id="m", port=port))
     assert book.get("c") is None
+
+
+def test_an_explicit_port_held_by_another_instances_auto_port_names_that_instance(
+    tmp_path: Path,
+) -> None:
+    base = free_base()
+    book = _book(tmp_path, base)
+    taken = book.assign(InstanceSpec(name="b", model_id="m"))
+    with socket.socket() as held:  # b's process listens on its auto-assigned port
+        held.bind(("127.0.0.1", taken.port))
+        held.listen()
+        with pytest.raises(PermanentError) as info:
+            book.assign(InstanceSpec(name="a", model_id="m", port=taken.port))
+    assert info.value.reason == "PortInUse"
+    assert "instance b" in info.value.message
+    assert "restart b" in info.value.message
+    moved = book.assign(InstanceSpec(name="b", model_id="m"), explicit={taken.port})
+    assert moved.port != taken.port  # and a restart of b does move it
