@@ -262,18 +262,27 @@ class Actuator:
             self.store.record_event(rt.name, "Normal", "Ready", "startup probe succeeded", wall)
             return True
         if ok:
+            recovered = rt.consecutive_failures > 0 or not rt.ready
             rt.consecutive_failures = 0
             if not rt.ready:
                 rt.mark_ready(self.clock.now(), wall)
-                return True
-            return False
+            return recovered  # a pass publishes the recovery (failure count back to 0)
         metrics.PROBE_FAILURES.labels("liveness").inc()
         rt.consecutive_failures += 1
-        rt.ready = False
+        # One slow health check under load must not cut an instance's traffic: like a
+        # Kubernetes readiness probe, Ready is lost after `failure_threshold` failures in a
+        # row, which is also when the planner restarts the instance.
+        if rt.consecutive_failures >= self._failure_threshold(rt):
+            rt.ready = False
         self.store.record_event(
             rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
         )
         return True
+
+    def _failure_threshold(self, rt: Runtime) -> int:
+        if rt.spec is not None and rt.spec.failure_threshold is not None:
+            return rt.spec.failure_threshold
+        return self.settings.failure_threshold
 
     async def reap(self, handle: ProcessHandle) -> None:
         async with anyio.create_task_group() as tg:

@@ -67,7 +67,8 @@ class GrpcProber:
 
     async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome:
         start = time.perf_counter()
-        channel = self._channel(name, f"{host}:{port}")
+        target_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        channel = self._channel(name, f"{target_host}:{port}")
         try:
             service = self._services.get(name)
             if service is None:

@@ -213,9 +213,12 @@ class ProcessHandle:
                 os.close(fd)
             return
         while self._psutil is not None and self._psutil.is_running():
-            if self._psutil.status() == psutil.STATUS_ZOMBIE:
+            try:
+                if self._psutil.status() == psutil.STATUS_ZOMBIE:
+                    return
+            except psutil.NoSuchProcess:  # gone between the two calls
                 return
-            await anyio.sleep(0.5)
+            await anyio.sleep(0.5)  # no pidfd on this kernel: poll the foreign process
 
     async def wait(self) -> ExitInfo:
         await self._exited.wait()

@@ -103,10 +103,11 @@ async def serve(
                 await tg.start(_cancel_on_signal, tg.cancel_scope)
             for part in extra:
                 await tg.start(part, controller)
-            await tg.start(controller.run)
+            # The watcher first: an edit made while the first pass runs is not left to the resync.
             await tg.start(
                 partial(watch_state_file, Path(settings.state_file), controller.mark_dirty)
             )
+            await tg.start(controller.run)
             task_status.started(controller)
 
 

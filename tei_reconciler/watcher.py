@@ -41,7 +41,10 @@ def watch_dirs(path: Path) -> list[Path]:
         current = current / part
         if current.is_symlink():
             dirs.append(current.parent)
-            target = Path(os.path.join(current.parent, os.readlink(current)))
+            try:
+                target = Path(os.path.join(current.parent, os.readlink(current)))
+            except OSError:  # the link vanished mid-swap: watch what is known, re-plan later
+                break
             dirs.append(target.parent if target.is_file() else target)
             current = Path(os.path.realpath(current))
     existing = {d.resolve() for d in dirs if d.is_dir()}
