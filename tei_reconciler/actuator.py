@@ -81,14 +81,7 @@ class Actuator:
             async with self._starts:
                 cuda = cuda_visible_devices(spec.gpu, self.gpus)
                 assignment = self.ports.assign(spec, explicit=explicit)
-                prefix = resolve_binary(self.settings.tei_binary, self.settings.tei_protocol)
-                argv = build_argv(
-                    prefix,
-                    spec,
-                    host=self.settings.instance_host,
-                    port=assignment.port,
-                    prom=assignment.prometheus_port,
-                )
+                argv = self.argv_for(spec, port=assignment.port, prom=assignment.prometheus_port)
                 env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner)
                 with anyio.CancelScope(shield=True):  # a spawned child is never lost untracked
                     handle = await self.driver.spawn(
@@ -278,6 +271,11 @@ class Actuator:
             rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
         )
         return True
+
+    def argv_for(self, spec: InstanceSpec, *, port: int, prom: int) -> list[str]:
+        """The command line this reconciler launches `spec` with on these ports."""
+        prefix = resolve_binary(self.settings.tei_binary, self.settings.tei_protocol)
+        return build_argv(prefix, spec, host=self.settings.instance_host, port=port, prom=prom)
 
     def _failure_threshold(self, rt: Runtime) -> int:
         if rt.spec is not None and rt.spec.failure_threshold is not None:

@@ -38,9 +38,7 @@ from tei_reconciler.process import (
     Driver,
     Found,
     ProcessDriver,
-    build_argv,
     owner_digest,
-    resolve_binary,
     rotate_log,
 )
 from tei_reconciler.routing import RoutingTable
@@ -256,14 +254,7 @@ class Controller:
         (True when the kernel does not show the command line)."""
         if not found.argv or found.port is None or found.prometheus_port is None:
             return True
-        prefix = resolve_binary(self.settings.tei_binary, self.settings.tei_protocol)
-        expected = build_argv(
-            prefix,
-            spec,
-            host=self.settings.instance_host,
-            port=found.port,
-            prom=found.prometheus_port,
-        )
+        expected = self.actuator.argv_for(spec, port=found.port, prom=found.prometheus_port)
         return list(found.argv) == expected
 
     # ---- act ---------------------------------------------------------------------------
