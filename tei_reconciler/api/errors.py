@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Codes for statuses Starlette raises itself (routing, method) or that a middleware sends.
 _HTTP_CODES = {
     400: "BAD_REQUEST",
-    401: "UNAUTHENTICATED",
+    401: "UNAUTHORIZED",
     403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
