@@ -15,7 +15,7 @@ import ipaddress
 import urllib.parse
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 
 _PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
@@ -115,7 +115,23 @@ class ChainVerifier:
         for issuer in verified[1:]:
             if not _is_ca(issuer.to_cryptography()):
                 raise CertificateError("an issuer in the chain is not a CA (CA:TRUE missing)")
+        if not _for_clients(leaf):
+            raise CertificateError(
+                "the certificate is not for client authentication (extendedKeyUsage lacks "
+                "clientAuth)"
+            )
         return leaf
+
+
+def _for_clients(cert: x509.Certificate) -> bool:
+    """RFC 5280: without an extendedKeyUsage extension any use is allowed; with one, it must
+    name clientAuth (or anyExtendedKeyUsage)."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    oid = ExtendedKeyUsageOID
+    return any(usage in (oid.CLIENT_AUTH, oid.ANY_EXTENDED_KEY_USAGE) for usage in usages)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -67,13 +67,19 @@ class Pki:
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
-    def signed_by_ca(self, cn: str, sans: list[x509.GeneralName]) -> x509.Certificate:
-        """A client certificate with SAN kinds trustme does not issue (URI, email)."""
+    def signed_by_ca(
+        self,
+        cn: str,
+        sans: list[x509.GeneralName],
+        usages: list[x509.ObjectIdentifier] | None = None,
+    ) -> x509.Certificate:
+        """A client certificate with SAN kinds trustme does not issue (URI, email), and the
+        extended key usages `usages` (None: no such extension, which allows any use)."""
         ca_key = serialization.load_pem_private_key(self.ca.private_key_pem.bytes(), None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         issuer = x509.load_pem_x509_certificate(self.ca.cert_pem.bytes()).subject
         now = datetime.datetime.now(datetime.UTC)
-        return (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)]))
             .issuer_name(issuer)
@@ -82,5 +88,7 @@ class Pki:
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .sign(ca_key, hashes.SHA256())
         )
+        if usages is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())

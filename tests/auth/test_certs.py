@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tei_reconciler.auth.certs import (
     CertificateError,
@@ -134,3 +135,15 @@ def test_subject_allowlists_match_exactly_and_sans_compare_by_kind(pki: Pki) -> 
     assert verdict("other", "api.example.com") is Verdict.ALLOWED
     assert verdict("other", "api.example.com.evil") is Verdict.DENIED
     assert auth.decide(Credentials()).verdict is Verdict.ABSENT
+
+
+def test_only_certificates_meant_for_clients_are_accepted(pki: Pki) -> None:
+    """A server certificate from the same CA (extendedKeyUsage serverAuth only) is not a
+    client identity; a certificate without the extension, or with clientAuth, is."""
+    dns: list[x509.GeneralName] = [x509.DNSName("client.example.com")]
+    server_only = pki.signed_by_ca("web", dns, [ExtendedKeyUsageOID.SERVER_AUTH])
+    with pytest.raises(CertificateError, match="client authentication"):
+        verifier(pki).verify([server_only])
+    for usages in (None, [ExtendedKeyUsageOID.CLIENT_AUTH]):
+        leaf = pki.signed_by_ca("client1", dns, usages)
+        assert verifier(pki).verify([leaf]) is leaf
