@@ -17,10 +17,22 @@ from tei_reconciler.probe import ProbeOutcome
 from tei_reconciler.process import Found, ProcessHandle, exit_info
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import DesiredState, InstanceSpec
+from tei_reconciler.spec import DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.status import ExitInfo, InstanceStatus, StatusStore
 
 _pids = itertools.count(100_000)
+
+
+def found(spec: InstanceSpec, *, pid: int = 4242, spec_hash_: str | None = None) -> Found:
+    """A running child of ours as discovery reports it (port 8080, metrics 9100, CPU)."""
+    return Found(
+        pid=pid,
+        instance=spec.name,
+        spec_hash=spec_hash(spec) if spec_hash_ is None else spec_hash_,
+        port=8080,
+        prometheus_port=9100,
+        gpu_id="",
+    )
 
 
 class FakeClock:

@@ -12,10 +12,9 @@ import msgspec
 import pytest
 
 from tei_reconciler.errors import PermanentError
-from tei_reconciler.process import Found
 from tei_reconciler.spec import DesiredRun, InstanceSpec, spec_hash
 
-from .reconciler_fakes import World, running
+from .reconciler_fakes import World, found, running
 
 pytestmark = pytest.mark.anyio
 SPEC = InstanceSpec(name="a", model_id="hash/8")
@@ -41,16 +40,7 @@ async def test_1_a_stopped_instance_is_never_health_checked_back_to_life(tmp_pat
 async def test_2_the_desired_stopped_state_survives_a_reconciler_restart(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.set_desired(STOPPED)
-    world.driver.found = [
-        Found(
-            pid=4242,
-            instance="a",
-            spec_hash=spec_hash(STOPPED),
-            port=8080,
-            prometheus_port=9100,
-            gpu_id="",
-        )
-    ]
+    world.driver.found = [found(STOPPED)]
     async with running(world):
         await world.phase("a", "Stopped")
         assert world.driver.spawned == []
@@ -141,16 +131,9 @@ async def test_8_running_children_are_adopted_not_duplicated(tmp_path: Path) -> 
     world = World(tmp_path)
     world.set_desired(SPEC)
     world.driver.found = [
-        Found(
-            pid=4242,
-            instance="a",
-            spec_hash=spec_hash(SPEC),
-            port=8080,
-            prometheus_port=9100,
-            gpu_id="",
-        ),
-        Found(
-            pid=4243, instance="a", spec_hash="stale", port=8081, prometheus_port=9101, gpu_id=""
+        found(SPEC),
+        msgspec.structs.replace(
+            found(SPEC, pid=4243, spec_hash_="stale"), port=8081, prometheus_port=9101
         ),
     ]
     async with running(world):

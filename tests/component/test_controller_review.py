@@ -15,10 +15,10 @@ from tei_reconciler.errors import StateFileError
 from tei_reconciler.observed import Busy
 from tei_reconciler.plan import Stop
 from tei_reconciler.process import Found, ProcessHandle
-from tei_reconciler.spec import DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.spec import DesiredState, InstanceSpec
 from tei_reconciler.status import StatusStore
 
-from .reconciler_fakes import FakeClock, World, running
+from .reconciler_fakes import FakeClock, World, found, running
 
 pytestmark = pytest.mark.anyio
 SPEC = InstanceSpec(name="a", model_id="hash/8")
@@ -38,16 +38,7 @@ async def test_an_adopted_process_that_is_already_gone_leaves_no_probe_running(
     world = World(tmp_path)
     world.set_desired(SPEC)
     dead = _dead_process()
-    world.driver.found = [
-        Found(
-            pid=dead.pid,
-            instance="a",
-            spec_hash=spec_hash(SPEC),
-            port=8080,
-            prometheus_port=9100,
-            gpu_id="",
-        )
-    ]
+    world.driver.found = [found(SPEC, pid=dead.pid)]
 
     def adopt(found: Found) -> ProcessHandle:
         return ProcessHandle(
@@ -72,16 +63,7 @@ async def test_adopted_instances_keep_serving_while_the_state_file_is_invalid_at
         raise StateFileError(f"{path}: cannot read: broken")
 
     world.controller.source.loader = broken
-    world.driver.found = [
-        Found(
-            pid=4242,
-            instance="a",
-            spec_hash=spec_hash(SPEC),
-            port=8080,
-            prometheus_port=9100,
-            gpu_id="",
-        )
-    ]
+    world.driver.found = [found(SPEC)]
     async with running(world):
         await world.until(lambda: (s := world.status("a")) is not None and s.ready)
         status = world.status("a")
@@ -93,17 +75,6 @@ async def test_adopted_instances_keep_serving_while_the_state_file_is_invalid_at
         assert endpoint.ready  # the router keeps sending it traffic
         assert world.store.spec_errors
         assert world.driver.stopped == []
-
-
-def _survivor() -> Found:
-    return Found(
-        pid=4242,
-        instance="a",
-        spec_hash=spec_hash(SPEC),
-        port=8080,
-        prometheus_port=9100,
-        gpu_id="",
-    )
 
 
 def _lose_state_file(state: Path, layout: str) -> None:
@@ -119,7 +90,7 @@ async def test_a_missing_or_emptied_state_file_at_boot_stops_no_adopted_instance
 ) -> None:
     world = World(tmp_path)
     _lose_state_file(Path(world.settings.state_file), layout)
-    world.driver.found = [_survivor()]
+    world.driver.found = [found(SPEC)]
     async with running(world):
         await world.until(lambda: (s := world.status("a")) is not None and s.ready)
         await world.passes(3)
