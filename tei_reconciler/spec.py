@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple, TypeGuard
 
 import msgspec
 
-from tei_reconciler.errors import Problem, SpecError
+from tei_reconciler.errors import Problem
 
 #: Flags the reconciler passes itself; `extra_args` may not repeat them.
 MANAGED_FLAGS = frozenset(
@@ -438,17 +438,3 @@ def check_state(
             specs[name] = InstanceSpec(name=name, **values)  # type: ignore[arg-type]
     unique = list(dict.fromkeys(issues))
     return specs, unique
-
-
-def build_state(
-    doc: Mapping[str, object],
-    *,
-    reserved_ports: frozenset[int] = frozenset(),
-    revision: str = "",
-    path: str = "",
-) -> DesiredState:
-    """`check_state`, raising SpecError (unlocated problems) when anything is wrong."""
-    specs, issues = check_state(doc, reserved_ports=reserved_ports)
-    if issues:
-        raise SpecError([issue.problem(path) for issue in issues])
-    return DesiredState(instances=specs, revision=revision)

@@ -111,10 +111,6 @@ class InstanceStatus(msgspec.Struct, frozen=True, kw_only=True):
     def ready(self) -> bool:
         return self.phase is Phase.RUNNING and self.ready_since is not None
 
-    @property
-    def anchor_status(self) -> str:
-        return ANCHOR_STATUS[self.phase]
-
 
 class StoreChange(msgspec.Struct, frozen=True, kw_only=True):
     """A notification to subscribers: `status` is None when the instance was forgotten."""
