@@ -23,9 +23,10 @@ import anyio
 import httpx
 
 from tei_reconciler.api import create_app, serve_api
+from tei_reconciler.desired.statefile import StateFile
+from tei_reconciler.planner.status import InstanceStatus, Phase
 from tei_reconciler.settings import Settings
-from tei_reconciler.statefile import StateFile
-from tei_reconciler.status import InstanceStatus, Phase, StatusStore
+from tei_reconciler.store import StatusStore
 
 LIST_REQUESTS = 2000
 CYCLES = 300

@@ -28,14 +28,14 @@ from typing import Any
 import anyio
 import psutil
 
-from tei_reconciler.backoff import CrashLoop
-from tei_reconciler.observed import ObservedInstance, ProcessView
-from tei_reconciler.plan import Policy, plan
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.planner.backoff import CrashLoop
+from tei_reconciler.planner.observed import ObservedInstance, ProcessView
+from tei_reconciler.planner.plan import Policy, plan
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import DesiredState, InstanceSpec, spec_hash
-from tei_reconciler.status import StatusStore
+from tei_reconciler.store import StatusStore
 
 
 def _settings(tmp: Path, backoff: float) -> Settings:

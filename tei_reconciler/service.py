@@ -27,14 +27,14 @@ from anyio.abc import TaskStatus
 
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.auth import build_grpc_auth, build_rest_auth
-from tei_reconciler.controller import Controller
+from tei_reconciler.control.controller import Controller
+from tei_reconciler.control.watcher import watch_state_file
+from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.errors import AuthConfigError, SpecError, TeiReconcilerError
 from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
-from tei_reconciler.statefile import StateFile
-from tei_reconciler.status import StatusStore
-from tei_reconciler.watcher import watch_state_file
+from tei_reconciler.store import StatusStore
 
 log = logging.getLogger("tei_reconciler")
 

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from tei_reconciler._tomlsource import scan
+from tei_reconciler.desired.spec import is_instance_name, suggest
+from tei_reconciler.desired.tomlpositions import scan
 from tei_reconciler.errors import Problem, SpecError
-from tei_reconciler.spec import is_instance_name, suggest
 
 ENV_PREFIX = "TEI_RECONCILER_"
 Provider = Literal["mtls", "token"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import msgspec
 
+from tei_reconciler.desired.statefile import load_state
 from tei_reconciler.errors import Problem, SpecError, StateFileError
-from tei_reconciler.statefile import load_state
 
 
 def _parser() -> argparse.ArgumentParser:

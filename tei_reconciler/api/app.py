@@ -23,9 +23,9 @@ from tei_reconciler.api import instances, state, streams, system
 from tei_reconciler.api.context import ApiContext, Preview
 from tei_reconciler.api.errors import EXCEPTION_HANDLERS
 from tei_reconciler.api.instance_metrics import instance_metrics
+from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.settings import Settings
-from tei_reconciler.statefile import StateFile
-from tei_reconciler.status import StatusStore
+from tei_reconciler.store import StatusStore
 
 ONE = "/instances/{name}"
 

@@ -15,11 +15,12 @@ import anyio
 
 from tei_reconciler._types import Clock
 from tei_reconciler.api.schemas import PlannedAction
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec
+from tei_reconciler.desired.statefile import StateFile, parse_state
 from tei_reconciler.errors import SpecError
+from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import DesiredState, InstanceSpec
-from tei_reconciler.statefile import StateFile, parse_state
-from tei_reconciler.status import InstanceStatus, StatusStore
+from tei_reconciler.store import StatusStore
 
 T = TypeVar("T")
 

@@ -28,8 +28,8 @@ from tei_reconciler.api.schemas import (
     InstanceFields,
 )
 from tei_reconciler.api.views import instance_out
-from tei_reconciler.spec import DesiredState, InstanceSpec, spec_hash
-from tei_reconciler.status import InstanceStatus
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.planner.status import InstanceStatus
 
 NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 NAME_MAX = 63

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import msgspec
 
 from tei_reconciler.api.schemas import ConditionOut, EventOut, ExitOut, InstanceOut
-from tei_reconciler.spec import DesiredRun, InstanceSpec
-from tei_reconciler.status import ANCHOR_STATUS, Event, InstanceStatus, Phase
+from tei_reconciler.desired.spec import DesiredRun, InstanceSpec
+from tei_reconciler.planner.status import ANCHOR_STATUS, Event, InstanceStatus, Phase
 
 
 def ts(epoch: float | None) -> datetime | None:

@@ -12,10 +12,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from tei_reconciler.api import PlannedAction, create_app
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec
+from tei_reconciler.desired.statefile import StateFile
+from tei_reconciler.planner.status import InstanceStatus, Phase
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import DesiredState, InstanceSpec
-from tei_reconciler.statefile import StateFile
-from tei_reconciler.status import InstanceStatus, Phase, StatusStore
+from tei_reconciler.store import StatusStore
 
 
 @dataclass

@@ -14,12 +14,12 @@ import pytest
 from anyio.abc import TaskStatus
 
 from tei_reconciler.api import create_app, serve_api
-from tei_reconciler.controller import Controller
+from tei_reconciler.control.controller import Controller
+from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
-from tei_reconciler.statefile import StateFile
-from tei_reconciler.status import StatusStore
+from tei_reconciler.store import StatusStore
 
 DEADLINE = 60
 

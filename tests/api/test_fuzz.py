@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tei_reconciler.api.openapi import OPERATIONS, Op
-from tei_reconciler.spec import InstanceSpec
+from tei_reconciler.desired.spec import InstanceSpec
 
 from .harness import build, observed
 

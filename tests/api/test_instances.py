@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from tei_reconciler.api.schemas import CreateInstanceRequest
-from tei_reconciler.spec import InstanceSpec
-from tei_reconciler.status import Condition, ExitInfo, Phase
+from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.planner.status import Condition, ExitInfo, Phase
 
 from .harness import Api, build, make_settings, observed
 

@@ -17,8 +17,8 @@ import trustme
 from starlette.applications import Starlette
 
 from tei_reconciler.api import serve_api
-from tei_reconciler.spec import InstanceSpec
-from tei_reconciler.status import Phase
+from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.planner.status import Phase
 
 from .harness import Api, build, observed
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tei_reconciler.spec import InstanceSpec
-from tei_reconciler.statefile import StateFile, revision_of
+from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.desired.statefile import StateFile, revision_of
 
 from .harness import Api, build, make_settings, observed
 

@@ -15,8 +15,8 @@ from tei_reconciler.api.app import ROUTES
 from tei_reconciler.api.context import planned
 from tei_reconciler.api.errors import error_response
 from tei_reconciler.api.schemas import PlannedAction
-from tei_reconciler.plan import Forget, Start, Stop
-from tei_reconciler.spec import DesiredState, InstanceSpec
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec
+from tei_reconciler.planner.plan import Forget, Start, Stop
 
 from .harness import Api, build
 

@@ -13,11 +13,11 @@ import anyio
 from tei_reconciler.api import create_app
 from tei_reconciler.api.serve import serve_api
 from tei_reconciler.auth import build_grpc_auth, build_rest_auth
+from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import AuthSettings, Settings
-from tei_reconciler.statefile import StateFile
-from tei_reconciler.status import StatusStore
+from tei_reconciler.store import StatusStore
 
 
 def settings_with(tmp_path: Path, auth: AuthSettings) -> Settings:

@@ -23,10 +23,11 @@ from anyio.streams.text import TextReceiveStream
 from starlette.middleware import Middleware
 
 from tei_reconciler.api import PlannedAction, create_app, serve_api
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec
+from tei_reconciler.desired.statefile import StateFile
+from tei_reconciler.planner.status import InstanceStatus, Phase
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import DesiredState, InstanceSpec
-from tei_reconciler.statefile import StateFile
-from tei_reconciler.status import InstanceStatus, Phase, StatusStore
+from tei_reconciler.store import StatusStore
 
 DEADLINE = 30.0
 

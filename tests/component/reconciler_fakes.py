@@ -12,13 +12,14 @@ from typing import Any
 
 import anyio
 
-from tei_reconciler.controller import Controller
-from tei_reconciler.probe import ProbeOutcome
-from tei_reconciler.process import Found, ProcessHandle, exit_info
+from tei_reconciler.control.controller import Controller
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.drivers.probe import ProbeOutcome
+from tei_reconciler.drivers.process import Found, ProcessHandle, exit_info
+from tei_reconciler.planner.status import ExitInfo, InstanceStatus
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import DesiredState, InstanceSpec, spec_hash
-from tei_reconciler.status import ExitInfo, InstanceStatus, StatusStore
+from tei_reconciler.store import StatusStore
 
 _pids = itertools.count(100_000)
 

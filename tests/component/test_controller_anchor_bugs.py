@@ -11,8 +11,8 @@ import anyio.lowlevel
 import msgspec
 import pytest
 
+from tei_reconciler.desired.spec import DesiredRun, InstanceSpec, spec_hash
 from tei_reconciler.errors import PermanentError
-from tei_reconciler.spec import DesiredRun, InstanceSpec, spec_hash
 
 from .reconciler_fakes import World, found, running
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tei_reconciler.spec import InstanceSpec
+from tei_reconciler.desired.spec import InstanceSpec
 
 from .reconciler_fakes import World, running
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tei_reconciler.spec import DesiredState, InstanceSpec
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 
 from .reconciler_fakes import World, running
 

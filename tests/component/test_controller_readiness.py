@@ -7,8 +7,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tei_reconciler.probe import ProbeOutcome
-from tei_reconciler.spec import InstanceSpec
+from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.drivers.probe import ProbeOutcome
 
 from .reconciler_fakes import FakeProber, World, running
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tei_reconciler.desired import DesiredSource, file_loader
+from tei_reconciler.control.source import DesiredSource, file_loader
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec
+from tei_reconciler.drivers.process import Found, ProcessHandle
 from tei_reconciler.errors import StateFileError
-from tei_reconciler.observed import Busy
-from tei_reconciler.plan import Stop
-from tei_reconciler.process import Found, ProcessHandle
-from tei_reconciler.spec import DesiredState, InstanceSpec
-from tei_reconciler.status import StatusStore
+from tei_reconciler.planner.observed import Busy
+from tei_reconciler.planner.plan import Stop
+from tei_reconciler.store import StatusStore
 
 from .reconciler_fakes import FakeClock, World, found, running
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tei_reconciler.desired import DesiredSource, file_loader
-from tei_reconciler.spec import InstanceSpec
-from tei_reconciler.status import StatusStore
+from tei_reconciler.control.source import DesiredSource, file_loader
+from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.store import StatusStore
 
 from .reconciler_fakes import FakeClock, World, running
 

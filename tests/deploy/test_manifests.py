@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from tei_reconciler.desired.statefile import parse_state
 from tei_reconciler.settings import Settings, load_settings
-from tei_reconciler.statefile import parse_state
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 BASE = MANIFESTS / "base"

@@ -16,12 +16,13 @@ from typing import Any
 import anyio
 import psutil
 
-from tei_reconciler.controller import Controller
+from tei_reconciler.control.controller import Controller
+from tei_reconciler.desired.spec import MARKER_INSTANCE, MARKER_OWNER
+from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import MARKER_INSTANCE, MARKER_OWNER
-from tei_reconciler.status import InstanceStatus, StatusStore
+from tei_reconciler.store import StatusStore
 
 DEADLINE = 30.0  # generous: a loaded 2-core machine starts Python slowly
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tei_reconciler.desired.statefile import StateFile, parse_state
 from tei_reconciler.errors import RevisionConflict, SpecError
-from tei_reconciler.statefile import StateFile, parse_state
 
 
 def pad(value: int) -> str:

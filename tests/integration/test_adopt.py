@@ -16,7 +16,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tei_reconciler.controller import Controller
+from tei_reconciler.control.controller import Controller
 from tei_reconciler.settings import Settings
 
 from .reconciler_harness import (

@@ -7,7 +7,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tei_reconciler.controller import Controller
+from tei_reconciler.control.controller import Controller
 
 from .reconciler_harness import (
     children,

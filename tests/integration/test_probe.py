@@ -11,7 +11,7 @@ import anyio
 import grpc
 import pytest
 
-from tei_reconciler.probe import GrpcProber
+from tei_reconciler.drivers.probe import GrpcProber
 
 pytestmark = pytest.mark.anyio
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tei_reconciler.desired.spec import DesiredRun
+from tei_reconciler.desired.statefile import StateFile, load_state, revision_of
 from tei_reconciler.errors import (
     InstanceExists,
     InstanceNotFound,
@@ -20,8 +22,6 @@ from tei_reconciler.errors import (
     StateFileError,
     StateReadOnly,
 )
-from tei_reconciler.spec import DesiredRun
-from tei_reconciler.statefile import StateFile, load_state, revision_of
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 INPUT = GOLDEN / "statefile_input.toml"

@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tei_reconciler.statefile import StateFile, load_state
+from tei_reconciler.desired.statefile import StateFile, load_state
 
 WORKER = Path(__file__).with_name("statefile_worker.py")
 

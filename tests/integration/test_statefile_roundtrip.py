@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tei_reconciler.statefile import StateFile
+from tei_reconciler.desired.spec import accepts
+from tei_reconciler.desired.statefile import StateFile
 
 INPUT = Path(__file__).parent.parent / "golden" / "statefile_input.toml"
 TEXT = INPUT.read_text()
@@ -18,6 +19,13 @@ HEAD = TEXT[: TEXT.index('[instances."splade"]')]
 TAIL = TEXT[TEXT.index("# a comment at the end of the env table") :]
 
 POSITIVE = st.integers(min_value=1, max_value=1 << 20)
+
+
+def valid(key: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`values` narrowed to what the state file's own rule for `key` accepts."""
+    return values.filter(lambda value: accepts(key, value))
+
+
 FIELDS = st.fixed_dictionaries(
     {"model_id": st.sampled_from(["o/m", "naver/splade-v3", "/models/local"])},
     optional={
@@ -28,12 +36,18 @@ FIELDS = st.fixed_dictionaries(
         "max_batch_tokens": POSITIVE,
         "pooling": st.sampled_from(["cls", "mean", "splade", "last-token"]),
         "auto_truncate": st.booleans(),
-        "served_model_name": st.text(min_size=1, max_size=10).filter(str.strip),
-        "extra_args": st.lists(
-            st.text(max_size=8).filter(lambda a: not a.startswith("-")), max_size=3
+        "served_model_name": valid("served_model_name", st.text(min_size=1, max_size=10)),
+        "extra_args": valid(
+            "extra_args",
+            st.lists(st.text(max_size=8).filter(lambda a: not a.startswith("-")), max_size=3),
         ),
-        "env": st.dictionaries(
-            st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True), st.text(max_size=8), max_size=3
+        "env": valid(
+            "env",
+            st.dictionaries(
+                st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True),
+                st.text(max_size=8),
+                max_size=3,
+            ),
         ),
         "health_interval_secs": st.floats(0.5, 100),
     },

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tei_reconciler.watcher import watch_dirs, watch_state_file
+from tei_reconciler.control.watcher import watch_dirs, watch_state_file
 
 from .reconciler_harness import eventually, fast_settings, instance_toml, reconciler, write_atomic
 

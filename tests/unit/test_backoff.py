@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tei_reconciler.backoff import BackoffPolicy, CrashLoop, delay_for, record_crash, waiting
+from tei_reconciler.planner.backoff import (
+    BackoffPolicy,
+    CrashLoop,
+    delay_for,
+    record_crash,
+    waiting,
+)
 
 K8S = BackoffPolicy(initial=10, maximum=300, reset_after=600)
 

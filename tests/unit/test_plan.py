@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from tei_reconciler.backoff import CrashLoop
-from tei_reconciler.observed import Busy, Failure, ObservedInstance, ProcessView
-from tei_reconciler.plan import Forget, Policy, Start, Stop, assess, plan, plan_one
-from tei_reconciler.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.planner.backoff import CrashLoop
+from tei_reconciler.planner.observed import Busy, Failure, ObservedInstance, ProcessView
+from tei_reconciler.planner.plan import Forget, Policy, Start, Stop, assess, plan, plan_one
 
 POLICY = Policy(startup_timeout_secs=60, failure_threshold=3, max_instances=4)
 NOW = 1000.0

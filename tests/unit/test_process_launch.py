@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tei_reconciler.errors import PermanentError
-from tei_reconciler.gpus import cuda_visible_devices
-from tei_reconciler.ports import PortBook
-from tei_reconciler.process import build_argv, build_env, resolve_binary, rotate_log
-from tei_reconciler.spec import (
+from tei_reconciler.desired.spec import (
     MARKER_INSTANCE,
     MARKER_OWNER,
     MARKER_SPEC_HASH,
     InstanceSpec,
     spec_hash,
 )
+from tei_reconciler.drivers.gpus import cuda_visible_devices
+from tei_reconciler.drivers.ports import PortBook
+from tei_reconciler.drivers.process import build_argv, build_env, resolve_binary, rotate_log
+from tei_reconciler.errors import PermanentError
 
 SPEC = InstanceSpec(
     name="bge",

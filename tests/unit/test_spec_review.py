@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tei_reconciler.desired.statefile import parse_state
 from tei_reconciler.errors import Problem, SpecError
-from tei_reconciler.statefile import parse_state
 
 OK = '[instances.a]\nmodel_id = "org/model"\n'
 

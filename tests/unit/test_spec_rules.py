@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tei_reconciler.desired.spec import DesiredRun, Dtype, Pooling, spec_hash
+from tei_reconciler.desired.statefile import parse_state
 from tei_reconciler.errors import Problem, SpecError
-from tei_reconciler.spec import DesiredRun, Dtype, Pooling, spec_hash
-from tei_reconciler.statefile import parse_state
 
 OK = '[instances.a]\nmodel_id = "org/model"\n'
 

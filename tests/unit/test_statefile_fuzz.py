@@ -9,9 +9,9 @@ import tomlkit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tei_reconciler.desired.spec import INSTANCE_KEYS
+from tei_reconciler.desired.statefile import parse_state
 from tei_reconciler.errors import SpecError
-from tei_reconciler.spec import INSTANCE_KEYS
-from tei_reconciler.statefile import parse_state
 
 KEYS = st.sampled_from(
     [*INSTANCE_KEYS, "instances", "defaults", "name", "a", "bge", "Bad Name", "a.b", ""]

@@ -12,7 +12,7 @@ import enum
 
 import msgspec
 
-from tei_reconciler.backoff import CrashLoop
+from tei_reconciler.planner.backoff import CrashLoop
 
 
 class Busy(enum.StrEnum):

@@ -14,8 +14,8 @@ import subprocess
 
 import pynvml
 
+from tei_reconciler.desired.spec import GpuSpec
 from tei_reconciler.errors import PermanentError
-from tei_reconciler.spec import GpuSpec
 
 
 def _nvml_count() -> int | None:

@@ -25,26 +25,27 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock, SystemClock
-from tei_reconciler.actuator import Actuator
-from tei_reconciler.backoff import BackoffPolicy
-from tei_reconciler.desired import DesiredSource, Loader, file_loader
-from tei_reconciler.gpus import detect_gpus
-from tei_reconciler.instance import Runtime, publish
-from tei_reconciler.observed import Busy, ObservedInstance
-from tei_reconciler.plan import Action, Forget, Policy, Start, Stop, plan
-from tei_reconciler.ports import Assignment, PortBook
-from tei_reconciler.probe import Prober, make_prober
-from tei_reconciler.process import (
+from tei_reconciler.control.actuator import Actuator
+from tei_reconciler.control.publish import publish
+from tei_reconciler.control.runtime import Runtime
+from tei_reconciler.control.source import DesiredSource, Loader, file_loader
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.drivers.gpus import detect_gpus
+from tei_reconciler.drivers.ports import Assignment, PortBook
+from tei_reconciler.drivers.probe import Prober, make_prober
+from tei_reconciler.drivers.process import (
     Driver,
     Found,
     ProcessDriver,
     owner_digest,
     rotate_log,
 )
+from tei_reconciler.planner.backoff import BackoffPolicy
+from tei_reconciler.planner.observed import Busy, ObservedInstance
+from tei_reconciler.planner.plan import Action, Forget, Policy, Start, Stop, plan
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import DesiredState, InstanceSpec, spec_hash
-from tei_reconciler.status import StatusStore
+from tei_reconciler.store import StatusStore
 
 log = logging.getLogger(__name__)
 

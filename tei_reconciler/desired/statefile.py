@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tei_reconciler._atomic import write_atomically
-from tei_reconciler._tomledit import Fields, plain, rewrite_instance
-from tei_reconciler._tomlsource import scan
+from tei_reconciler.atomic import write_atomically
+from tei_reconciler.desired.spec import DesiredState, check_state
+from tei_reconciler.desired.tomledit import Fields, plain, rewrite_instance
+from tei_reconciler.desired.tomlpositions import scan
 from tei_reconciler.errors import (
     InstanceExists,
     InstanceNotFound,
@@ -37,7 +38,6 @@ from tei_reconciler.errors import (
     StateFileError,
     StateReadOnly,
 )
-from tei_reconciler.spec import DesiredState, check_state
 
 _AT = re.compile(r"\(at line (\d+), column (\d+)\)")
 

@@ -23,7 +23,7 @@ import tomlkit.exceptions
 from tomlkit.container import Container
 from tomlkit.items import Item, Table
 
-from tei_reconciler._tomlsource import scan
+from tei_reconciler.desired.tomlpositions import scan
 
 Fields = dict[str, Any]
 _LONE_LF = re.compile(r"(?<!\r)\n")

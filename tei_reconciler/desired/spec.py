@@ -342,6 +342,19 @@ _RULES: dict[str, Callable[[object], object]] = {
 }
 
 
+def accepts(key: str, value: object) -> bool:
+    """Whether `value` passes the rule of instance field `key` on its own (property tests
+    generate values through this, so they only produce what the validator accepts)."""
+    rule = _RULES.get(key)
+    if rule is None:
+        return False
+    try:
+        rule(value)
+    except _Invalid:
+        return False
+    return True
+
+
 def _check_table(
     table: Mapping[str, object], where: KeyPath, issues: list[Issue]
 ) -> dict[str, object]:

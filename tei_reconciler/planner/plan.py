@@ -21,9 +21,9 @@ from typing import Literal
 
 import msgspec
 
-from tei_reconciler.backoff import waiting
-from tei_reconciler.observed import Busy, ObservedInstance
-from tei_reconciler.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.planner.backoff import waiting
+from tei_reconciler.planner.observed import Busy, ObservedInstance
 
 #: Values of `status.Phase` (that module holds the enum; the pure layer cannot import it).
 PhaseName = Literal[

@@ -17,18 +17,25 @@ import msgspec
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
-from tei_reconciler.backoff import BackoffPolicy, delay_for, record_crash
+from tei_reconciler.control.runtime import Runtime
+from tei_reconciler.desired.spec import InstanceSpec, spec_hash
+from tei_reconciler.drivers.gpus import cuda_visible_devices
+from tei_reconciler.drivers.ports import PortBook
+from tei_reconciler.drivers.probe import ProbeOutcome, Prober, probe_forever
+from tei_reconciler.drivers.process import (
+    Driver,
+    ProcessHandle,
+    build_argv,
+    build_env,
+    resolve_binary,
+)
 from tei_reconciler.errors import ActionError
-from tei_reconciler.gpus import cuda_visible_devices
-from tei_reconciler.instance import Runtime
-from tei_reconciler.observed import Failure
-from tei_reconciler.plan import Stop
-from tei_reconciler.ports import PortBook
-from tei_reconciler.probe import ProbeOutcome, Prober, probe_forever
-from tei_reconciler.process import Driver, ProcessHandle, build_argv, build_env, resolve_binary
+from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
+from tei_reconciler.planner.observed import Failure
+from tei_reconciler.planner.plan import Stop
+from tei_reconciler.planner.status import ExitInfo, ProbeResult
 from tei_reconciler.settings import Settings
-from tei_reconciler.spec import InstanceSpec, spec_hash
-from tei_reconciler.status import ExitInfo, ProbeResult, StatusStore
+from tei_reconciler.store import StatusStore
 
 log = logging.getLogger(__name__)
 

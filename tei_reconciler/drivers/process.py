@@ -34,15 +34,15 @@ import psutil
 from anyio.abc import Process
 
 from tei_reconciler._types import Clock
-from tei_reconciler.errors import PermanentError
-from tei_reconciler.spec import (
+from tei_reconciler.desired.spec import (
     MARKER_INSTANCE,
     MARKER_OWNER,
     MARKER_SPEC_HASH,
     InstanceSpec,
     spec_hash,
 )
-from tei_reconciler.status import ExitInfo
+from tei_reconciler.errors import PermanentError
+from tei_reconciler.planner.status import ExitInfo
 
 #: TEI reads each of its flags from an env var with a generic name (tei-wire.md section 4):
 #: a leaked `PORT` or `HOSTNAME` (Docker sets it) would silently change a child's behaviour.

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
+from tei_reconciler.desired.spec import DesiredState
+from tei_reconciler.desired.statefile import load_state, revision_of
 from tei_reconciler.errors import SpecError, StateFileError
-from tei_reconciler.spec import DesiredState
-from tei_reconciler.statefile import load_state, revision_of
-from tei_reconciler.status import StatusStore
+from tei_reconciler.store import StatusStore
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from tei_reconciler._atomic import write_atomically
+from tei_reconciler.atomic import write_atomically
+from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.errors import PermanentError
-from tei_reconciler.spec import InstanceSpec
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True):
