@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple, TypeGuard
 
 import msgspec
 
+from tei_reconciler.desired.unsafe_env import unsafe_env
 from tei_reconciler.errors import Problem
 
 #: Flags the reconciler passes itself; `extra_args` may not repeat them.
@@ -304,15 +305,21 @@ def _extra_args(value: object) -> tuple[str, ...]:
 def _env(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _Invalid(f"must be a table of strings, got {_show(value)}")
+    unsafe: list[str] = []  # every refused variable at once: the writer fixes them in one go
     for key, item in value.items():
         if not key or "=" in key or "\0" in key:
             raise _Invalid(f"{_show(key)} is not a valid environment variable name")
         if key in MANAGED_ENV:
             instead = "set gpu instead" if key == "CUDA_VISIBLE_DEVICES" else "the reconciler's"
             raise _Invalid(f"may not set {key} ({instead})")
+        reason = unsafe_env(key)
+        if reason is not None:
+            unsafe.append(f"may not set {key}: {reason}")
         if not isinstance(item, str):
             raise _Invalid(f"{key} must be a string, got {_show(item)}")
         _no_nul(item, f"{key} ")
+    if unsafe:
+        raise _Invalid("; env ".join(unsafe))
     return dict(value)
 
 
