@@ -51,7 +51,8 @@ class AuthSettings(_Base, frozen=True):
     providers: tuple[Provider, ...] = ()  # none: no authentication
     mtls: MtlsSettings = msgspec.field(default_factory=MtlsSettings)
     token: TokenSettings = msgspec.field(default_factory=TokenSettings)
-    exempt_paths: tuple[str, ...] = ("/health", "/metrics")
+    # The kubelet's probes and Prometheus carry no credentials; the probes say nothing secret.
+    exempt_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
     exempt_grpc_services: tuple[str, ...] = ("grpc.health.v1.Health",)  # no per-call check
 
 

@@ -62,7 +62,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op(
         "get",
         "/ready",
-        "Readiness: a valid spec is loaded and the controller finished a pass",
+        "Readiness: the controller finished a pass and a valid state is in force (a later "
+        "invalid file is a warning, not a 503)",
         {200: ReadyResponse},
         (503,),
         tags=("system",),

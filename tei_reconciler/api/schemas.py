@@ -182,5 +182,7 @@ class HealthResponse(Response, frozen=True, kw_only=True):
 class ReadyResponse(Response, frozen=True, kw_only=True):
     status: Literal["ready"]
     timestamp: datetime
-    revision: str
+    revision: str  # of the desired state in force
     instances: int
+    spec_valid: bool  # false: the file is invalid now and the last good state stays in force
+    warnings: list[str]  # why spec_valid is false (the details are in GET /plan)

@@ -42,6 +42,7 @@ def fuzzed_schema(tmp_path: Path) -> schemathesis.BaseSchema:
     (api.runtime / "logs" / "a.log").write_bytes(b"one\ntwo\n\xff three\n")
     api.store.put(observed(InstanceSpec(name="a", model_id="m/x", port=8081)))
     api.store.first_pass_done = True
+    api.store.observed_revision = api.statefile.read()[1]
     api.store.record_event("a", "Normal", "Started", "process 4242 started", 1_700_000_000.0)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tei_reconciler.settings import AuthSettings, TokenSettings
+from tei_reconciler.store import StatusStore
 
 from .pki import Pki
 from .servers import rest_server, settings_with
@@ -105,6 +106,23 @@ async def test_bearer_tokens_right_wrong_and_missing(tmp_path: Path) -> None:
         assert_envelope(refused, 401, "UNAUTHORIZED")
         assert refused.headers["WWW-Authenticate"] == 'Bearer realm="tei-reconciler"'
     assert health.status_code == 200
+
+
+async def test_with_tokens_on_the_probes_reach_health_and_ready_without_one(
+    tmp_path: Path,
+) -> None:
+    store = StatusStore()
+    store.first_pass_done, store.observed_revision = True, "r1"
+    store.spec_errors = ("state.toml:1:1: syntax: invalid TOML",)
+    auth = AuthSettings(providers=("token",), token=TokenSettings(tokens=("s3cret",)))
+    async with rest_server(settings_with(tmp_path, auth), store) as url:
+        health = await get_path(url, "/health")
+        ready = await get_path(url, "/ready")
+        plan = await get_path(url, "/plan")
+    assert (health.status_code, health.json()["status"]) == (200, "healthy")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert ready.json()["spec_valid"] is False
+    assert_envelope(plan, 401, "UNAUTHORIZED")
 
 
 async def get_path(url: str, path: str) -> httpx.Response:

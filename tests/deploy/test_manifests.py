@@ -4,6 +4,7 @@ carry is a valid state file and a valid configuration."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 from pathlib import Path
@@ -162,6 +163,53 @@ def test_the_shipped_state_and_config_toml_are_valid(directory: Path) -> None:
     assert desired.instances
     lo, hi = settings.instance_port_range
     assert all(s.port is None or lo <= s.port < hi for s in desired.instances.values())
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+CONFIGS = {
+    "base": BASE,
+    **{o: MANIFESTS / "overlays" / o for o in OVERLAYS},
+}
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "container"])
+def test_every_config_that_listens_beyond_loopback_requires_a_token_or_a_client_cert(
+    name: str,
+) -> None:
+    if name == "container":
+        settings = load_settings({}, {}, MANIFESTS / "container" / "config.toml")
+    else:
+        settings = settings_of(CONFIGS[name])
+    exposed = [h for h in (settings.api_host, settings.grpc_host) if not is_loopback(h)]
+    if not exposed:
+        return
+    auth = settings.auth
+    assert auth.providers, f"{name}: listens on {exposed} without [auth]"
+    if "token" in auth.providers:
+        assert auth.token.tokens_file, f"{name}: tokens belong in a Secret, not in the config"
+        assert not auth.token.tokens
+    if name == "container":
+        assert auth.token.tokens_file is not None
+        assert auth.token.tokens_file.startswith("/run/secrets/")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_tokens_file_comes_from_a_secret_and_the_probes_need_no_token(name: str) -> None:
+    settings = settings_of(CONFIGS[name])
+    pod = deployment()["spec"]["template"]["spec"]
+    main = container(pod)
+    for probe in ("livenessProbe", "readinessProbe"):
+        path = main[probe]["httpGet"]["path"]
+        assert path in settings.auth.exempt_paths, f"{name}: the kubelet gets 401 on {path}"
+    assert settings.auth.token.tokens_file is not None
+    tokens_dir = str(Path(settings.auth.token.tokens_file).parent)
+    (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == tokens_dir]
+    assert "subPath" not in mount, "a subPath mount never sees a rotated Secret"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "tei-reconciler-tokens"
 
 
 def test_the_image_config_is_a_valid_configuration() -> None:
