@@ -127,6 +127,7 @@ def front_ends(settings: Settings) -> list[Part]:
                 Path(settings.state_file),
                 reserved_ports=settings.reserved_ports,
                 max_instances=settings.max_instances,
+                max_bytes=settings.max_state_bytes,
             ),
             store=controller.store,
             settings=settings,

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from tei_reconciler.desired.spec import is_instance_name, suggest
+from tei_reconciler.desired.statefile import DEFAULT_MAX_BYTES
 from tei_reconciler.desired.tomlpositions import scan
 from tei_reconciler.errors import Problem, SpecError
 
@@ -86,6 +87,7 @@ class Settings(_Base, frozen=True):
     idle_channel_secs: float = 600.0
     default_instance: str | None = None
     max_body_bytes: int = 1024 * 1024  # REST request body limit
+    max_state_bytes: int = DEFAULT_MAX_BYTES  # a larger state file is refused unread
     max_concurrent_starts: int = 4
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
 
@@ -191,6 +193,7 @@ _FLAT: dict[str, Callable[[object], object]] = {
     "idle_channel_secs": _secs(),
     "default_instance": _instance,
     "max_body_bytes": _int(1),
+    "max_state_bytes": _int(1),
     "max_concurrent_starts": _int(1),
 }
 

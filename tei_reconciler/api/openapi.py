@@ -76,7 +76,7 @@ OPERATIONS: tuple[Op, ...] = (
         "/instances",
         "Create an instance (adds it to the state file)",
         {201: InstanceOut},
-        (*BODY_ERRORS, 404, 409, 422, 504),
+        (*BODY_ERRORS, 404, 409, 422, 503, 504),
         body=CreateInstanceRequest,
         query=WAIT,
     ),
@@ -86,18 +86,18 @@ OPERATIONS: tuple[Op, ...] = (
         ONE,
         "Create or replace an instance (apply)",
         {200: InstanceOut, 201: InstanceOut},
-        (*BODY_ERRORS, 404, 409, 422, 504),
+        (*BODY_ERRORS, 404, 409, 422, 503, 504),
         body=ApplyInstanceRequest,
         query=WAIT,
     ),
-    Op("delete", ONE, "Delete an instance", {204: None}, (404, 409)),
+    Op("delete", ONE, "Delete an instance", {204: None}, (404, 409, 503)),
     *(
         Op(
             "post",
             f"{ONE}/{verb}",
             f"{verb.capitalize()} an instance (edits its desired state; idempotent)",
             {200: InstanceOut},
-            (400, 404, 409, 504),
+            (400, 404, 409, 503, 504),
             query=WAIT,
         )
         for verb in ("start", "stop", "restart")
@@ -140,6 +140,7 @@ OPERATIONS: tuple[Op, ...] = (
         "/state",
         "The state file (TOML), with its revision as ETag",
         {200: "toml"},
+        (503,),
         tags=("state",),
     ),
     Op(
@@ -147,7 +148,7 @@ OPERATIONS: tuple[Op, ...] = (
         "/state",
         "Replace the state file; dry_run=true only validates and plans",
         {200: StateWriteResponse},
-        (*BODY_ERRORS, 409, 412),
+        (*BODY_ERRORS, 409, 412, 503),
         body="toml",
         query=(("dry_run", {"type": "boolean"}, "validate and plan, write nothing"),),
         headers=(("If-Match", "the revision (ETag) the new file is based on"),),
@@ -170,7 +171,8 @@ _DESCRIPTIONS = {
     422: "No capacity (MAX_INSTANCES_REACHED, PORT_ALLOCATION_FAILED)",
     500: "Internal error (INTERNAL_ERROR)",
     502: "The instance did not answer (INSTANCE_METRICS_UNAVAILABLE)",
-    503: "Not ready (NOT_READY, INSTANCE_NOT_RUNNING)",
+    503: "Not ready (NOT_READY, INSTANCE_NOT_RUNNING) or the state file cannot be used "
+    "(STATE_FILE_UNAVAILABLE: a directory in its place, larger than max_state_bytes, ...)",
     504: "Written, but not Ready in time (TIMEOUT)",
 }
 

@@ -77,10 +77,11 @@ class Controller:
         reserved = settings.reserved_ports
         self.source = DesiredSource(
             self.state_file,
-            loader or file_loader(reserved),
+            loader or file_loader(reserved, settings.max_state_bytes),
             store=store,
             clock=self.clock,
             running=self._running,
+            max_bytes=settings.max_state_bytes,
         )
         self.owner = owner_digest(self.state_file)
         self.driver: Driver = driver or ProcessDriver(
@@ -156,7 +157,7 @@ class Controller:
                 self._tg = tg
                 found = self.driver.discover()
                 self._found_at_boot = bool(found)  # the first read knows what already runs
-                self.source.refresh()
+                await self.source.refresh()
                 self._adopt(found)
                 self._found_at_boot = False
                 requeue = await self._pass()
@@ -175,7 +176,7 @@ class Controller:
 
     async def _pass(self) -> float | None:
         started = time.perf_counter()
-        self.source.refresh()
+        await self.source.refresh()
         now = self.clock.now()
         requeue: float | None = None
         if self.desired is not None:

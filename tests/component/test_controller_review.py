@@ -134,7 +134,7 @@ async def test_ports_of_an_instance_removed_while_no_reconciler_ran_are_freed(
         assert world.controller.ports.get("gone") is None
 
 
-def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_instance(
+async def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_instance(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "state.toml"
@@ -142,7 +142,7 @@ def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_inst
     store = StatusStore()
     real = file_loader(frozenset())
     source = DesiredSource(path, real, store=store, clock=FakeClock())
-    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+    assert set((await source.refresh()).instances) == {"a"}  # type: ignore[union-attr]
 
     def editor_truncates_meanwhile(p: Path) -> DesiredState:
         p.write_bytes(b"")  # an in-place save: truncate first, write later
@@ -150,10 +150,10 @@ def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_inst
 
     path.write_text('[instances.a]\nmodel_id = "o/m"\n[instances.b]\nmodel_id = "o/m"\n')
     source.loader = editor_truncates_meanwhile
-    desired = source.refresh()
+    desired = await source.refresh()
     assert desired is not None
     assert set(desired.instances) == {"a"}  # the last good state, not "nothing"
     assert "empty" in store.spec_errors[0]
     source.loader = real
     path.write_text('[instances.a]\nmodel_id = "o/m"\n[instances.b]\nmodel_id = "o/m"\n')
-    assert set(source.refresh().instances) == {"a", "b"}  # type: ignore[union-attr]
+    assert set((await source.refresh()).instances) == {"a", "b"}  # type: ignore[union-attr]

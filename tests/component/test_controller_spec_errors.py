@@ -37,16 +37,18 @@ async def test_an_emptied_file_keeps_every_instance_and_says_why(tmp_path: Path)
         assert world.store.spec_errors == ()
 
 
-def test_a_first_start_without_a_state_file_is_valid_and_desires_nothing(tmp_path: Path) -> None:
+async def test_a_first_start_without_a_state_file_is_valid_and_desires_nothing(
+    tmp_path: Path,
+) -> None:
     store = StatusStore()
     path = tmp_path / "state.toml"
     source = DesiredSource(path, file_loader(frozenset()), store=store, clock=FakeClock())
-    desired = source.refresh()
+    desired = await source.refresh()
     assert desired is not None
     assert desired.instances == {}
     assert not store.spec_errors
     path.write_text('[instances.a]\nmodel_id = "o/m"\n')
-    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+    assert set((await source.refresh()).instances) == {"a"}  # type: ignore[union-attr]
     path.unlink()  # a file that vanishes later is an error: the last good state stays
-    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+    assert set((await source.refresh()).instances) == {"a"}  # type: ignore[union-attr]
     assert "no such file" in store.spec_errors[0]
