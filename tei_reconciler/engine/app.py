@@ -15,7 +15,7 @@ from argparse import Namespace
 from functools import partial
 
 import anyio
-import anyio.abc
+from anyio.abc import SocketAttribute
 
 from tei_reconciler.engine.faults import Faults
 from tei_reconciler.engine.infer import Infer, Limits
@@ -141,7 +141,8 @@ async def run(args: Namespace, faults: Faults) -> int:
             await served.wait()
         else:
             tg.start_soon(serve_prometheus, prom_listener, metrics, faults)
-            LOGGER.info("Serving Prometheus metrics: 0.0.0.0:9000")
+            prom_port = prom_listener.extra(SocketAttribute.local_port)  # noqa: S610
+            LOGGER.info("Serving Prometheus metrics: %s", _addr(host, prom_port))
             await _serve_grpc(args, infer, host, stop, faults)
         tg.cancel_scope.cancel()
     return stop.code
@@ -157,10 +158,10 @@ async def _serve_grpc(
     )
     addr = _addr(host, args.port)
     try:
-        server.add_insecure_port(addr)
+        port = server.add_insecure_port(addr)
     except RuntimeError as exc:
         raise StartupError(f"Could not bind TCP Listener on {addr}") from exc
-    LOGGER.info("Starting gRPC server: %s", addr)
+    LOGGER.info("Starting gRPC server: %s", _addr(host, port))  # the port bound (--port 0)
     await server.start()
     LOGGER.info("Ready")
     await stop.event.wait()
@@ -181,7 +182,7 @@ async def _serve_http(
     except OSError as exc:
         sock.close()
         raise StartupError(f"Could not bind TCP Listener on {_addr(host, args.port)}") from exc
-    LOGGER.info("Starting HTTP server: %s", _addr(host, args.port))
+    LOGGER.info("Starting HTTP server: %s", _addr(host, sock.getsockname()[1]))
     try:
         await serve_http(args, infer, sock, stop.event, faults, ready=lambda: LOGGER.info("Ready"))
     finally:
