@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import anyio
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
@@ -157,6 +158,39 @@ async def test_a_client_cancel_of_a_stream_reaches_the_backend() -> None:
             call.cancel()
             with anyio.fail_after(DEADLINE):
                 await recorder.cancelled.wait()
+
+
+def router_calls(instance: str, method: str, code: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "tei_reconciler_router_requests_total",
+        {"instance": instance, "method": method, "code": code},
+    )
+    return value or 0.0
+
+
+async def test_streams_the_client_cancels_are_counted_cancelled_and_finished_ones_ok() -> None:
+    stream = "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
+    async with fake_backend() as (a_port, recorder):
+        table = RoutingTable()
+        table.update([endpoint("cancel-counted", a_port)])
+        async with running_router(table) as port, mux_client(port) as stub:
+            finished = stub.EmbedStream(timeout=DEADLINE)
+            await finished.write(embed("one", to("cancel-counted")))
+            await finished.read()
+            await finished.done_writing()
+            assert await finished.read() == grpc.aio.EOF
+            cancelled = stub.EmbedStream(timeout=DEADLINE)
+            await cancelled.write(embed("fine", to("cancel-counted")))
+            await cancelled.read()
+            await cancelled.write(embed("slow too"))
+            with anyio.fail_after(DEADLINE):
+                await recorder.slow_started.wait()
+            cancelled.cancel()
+            with anyio.fail_after(DEADLINE):
+                while router_calls("cancel-counted", stream, "CANCELLED") < 1:
+                    await anyio.sleep(0.01)
+    assert router_calls("cancel-counted", stream, "OK") == 1
+    assert router_calls("cancel-counted", stream, "CANCELLED") == 1
 
 
 async def test_client_metadata_is_forwarded_but_the_routing_keys_are_not() -> None:
