@@ -41,7 +41,12 @@ def instance_out(
     shown = spec if spec is not None else status.spec if status is not None else None
     if shown is None:
         raise ValueError("an instance needs a spec or a status")
-    phase = status.phase if status is not None else Phase.PENDING
+    if status is not None:
+        phase = status.phase
+    elif shown.state is DesiredRun.STOPPED:
+        phase = Phase.STOPPED  # not observed yet, but no process is, or will be, started
+    else:
+        phase = Phase.PENDING
     running = status is not None and status.pid is not None and status.created_at is not None
     uptime = (
         int(max(now - status.created_at, 0)) if running and status and status.created_at else None
