@@ -113,6 +113,7 @@ def wait_timeout(request: Request) -> float | None:
     """`?wait=ready&timeout=S` as seconds to wait (None: do not wait). Checked before any
     write, so a bad value never leaves a half-done request behind."""
     wait = request.query_params.get("wait")
+    seconds = query_float(request, "timeout", default=DEFAULT_WAIT_SECS)  # checked either way
     if wait is None:
         return None
     if wait != "ready":
@@ -122,7 +123,7 @@ def wait_timeout(request: Request) -> float | None:
             f"wait must be 'ready', got {wait!r}",
             [ErrorDetail(field="wait", message="must be 'ready'")],
         )
-    return query_float(request, "timeout", default=DEFAULT_WAIT_SECS)
+    return seconds
 
 
 async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> None:

@@ -28,6 +28,7 @@ from tei_reconciler.api.schemas import (
     ReadyResponse,
     StateWriteResponse,
 )
+from tei_reconciler.desired.spec import NAME_MAX_LENGTH, NAME_PATTERN
 
 REF = "#/components/schemas/{name}"
 TOML = "application/toml"
@@ -190,9 +191,8 @@ def _content(kind: object, schemas: dict[object, dict[str, Any]]) -> dict[str, A
 def _operation(op: Op, schemas: dict[object, dict[str, Any]]) -> dict[str, Any]:
     params: list[dict[str, Any]] = []
     if "{name}" in op.path:
-        params.append(
-            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-        )
+        name = {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX_LENGTH}
+        params.append({"name": "name", "in": "path", "required": True, "schema": name})
     params += [
         {"name": n, "in": "query", "required": False, "schema": s, "description": d}
         for n, s, d in op.query

@@ -16,10 +16,19 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from tei_reconciler.desired.spec import MODEL_ID_PATTERN, NAME_MAX_LENGTH, NAME_PATTERN
+
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535, description="0 or omitted: auto-assigned")]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 GpuIndex = Annotated[int, msgspec.Meta(ge=0)]
+# The document states the state file's rules; the state file's validator applies them (with
+# its own messages), so these are `extra_json_schema`, never enforced by msgspec here.
+InstanceName = Annotated[
+    str,
+    msgspec.Meta(extra_json_schema={"pattern": NAME_PATTERN, "maxLength": NAME_MAX_LENGTH}),
+]
+ModelId = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": MODEL_ID_PATTERN})]
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -34,7 +43,7 @@ class Response(msgspec.Struct, frozen=True, kw_only=True):
 class InstanceFields(Request, frozen=True, kw_only=True):
     """The fields of one instance, as in a `[instances.<name>]` table of the state file."""
 
-    model_id: str
+    model_id: ModelId
     revision: str | None = None
     state: Literal["running", "stopped"] | None = None
     gpu: int | list[int] | Literal["all", "none"] | None = None
@@ -61,13 +70,13 @@ class InstanceFields(Request, frozen=True, kw_only=True):
 class CreateInstanceRequest(InstanceFields, frozen=True, kw_only=True):
     """`POST /instances`: tei-manager's CreateInstanceRequest."""
 
-    name: str
+    name: InstanceName
 
 
 class ApplyInstanceRequest(InstanceFields, frozen=True, kw_only=True):
     """`PUT /instances/{name}`: the whole instance; `name`, when given, must match the path."""
 
-    name: str | None = None
+    name: InstanceName | None = None
 
 
 # ---- responses -----------------------------------------------------------------------------

@@ -144,8 +144,15 @@ KeyPath = tuple[str, ...]
 INSTANCE_KEYS: tuple[str, ...] = tuple(f for f in InstanceSpec.__struct_fields__ if f != "name")
 TOP_LEVEL_KEYS = ("defaults", "instances")
 
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: An instance name: a DNS-1123 label (also what keeps names safe as file names and URL
+#: segments). The REST API's OpenAPI document publishes the same pattern.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAME_MAX_LENGTH = 63
+_NAME = re.compile(NAME_PATTERN)
 _HF_ID = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+#: `model_id`: a Hugging Face id or an absolute path (the rule also refuses "." and ".."
+#: segments of an id, which a pattern cannot say simply).
+MODEL_ID_PATTERN = rf"^(/[^\x00]*|{_HF_ID.pattern})$"
 MIN_PORT, MAX_PORT = 1024, 65535
 
 #: What to use instead of a managed flag, shown when `extra_args` repeats one.
@@ -218,7 +225,7 @@ def suggest(key: str, choices: Iterable[str]) -> str:
 
 def is_instance_name(name: str) -> bool:
     """DNS-1123 label: also what keeps names safe as file names and URL segments."""
-    return len(name) <= 63 and _NAME.fullmatch(name) is not None
+    return len(name) <= NAME_MAX_LENGTH and _NAME.fullmatch(name) is not None
 
 
 class _Invalid(Exception):
