@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from tei_reconciler._types import Clock, SystemClock
-from tei_reconciler.api import instances, state, streams, system, traffic
+from tei_reconciler.api import instances, state, streams, system, traffic, ui
 from tei_reconciler.api.context import ApiContext, Preview
 from tei_reconciler.api.errors import EXCEPTION_HANDLERS
 from tei_reconciler.api.instance_metrics import instance_metrics
@@ -85,7 +85,7 @@ def create_app(
         ctx.closing.set()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *ui.ROUTES],
         middleware=list(middleware),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
