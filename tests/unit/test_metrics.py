@@ -13,7 +13,7 @@ def sample(name: str, **labels: str) -> float | None:
 
 
 def test_the_phase_series_cover_every_phase_the_planner_knows() -> None:
-    assert metrics.PHASES == tuple(p.value for p in Phase)
+    assert tuple(p.value for p in Phase) == metrics.PHASES
 
 
 def test_each_instance_has_one_phase_set_and_a_gone_instance_leaves_no_series() -> None:
