@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from reconciler_process import Reconciler
 
-from .browser import Reconciler, chromium, find_browser
+from .browser import chromium, find_browser
 
 
 @pytest.fixture(scope="module")

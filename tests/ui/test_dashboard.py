@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from .browser import Reconciler, poll
+from reconciler_process import Reconciler, poll
 
 REASON = "selenium is not installed (pip install -e '.[dev]')"
 By = pytest.importorskip("selenium.webdriver.common.by", reason=REASON).By

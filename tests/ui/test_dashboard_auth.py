@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from reconciler_process import Reconciler, poll
 
-from .browser import Reconciler, chromium, find_browser, poll
+from .browser import chromium, find_browser
 
 TOKEN = "dashboard-s3cret"
 CONFIG = f"""
