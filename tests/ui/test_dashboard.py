@@ -100,6 +100,8 @@ def test_the_state_editor_shows_problems_inline_previews_the_plan_and_saves(
     assert "instances.edited.prot" in problems
     assert page.find_elements(By.CSS_SELECTOR, ".gutter span.err")[0].text == str(bad_line)
     assert "No plan while the file has problems" in text_of(page, ".plan")
+    assert "[instances.edited]" in text_of(page, "pre.painted .t-table")  # highlighted as typed
+    assert '"hash/384"' in text_of(page, "pre.painted .t-string")
 
     editor.send_keys(Keys.BACK_SPACE * len("prot = 8080\n"), "max_batch_tokens = 8192\n")
     poll(lambda: "No problems" in text_of(page, "#state-problems"), what="the fix to validate")

@@ -49,7 +49,7 @@ function showReadOnly() {
   const banner = document.getElementById("readonly");
   banner.hidden = !model.readOnly;
   banner.textContent = model.readOnly
-    ? `The state file is read-only, so every action here is disabled: ${model.readOnly}. Change it where it comes from (for example its git repository).`
+    ? `The state file is read-only, so the actions here are disabled: ${model.readOnly}.`
     : "";
   refreshWritable();
 }
