@@ -83,6 +83,26 @@ def test_the_stop_button_stops_the_instance_from_the_keyboard_and_the_phase_foll
     assert "stop-a: set to stopped" in text_of(page, ".toast")
 
 
+def test_the_create_form_shows_the_apis_error_beside_the_field_then_creates(
+    page: Any, reconciler: Reconciler
+) -> None:
+    page.find_element(By.LINK_TEXT, "New instance").click()
+    name = poll(lambda: page.find_elements(By.ID, "f-name"), what="the form")[0]
+    name.send_keys("Bad_Name")
+    page.find_element(By.ID, "f-model_id").send_keys("hash/384")
+    page.find_element(By.ID, "f-state").send_keys("stopped")
+    click(page, "Create")
+    summary = poll(lambda: text_of(page, "form .banner.error"), what="the API's error")
+    assert summary.startswith("VALIDATION_ERROR: invalid instance name 'Bad_Name'")
+    assert "DNS-1123" in page.find_element(By.ID, "f-name-error").text
+    assert name.get_attribute("aria-invalid") == "true"
+    name.clear()
+    name.send_keys("formed")
+    click(page, "Create")
+    poll(lambda: page.current_url.endswith("#/instances/formed"), what="the instance page")
+    assert reconciler.instance("formed")["desired_state"] == "stopped"  # type: ignore[index]
+
+
 def test_the_state_editor_shows_problems_inline_previews_the_plan_and_saves(
     page: Any, reconciler: Reconciler
 ) -> None:
