@@ -166,6 +166,8 @@ def test_a_read_only_state_file_disables_every_action_and_says_why(
             what="the row",
         )[0]
         assert start.get_attribute("aria-disabled") == "true"
+        for link in page.find_elements(By.LINK_TEXT, "New instance"):
+            assert link.get_attribute("aria-disabled") == "true"
         assert "symlink" in start.get_attribute("title")
         start.click()
         poll(lambda: "Read-only" in text_of(page, ".toast"), what="the refusal")

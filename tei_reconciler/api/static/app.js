@@ -7,7 +7,7 @@ import { mountInstance } from "./instance.js";
 import { mountInstances } from "./instances.js";
 import { model, refreshReadOnly, startWatching, subscribe } from "./model.js";
 import { mountState } from "./statefile.js";
-import { refreshWritable, tickAges } from "./ui.js";
+import { markWritable, refreshWritable, tickAges } from "./ui.js";
 
 const ROUTES = [
   [/^#?\/?$/, "instances", mountInstances],
@@ -68,6 +68,7 @@ function askForToken(note) {
 
 function start() {
   onTokenNeeded(askForToken);
+  markWritable(document.querySelector('[data-nav="new"]'));
   subscribe((kind) => {
     if (kind === "live") showLive();
     if (kind === "readonly") showReadOnly();

@@ -164,6 +164,13 @@ export function actionButtons(item, { compact = false } = {}) {
 // the file is read-only.
 export function markWritable(control) {
   control.classList.add("writes");
+  if (control.tagName === "A") {
+    control.addEventListener("click", (event) => {
+      if (!model.readOnly) return;
+      event.preventDefault();
+      notify(`Read-only: ${model.readOnly}`, "error");
+    });
+  }
   applyReadOnly(control);
   return control;
 }
