@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 import psutil
 
+from tei_reconciler._types import PortRange
 from tei_reconciler.atomic import write_atomically
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.errors import PermanentError
@@ -74,8 +75,8 @@ class PortBook:
     ) -> None:
         self.path = path
         self.host = host
-        self.instance_range = instance_range
-        self.prometheus_range = prometheus_range
+        self.instance_range = PortRange(*instance_range)
+        self.prometheus_range = PortRange(*prometheus_range)
         self.reserved = frozenset(reserved)
         self._book: dict[str, Assignment] = {}
         self._load()
@@ -130,7 +131,7 @@ class PortBook:
         kind: str,
         explicit: int | None,
         sticky: int | None,
-        span: tuple[int, int],
+        span: PortRange,
         taken: set[int],
         *,
         name: str,
@@ -149,10 +150,10 @@ class PortBook:
             return explicit
         if sticky is not None and sticky not in taken and port_is_free(self.host, sticky):
             return sticky
-        for candidate in range(*span):
+        for candidate in span.ports():
             if candidate not in taken and port_is_free(self.host, candidate):
                 return candidate
-        raise PermanentError("PortAllocationFailed", f"no free {kind} in [{span[0]}, {span[1]})")
+        raise PermanentError("PortAllocationFailed", f"no free {kind} in {span}")
 
     def assign(self, spec: InstanceSpec, *, explicit: Iterable[int] = ()) -> Assignment:
         """Ports for starting `spec` now. `explicit`: ports other desired instances name.

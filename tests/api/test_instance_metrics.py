@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tei_reconciler.desired.spec import InstanceSpec
-from tei_reconciler.planner.status import Phase
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
 from .harness import build, make_settings, observed

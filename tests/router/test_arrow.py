@@ -8,6 +8,7 @@ import grpc
 import pyarrow as pa
 import pytest
 
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.routing import RoutingTable
 
@@ -160,7 +161,7 @@ async def test_a_backend_error_keeps_its_code_inside_arrow_calls() -> None:
 
 async def test_arrow_calls_are_routed_and_refused_like_any_other() -> None:
     table = RoutingTable()
-    table.update([endpoint("down", 1, ready=False, phase="CrashLoopBackOff")])
+    table.update([endpoint("down", 1, ready=False, phase=Phase.CRASH_LOOP_BACK_OFF)])
     async with running_router(table) as port, mux_client(port) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await stub.EmbedArrow(mux.EmbedArrowRequest(arrow_ipc=ipc(["x"])))

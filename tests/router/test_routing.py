@@ -7,6 +7,7 @@ import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.routing import RoutingTable
@@ -70,7 +71,7 @@ async def test_instance_index_counts_only_ready_instances_sorted_by_name() -> No
 
 async def test_an_instance_that_is_not_ready_is_unavailable_with_its_phase() -> None:
     table = RoutingTable()
-    table.update([endpoint("warming", 1, ready=False, phase="Starting")])
+    table.update([endpoint("warming", 1, ready=False, phase=Phase.STARTING)])
     async with running_router(table) as port, mux_client(port) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as by_name:
             await stub.Embed(embed(to("warming")))
