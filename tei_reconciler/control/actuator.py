@@ -17,7 +17,7 @@ import msgspec
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
-from tei_reconciler.control.runtime import Runtime
+from tei_reconciler.control.runtime import Placement, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.ports import PortBook
@@ -33,6 +33,7 @@ from tei_reconciler.errors import ActionError
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
 from tei_reconciler.planner.observed import Failure
 from tei_reconciler.planner.plan import Stop
+from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import ExitInfo, ProbeResult
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
@@ -40,9 +41,14 @@ from tei_reconciler.store import StatusStore
 log = logging.getLogger(__name__)
 
 
+def _unbound(*args: object) -> None:
+    raise RuntimeError("the actuator acts only for a controller (Actuator.bind)")
+
+
 class Actuator:
-    """Acts for the controller. `changed` asks for a pass, `spawn` runs a task in the
-    controller's task group, `forget` drops an instance the controller no longer tracks."""
+    """Acts for the controller, which binds itself on creation (`bind`): `changed` asks for a
+    pass, `spawn` runs a task in the controller's task group, `forget` drops an instance the
+    controller no longer tracks."""
 
     def __init__(
         self,
@@ -53,13 +59,11 @@ class Actuator:
         ports: PortBook,
         store: StatusStore,
         clock: Clock,
+        policy: Policy,
         backoff: BackoffPolicy,
         gpus: tuple[int, ...],
         base_env: Mapping[str, str],
         owner: str,
-        changed: Callable[[], None],
-        spawn: Callable[..., None],
-        forget: Callable[[str], None],
     ) -> None:
         self.settings = settings
         self.driver = driver
@@ -67,14 +71,24 @@ class Actuator:
         self.ports = ports
         self.store = store
         self.clock = clock
+        self.policy = policy
         self.backoff = backoff
         self.gpus = gpus
         self.base_env = dict(base_env)
         self.owner = owner
-        self.changed = changed
-        self.spawn = spawn
-        self.forget = forget
+        self.changed: Callable[[], None] = _unbound
+        self.spawn: Callable[..., None] = _unbound
+        self.forget: Callable[[str], None] = _unbound
         self._starts = anyio.CapacityLimiter(max(1, settings.max_concurrent_starts))
+
+    def bind(
+        self,
+        *,
+        changed: Callable[[], None],
+        spawn: Callable[..., None],
+        forget: Callable[[str], None],
+    ) -> None:
+        self.changed, self.spawn, self.forget = changed, spawn, forget
 
     def follow(self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None) -> None:
         """Watch a new (spawned or adopted) process: its exit and its health."""
@@ -97,15 +111,13 @@ class Actuator:
         except Exception as exc:  # the one boundary: every failure to start is an outcome
             self._start_failed(rt, spec, exc, wall)
         else:
-            if rt.generation > 0:
-                rt.restarts += 1
-            rt.attach(handle, spec=spec, now=self.clock.now(), wall=wall)
-            rt.port, rt.prometheus_port, rt.gpu_id = (
-                assignment.port,
-                assignment.prometheus_port,
-                cuda,
+            rt.started(
+                handle,
+                spec=spec,
+                placement=Placement(assignment.port, assignment.prometheus_port, cuda),
+                now=self.clock.now(),
+                wall=wall,
             )
-            rt.failure, rt.failures = None, 0
             metrics.ACTIONS.labels("start", "ok").inc()
             self.store.record_event(
                 spec.name,
@@ -157,8 +169,7 @@ class Actuator:
         rt.cancel_probes()
         healthy_for = rt.healthy_for(self.clock.now())
         exit_ = await self.driver.stop(handle, self.settings.stop_grace_secs)
-        rt.last_exit = msgspec.structs.replace(exit_, reason=action.reason)
-        rt.detach()
+        rt.ended(msgspec.structs.replace(exit_, reason=action.reason))
         await self.prober.forget(rt.name)  # the next process may serve another model type
         if action.crash:
             rt.crash = record_crash(
@@ -192,9 +203,7 @@ class Actuator:
     def on_crash(self, rt: Runtime, handle: ProcessHandle, exit_: ExitInfo) -> None:
         now = self.clock.now()
         healthy_for = rt.healthy_for(now)
-        rt.cancel_probes()
-        rt.last_exit = exit_
-        rt.detach()
+        rt.ended(exit_)
         rt.crash = record_crash(
             rt.crash,
             now=now,
@@ -221,8 +230,10 @@ class Actuator:
         self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None
     ) -> None:
         """Probe `handle` until it is replaced; results go into `rt` and may mark dirty."""
-        if rt.port is None or rt.handle is not handle:
+        port = rt.placement.port
+        if port is None or rt.handle is not handle:
             return  # it exited (or was replaced) before this task began: nothing to cancel us
+        policy = self.policy.for_instance(spec)
 
         def report(outcome: ProbeOutcome) -> None:
             if rt.handle is not handle:
@@ -242,11 +253,9 @@ class Actuator:
                 self.prober,
                 rt.name,
                 self.settings.instance_host,
-                rt.port,
-                interval=(spec.health_interval_secs if spec else None)
-                or self.settings.health_interval_secs,
-                within=(spec.health_timeout_secs if spec else None)
-                or self.settings.health_timeout_secs,
+                port,
+                interval=policy.health_interval_secs,
+                within=policy.health_timeout_secs,
                 started=lambda: rt.startup_ok,
                 report=report,
             )
@@ -272,7 +281,7 @@ class Actuator:
         # One slow health check under load must not cut an instance's traffic: like a
         # Kubernetes readiness probe, Ready is lost after `failure_threshold` failures in a
         # row, which is also when the planner restarts the instance.
-        if rt.consecutive_failures >= self._failure_threshold(rt):
+        if rt.consecutive_failures >= self.policy.for_instance(rt.spec).failure_threshold:
             rt.ready = False
         self.store.record_event(
             rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
@@ -283,11 +292,6 @@ class Actuator:
         """The command line this reconciler launches `spec` with on these ports."""
         prefix = resolve_binary(self.settings.tei_binary, self.settings.tei_protocol)
         return build_argv(prefix, spec, host=self.settings.instance_host, port=port, prom=prom)
-
-    def _failure_threshold(self, rt: Runtime) -> int:
-        if rt.spec is not None and rt.spec.failure_threshold is not None:
-            return rt.spec.failure_threshold
-        return self.settings.failure_threshold
 
     async def reap(self, handle: ProcessHandle) -> None:
         async with anyio.create_task_group() as tg:

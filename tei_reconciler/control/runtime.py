@@ -1,12 +1,15 @@
 """The controller's mutable record of one instance.
 
 `Runtime` holds the current process handle, probe state, crash history and ports of one
-instance; `observe()` freezes what the planner needs into an `ObservedInstance`.
+instance; `observe()` freezes what the planner needs into an `ObservedInstance`. The
+controller and the actuator change it through its methods, one per event (a process
+started, adopted or ended; a probe passed), so each event's writes stay together.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
 import anyio
 
@@ -17,6 +20,14 @@ from tei_reconciler.planner.observed import Busy, Failure, ObservedInstance, Pro
 from tei_reconciler.planner.status import ExitInfo, ProbeResult
 
 PROBE_HISTORY = 20  # probe results kept per instance
+
+
+class Placement(NamedTuple):
+    """Where a process runs: its ports and the GPUs it sees (CUDA_VISIBLE_DEVICES)."""
+
+    port: int | None = None
+    prometheus_port: int | None = None
+    gpu_id: str | None = None
 
 
 class Runtime:
@@ -43,23 +54,50 @@ class Runtime:
         self.created_at: float | None = None  # wall
         self.ready_since: float | None = None  # wall
         self.ready_since_mono: float | None = None
-        self.port: int | None = None
-        self.prometheus_port: int | None = None
-        self.gpu_id: str | None = None
+        self.placement = Placement()  # of the current (or last) process
 
     def attach(
-        self, handle: ProcessHandle, *, spec: InstanceSpec | None, now: float, wall: float
+        self,
+        handle: ProcessHandle,
+        *,
+        spec: InstanceSpec | None,
+        placement: Placement,
+        now: float,
+        created_at: float,
     ) -> None:
         """A new process (spawned or adopted) now represents the instance."""
         self.handle = handle
         self.spec = spec
+        self.placement = placement
         self.generation += 1
         self.stop_requested = False
         self.startup_ok = self.ready = False
         self.consecutive_failures = 0
         self.started_at = now
-        self.created_at = wall
+        self.created_at = created_at
         self.ready_since = self.ready_since_mono = None
+
+    def started(
+        self,
+        handle: ProcessHandle,
+        *,
+        spec: InstanceSpec,
+        placement: Placement,
+        now: float,
+        wall: float,
+    ) -> None:
+        """A process this reconciler spawned now represents the instance: a restart when
+        one ran before, and the end of any start failure."""
+        if self.generation > 0:
+            self.restarts += 1
+        self.attach(handle, spec=spec, placement=placement, now=now, created_at=wall)
+        self.failure, self.failures = None, 0
+
+    def ended(self, exit_: ExitInfo) -> None:
+        """The process is gone: how it ended is kept, its probes stop."""
+        self.cancel_probes()
+        self.last_exit = exit_
+        self.detach()
 
     def detach(self) -> None:
         self.handle = None

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from tei_reconciler.control.controller import Controller
+from tei_reconciler.build import build_controller
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.drivers.probe import ProbeOutcome
 from tei_reconciler.drivers.process import Found, ProcessHandle, exit_info
@@ -164,7 +164,7 @@ class World:
         self.desired = DesiredState()
         self._version = 0
         Path(self.settings.state_file).write_text("# version 0\n")
-        self.controller = Controller(
+        self.controller = build_controller(
             self.settings,
             store=self.store,
             table=self.table,

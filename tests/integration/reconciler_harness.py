@@ -119,7 +119,7 @@ class Harness:
 
     @property
     def state_file(self) -> Path:
-        return self.controller.state_file
+        return self.controller.source.path
 
     def status(self, name: str) -> InstanceStatus | None:
         return self.store.get(name)

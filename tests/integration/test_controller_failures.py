@@ -116,7 +116,7 @@ async def test_a_gpu_the_host_lacks_fails_only_that_instance(tmp_path: Path) -> 
         ready = await h.ready("beta")
         assert ready.pid is not None
         assert psutil.Process(ready.pid).environ()["CUDA_VISIBLE_DEVICES"] == ""
-        assert not children(h.controller.owner, "alpha")
+        assert not children(h.controller.actuator.owner, "alpha")
 
 
 async def test_a_missing_binary_is_a_clear_failure_retried_slowly(tmp_path: Path) -> None:
@@ -164,4 +164,4 @@ async def test_an_invalid_file_at_boot_starts_nothing_and_stops_nothing(tmp_path
         await passes(h.controller, 2)
         assert h.store.spec_errors
         assert h.status("alpha") is None
-        assert not children(h.controller.owner)
+        assert not children(h.controller.actuator.owner)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import grpc
 
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2, multiplexer_pb2_grpc
 from tei_reconciler.router import serve_router
 from tei_reconciler.routing import Endpoint, RoutingTable
+from tei_reconciler.settings import Settings
 
 
 def endpoint(
@@ -20,7 +22,7 @@ def endpoint(
     *,
     model_id: str = "fake/model",
     ready: bool = True,
-    phase: str = "Running",
+    phase: Phase = Phase.RUNNING,
     generation: int = 0,
 ) -> Endpoint:
     return Endpoint(
@@ -29,18 +31,30 @@ def endpoint(
         host="127.0.0.1",
         port=port,
         ready=ready,
-        phase=phase if ready or phase != "Running" else "Starting",
+        phase=phase if ready or phase is not Phase.RUNNING else Phase.STARTING,
         generation=generation,
     )
 
 
 @asynccontextmanager
-async def running_router(table: RoutingTable, **options: Any) -> AsyncIterator[int]:
-    """Serve the router for `table` on 127.0.0.1 port 0; yields the bound port."""
+async def running_router(
+    table: RoutingTable,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    **settings: Any,
+) -> AsyncIterator[int]:
+    """Serve the router for `table` on 127.0.0.1 port 0 with these `Settings` values; yields
+    the bound port."""
+    config = Settings(grpc_host="127.0.0.1", grpc_port=0, **settings)
     async with anyio.create_task_group() as tg:
         port: int = await tg.start(
             lambda task_status: serve_router(
-                table, host="127.0.0.1", port=0, task_status=task_status, **options
+                table,
+                config,
+                interceptors=interceptors,
+                credentials=credentials,
+                task_status=task_status,
             )
         )
         try:
