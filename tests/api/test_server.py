@@ -21,8 +21,7 @@ from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.planner.phase import Phase
 
 from .harness import Api, build, observed
-
-DEADLINE = 30
+from support.waiting import DEADLINE
 
 
 @asynccontextmanager

@@ -30,7 +30,7 @@ from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
-DEADLINE = 30.0
+from support.waiting import DEADLINE
 
 
 def preview(desired: DesiredState) -> list[PlannedAction]:

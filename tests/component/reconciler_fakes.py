@@ -21,6 +21,8 @@ from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
+from support.waiting import eventually
+
 _pids = itertools.count(100_000)
 
 
@@ -185,13 +187,8 @@ class World:
     def status(self, name: str) -> InstanceStatus | None:
         return self.store.get(name)
 
-    async def until(self, check: Any, what: str = "condition", within: float = 10.0) -> Any:
-        with anyio.fail_after(within):
-            while True:
-                result = check()
-                if result:
-                    return result
-                await anyio.sleep(0.005)
+    async def until(self, check: Any, what: str = "condition") -> Any:
+        return await eventually(check, what=what)
 
     async def phase(self, name: str, phase: str) -> InstanceStatus:
         result: InstanceStatus = await self.until(

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -19,24 +18,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from .harness import DEADLINE_S, free_port, port_open, running, spawn
-
-
-def wait_for(predicate: object, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)  # polling interval, bounded by the deadline
+from support.engines import running, spawn
+from support.net import free_port, port_open
+from support.waiting import DEADLINE, wait_until
 
 
 def test_port_stays_closed_until_the_engine_is_ready() -> None:
     engine = spawn("hash/8", "--json-output", faults="ready_delay=3")
     try:
-        wait_for(lambda: "Warming up model" in engine.log(), "the model to load")
+        wait_until(lambda: "Warming up model" in engine.log(), "the model to load")
         assert not port_open(engine.port)
         assert "Ready" not in engine.log()
         engine.wait_ready()
-        wait_for(lambda: '"message":"Ready"' in engine.log(), "the Ready line")
+        wait_until(lambda: '"message":"Ready"' in engine.log(), "the Ready line")
         ready = next(json.loads(line) for line in engine.log().splitlines() if "Ready" in line)
         assert ready["level"] == "INFO"
         assert {"timestamp", "target", "filename", "line_number"} <= ready.keys()
@@ -61,10 +55,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero() -> None:
             worker = threading.Thread(target=call, daemon=True)
             worker.start()
             metrics = f"http://127.0.0.1:{engine.prom_port}/metrics"
-            wait_for(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
+            wait_until(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
             engine.proc.send_signal(signal.SIGTERM)
             assert engine.wait_exit() == 0
-            worker.join(timeout=DEADLINE_S)
+            worker.join(timeout=DEADLINE)
         assert len(results) == 1
         assert isinstance(results[0], tei_pb2.EmbedResponse)
         assert "signal received, starting graceful shutdown" in engine.log()
@@ -85,10 +79,10 @@ def test_sigterm_lets_an_in_flight_http_request_finish_and_exits_zero() -> None:
         )
         worker.start()
         metrics = f"{engine.url}/metrics"
-        wait_for(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
+        wait_until(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
         engine.proc.send_signal(signal.SIGTERM)
         assert engine.wait_exit() == 0
-        worker.join(timeout=DEADLINE_S)
+        worker.join(timeout=DEADLINE)
         assert [r.status_code for r in results] == [200]
         assert len(results[0].json()[0]) == 8
     finally:
@@ -100,7 +94,7 @@ def run_engine(*argv: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "tei_reconciler", "engine", *argv],
         capture_output=True,
         text=True,
-        timeout=DEADLINE_S,
+        timeout=DEADLINE,
         check=False,
     )
 
@@ -143,7 +137,7 @@ def test_a_missing_packaged_model_names_the_pip_extra(tmp_path: Path) -> None:
          "--model-id", "sentence-transformers/all-MiniLM-L6-v2"],
         capture_output=True,
         text=True,
-        timeout=DEADLINE_S,
+        timeout=DEADLINE,
         check=False,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )  # fmt: skip
@@ -163,7 +157,7 @@ def test_tei_environment_variables_are_not_read() -> None:
         "PORT": str(free_port()), "HOSTNAME": "container-id", "API_KEY": "leaked",
         "MAX_CLIENT_BATCH_SIZE": "1", "MODEL_ID": "hash/4",
     }  # fmt: skip
-    engine = spawn("hash/8", env_extra=leaked)
+    engine = spawn("hash/8", env=leaked)
     try:
         engine.wait_ready()
         assert not port_open(int(leaked["PORT"]))
@@ -186,7 +180,7 @@ def test_bad_fault_specs_fail_loudly() -> None:
         [sys.executable, "-m", "tei_reconciler", "engine", "--model-id", "hash/8"],
         capture_output=True,
         text=True,
-        timeout=DEADLINE_S,
+        timeout=DEADLINE,
         check=False,
         env={"TEI_ENGINE_FAULTS": "explode=1", "PATH": "/usr/bin:/bin"},
     )

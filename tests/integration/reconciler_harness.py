@@ -7,8 +7,7 @@ import os
 import random
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
-DEADLINE = 30.0  # generous: a loaded 2-core machine starts Python slowly
+from support.waiting import DEADLINE, eventually
 
 
 def fast_settings(tmp: Path, **overrides: Any) -> Settings:
@@ -74,20 +73,6 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{random.randrange(1 << 30)}.swp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-async def eventually(
-    check: Callable[[], object], *, within: float = DEADLINE, what: str = "condition"
-) -> Any:
-    """Poll `check` until it returns something truthy (no sleep-to-wait: a deadline)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
-        await anyio.sleep(0.05)
 
 
 async def passes(controller: Controller, count: int) -> None:

@@ -13,13 +13,13 @@ from tei_reconciler.control.controller import Controller
 
 from .reconciler_harness import (
     children,
-    eventually,
     fast_settings,
     instance_toml,
     passes,
     reconciler,
     write_atomic,
 )
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

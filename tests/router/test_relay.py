@@ -14,10 +14,9 @@ from tei_reconciler.routing import RoutingTable
 
 from .fake_backend import fake_backend, vector
 from .harness import endpoint, mux_client, running_router, to
+from support.waiting import DEADLINE
 
 pytestmark = pytest.mark.anyio
-
-DEADLINE = 30
 
 
 def embed(text: str, target: mux.Target | None = None) -> mux.EmbedRequest:

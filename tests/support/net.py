@@ -1,0 +1,27 @@
+"""Sockets for tests: a free port to give a child (port 0 is for our own listeners), and
+whether something listens."""
+
+from __future__ import annotations
+
+import socket
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a child process that cannot bind port 0 itself."""
+    with socket.socket(_family(host)) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a TCP connection to `host:port` is accepted now."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
