@@ -163,23 +163,16 @@ class PortBook:
         previous = self._book.get(spec.name)
         others = {p for p in explicit if p not in (spec.port, spec.prometheus_port)}
         taken = self._taken_by_others(spec.name, others)
-        port = self._pick(
-            "port",
-            spec.port,
-            previous.port if previous else None,
-            self.instance_range,
-            taken,
-            name=spec.name,
-        )
-        taken.add(port)
-        prometheus_port = self._pick(
-            "prometheus port",
-            spec.prometheus_port,
-            previous.prometheus_port if previous else None,
-            self.prometheus_range,
-            taken,
-            name=spec.name,
-        )
-        assignment = Assignment(port=port, prometheus_port=prometheus_port)
+        picked: dict[str, int] = {}
+        for field, kind, span in (
+            ("port", "port", self.instance_range),
+            ("prometheus_port", "prometheus port", self.prometheus_range),
+        ):
+            sticky = getattr(previous, field) if previous is not None else None
+            picked[field] = self._pick(
+                kind, getattr(spec, field), sticky, span, taken, name=spec.name
+            )
+            taken.add(picked[field])
+        assignment = Assignment(**picked)
         self.record(spec.name, assignment)
         return assignment

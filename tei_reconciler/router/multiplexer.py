@@ -50,12 +50,7 @@ def _unary(relay: Relay, method: Method) -> Handler:
     label = f"/{MULTIPLEXER_SERVICE}/{method.name}"
 
     async def handler(request: bytes, context: Context) -> bytes:
-        try:
-            raw_target, inner = _unwrap(request, method, 1)
-            endpoint = resolve(relay.table, relay.balancer, parse_target(raw_target))
-        except RouteError as exc:
-            await relay.refuse(context, label, exc)
-            raise
+        endpoint, inner = await _route(relay, context, label, method, request)
         metadata, _, _ = split_metadata(context)
         return await relay.unary(
             context,
@@ -69,6 +64,20 @@ def _unary(relay: Relay, method: Method) -> Handler:
     return handler
 
 
+async def _route(
+    relay: Relay, context: Context, label: str, method: Method, first: bytes | None
+) -> tuple[Endpoint, bytes]:
+    """The instance the first message's target names, and that message's inner request;
+    a message that names none, or an instance that cannot serve, refuses the call."""
+    try:
+        raw_target, inner = _unwrap(_non_empty(first), method, 1)
+        endpoint = resolve(relay.table, relay.balancer, parse_target(raw_target))
+    except RouteError as exc:
+        await relay.refuse(context, label, exc)
+        raise
+    return endpoint, inner
+
+
 def _streaming(relay: Relay, method: Method) -> Handler:
     label = f"/{MULTIPLEXER_SERVICE}/{method.name}"
 
@@ -76,12 +85,7 @@ def _streaming(relay: Relay, method: Method) -> Handler:
         messages = aiter(requests)
         endpoint: Endpoint
         first = await anext(messages, None)
-        try:
-            raw_target, inner = _unwrap(_non_empty(first), method, 1)
-            endpoint = resolve(relay.table, relay.balancer, parse_target(raw_target))
-        except RouteError as exc:
-            await relay.refuse(context, label, exc)
-            raise
+        endpoint, inner = await _route(relay, context, label, method, first)
         position = 1
 
         def later(raw: bytes) -> bytes:

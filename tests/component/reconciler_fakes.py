@@ -4,7 +4,6 @@ of lifecycle decisions: no processes, no sockets, time moved by hand."""
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
+from support.net import port_ranges
 from support.waiting import eventually
 
 _pids = itertools.count(100_000)
@@ -140,12 +140,10 @@ class World:
     """A controller wired to fakes, plus the knobs a test turns."""
 
     def __init__(self, tmp: Path, **overrides: Any) -> None:
-        base = random.randrange(20000, 50000, 400)
         values: dict[str, Any] = {
             "state_file": str(tmp / "state.toml"),
             "runtime_dir": str(tmp / "runtime"),
-            "instance_port_range": (base, base + 200),
-            "prometheus_port_range": (base + 200, base + 400),
+            **port_ranges(),
             "resync_interval_secs": 3600.0,
             "health_interval_secs": 0.01,
             "health_timeout_secs": 0.05,

@@ -104,13 +104,17 @@ def test_classifier_answers_embed_and_rerank_with_failed_precondition(
     assert rerank.value.details() == "model is not a re-ranker model"
 
 
-def test_classifier_health_serves_predict_only(classifier: grpc.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(classifier)
-    status = {
+def health_by_service(channel: grpc.Channel) -> dict[str, int]:
+    """The health status of each model service of an engine."""
+    health = health_pb2_grpc.HealthStub(channel)
+    return {
         s: health.Check(health_pb2.HealthCheckRequest(service=s)).status
         for s in ("tei.v1.Embed", "tei.v1.Predict", "tei.v1.Rerank")
     }
-    assert status == {
+
+
+def test_classifier_health_serves_predict_only(classifier: grpc.Channel) -> None:
+    assert health_by_service(classifier) == {
         "tei.v1.Embed": NOT_SERVING,
         "tei.v1.Predict": SERVING,
         "tei.v1.Rerank": NOT_SERVING,
@@ -162,12 +166,7 @@ def test_rerank_stream_indexes_by_stream_position_without_a_batch_limit(
 
 
 def test_reranker_health_serves_predict_and_rerank(reranker: grpc.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(reranker)
-    status = {
-        s: health.Check(health_pb2.HealthCheckRequest(service=s)).status
-        for s in ("tei.v1.Embed", "tei.v1.Predict", "tei.v1.Rerank")
-    }
-    assert status == {
+    assert health_by_service(reranker) == {
         "tei.v1.Embed": NOT_SERVING,
         "tei.v1.Predict": SERVING,
         "tei.v1.Rerank": SERVING,

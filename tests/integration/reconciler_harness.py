@@ -23,20 +23,19 @@ from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
+from support.net import port_ranges
 from support.waiting import DEADLINE, eventually
 
 
 def fast_settings(tmp: Path, **overrides: Any) -> Settings:
     """Settings for tests: small probe periods, backoffs and grace; a random port range."""
-    base = random.randrange(20000, 50000, 400)
     values: dict[str, Any] = {
         "api_port": 0,
         "grpc_port": 0,
         "state_file": str(tmp / "state" / "state.toml"),
         "runtime_dir": str(tmp / "runtime"),
         "tei_binary": "builtin",
-        "instance_port_range": (base, base + 200),
-        "prometheus_port_range": (base + 200, base + 400),
+        **port_ranges(),
         "resync_interval_secs": 1.0,
         "health_interval_secs": 0.2,
         "health_timeout_secs": 2.0,

@@ -15,6 +15,8 @@ from tei_reconciler.router import serve_router
 from tei_reconciler.routing import Endpoint, RoutingTable
 from tei_reconciler.settings import Settings
 
+from .fake_backend import Recorder, fake_backend
+
 
 def endpoint(
     name: str,
@@ -61,6 +63,25 @@ async def running_router(
             yield port
         finally:
             tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def mux_to(*endpoints: Endpoint) -> AsyncIterator[multiplexer_pb2_grpc.TeiMultiplexerStub]:
+    """A multiplexer client of a router that routes to `endpoints`."""
+    table = RoutingTable()
+    table.update(list(endpoints))
+    async with running_router(table) as port, mux_client(port) as stub:
+        yield stub
+
+
+@asynccontextmanager
+async def mux_to_fake(
+    **backend: Any,
+) -> AsyncIterator[tuple[multiplexer_pb2_grpc.TeiMultiplexerStub, Recorder]]:
+    """A multiplexer client of a router whose only instance, "a", is a fake backend (made
+    with `backend` options); yields the client and what the backend recorded."""
+    async with fake_backend(**backend) as (a_port, recorder), mux_to(endpoint("a", a_port)) as stub:
+        yield stub, recorder
 
 
 @asynccontextmanager

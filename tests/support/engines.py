@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from support.net import free_port, port_open
 from support.waiting import DEADLINE, wait_until
@@ -67,6 +68,13 @@ class Engine:
         self.proc.wait(timeout=DEADLINE)
 
 
+class Options(TypedDict, total=False):
+    faults: str | None  # TEI_ENGINE_FAULTS
+    http: bool  # serve TEI's HTTP API instead of gRPC
+    host: str  # --hostname (default 127.0.0.1)
+    env: Mapping[str, str]  # more environment
+
+
 def spawn(
     model: str,
     *flags: str,
@@ -75,8 +83,7 @@ def spawn(
     host: str = "127.0.0.1",
     env: Mapping[str, str] | None = None,
 ) -> Engine:
-    """Start an engine for `model` with `flags` (not waiting for it); `faults` sets
-    `TEI_ENGINE_FAULTS`."""
+    """Start an engine for `model` with `flags`, not waiting for it."""
     port, prom_port = free_port(host), free_port(host)
     environ = {k: v for k, v in os.environ.items() if k != "TEI_ENGINE_FAULTS"}
     environ.update(env or {})
@@ -95,33 +102,21 @@ def spawn(
 
 
 @contextmanager
-def running(
-    model: str,
-    *flags: str,
-    faults: str | None = None,
-    http: bool = False,
-    host: str = "127.0.0.1",
-    env: Mapping[str, str] | None = None,
-) -> Iterator[Engine]:
+def running(model: str, *flags: str, **options: Unpack[Options]) -> Iterator[Engine]:
     """An engine that listens, for the duration of the block."""
-    with engines({model: model}, *flags, faults=faults, http=http, host=host, env=env) as ready:
+    with engines({model: model}, *flags, **options) as ready:
         yield ready[model]
 
 
 @contextmanager
 def engines(
-    models: Mapping[str, str],
-    *flags: str,
-    faults: str | None = None,
-    http: bool = False,
-    host: str = "127.0.0.1",
-    env: Mapping[str, str] | None = None,
+    models: Mapping[str, str], *flags: str, **options: Unpack[Options]
 ) -> Iterator[dict[str, Engine]]:
     """One listening engine per name -> model id, started together; all killed after."""
     with ExitStack() as stack:
         started: dict[str, Engine] = {}
         for name, model in models.items():
-            engine = spawn(model, *flags, faults=faults, http=http, host=host, env=env)
+            engine = spawn(model, *flags, **options)
             stack.callback(engine.log_path.unlink, missing_ok=True)
             stack.callback(engine.stop)
             started[name] = engine

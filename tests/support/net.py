@@ -3,6 +3,7 @@ whether something listens."""
 
 from __future__ import annotations
 
+import random
 import socket
 
 
@@ -25,3 +26,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
+
+
+def port_ranges() -> dict[str, tuple[int, int]]:
+    """`instance_port_range` and `prometheus_port_range` settings for one test: 200 ports
+    each, from a random base, so that tests running at once rarely meet."""
+    base = random.randrange(20000, 50000, 400)
+    return {
+        "instance_port_range": (base, base + 200),
+        "prometheus_port_range": (base + 200, base + 400),
+    }
