@@ -17,7 +17,7 @@ import msgspec
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
-from tei_reconciler.control.runtime import Placement, Runtime
+from tei_reconciler.control.runtime import Placement, Probed, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.ports import PortBook
@@ -262,31 +262,19 @@ class Actuator:
 
     def on_probe(self, rt: Runtime, ok: bool, message: str, wall: float) -> bool:
         """Fold one probe result into the runtime; True when a pass should look."""
-        if not rt.startup_ok:
-            if not ok:
-                metrics.PROBE_FAILURES.labels("startup").inc()
-                return False
-            rt.startup_ok = True
-            rt.mark_ready(self.clock.now(), wall)
+        threshold = self.policy.for_instance(rt.spec).failure_threshold
+        verdict = rt.probed(ok, threshold=threshold, now=self.clock.now(), wall=wall)
+        if verdict is Probed.STARTUP_FAILED:
+            metrics.PROBE_FAILURES.labels("startup").inc()
+        elif verdict is Probed.STARTED:
             self.store.record_event(rt.name, "Normal", "Ready", "startup probe succeeded", wall)
-            return True
-        if ok:
-            recovered = rt.consecutive_failures > 0 or not rt.ready
-            rt.consecutive_failures = 0
-            if not rt.ready:
-                rt.mark_ready(self.clock.now(), wall)
-            return recovered  # a pass publishes the recovery (failure count back to 0)
-        metrics.PROBE_FAILURES.labels("liveness").inc()
-        rt.consecutive_failures += 1
-        # One slow health check under load must not cut an instance's traffic: like a
-        # Kubernetes readiness probe, Ready is lost after `failure_threshold` failures in a
-        # row, which is also when the planner restarts the instance.
-        if rt.consecutive_failures >= self.policy.for_instance(rt.spec).failure_threshold:
-            rt.ready = False
-        self.store.record_event(
-            rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
-        )
-        return True
+        elif verdict is Probed.FAILED:
+            metrics.PROBE_FAILURES.labels("liveness").inc()
+            self.store.record_event(
+                rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
+            )
+        # A recovery needs a pass too: it publishes the failure count back at 0.
+        return verdict in (Probed.STARTED, Probed.RECOVERED, Probed.FAILED)
 
     def argv_for(self, spec: InstanceSpec, *, port: int, prom: int) -> list[str]:
         """The command line this reconciler launches `spec` with on these ports."""

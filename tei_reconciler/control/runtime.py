@@ -8,6 +8,7 @@ started, adopted or ended; a probe passed), so each event's writes stay together
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from typing import NamedTuple
 
@@ -28,6 +29,16 @@ class Placement(NamedTuple):
     port: int | None = None
     prometheus_port: int | None = None
     gpu_id: str | None = None
+
+
+class Probed(enum.Enum):
+    """What one probe result changed (`Runtime.probed`)."""
+
+    STARTUP_FAILED = "startup failed"  # still starting
+    STARTED = "started"  # the startup probe passed: Ready
+    HEALTHY = "healthy"  # nothing changed
+    RECOVERED = "recovered"  # healthy again after failures: Ready again, count back at 0
+    FAILED = "failed"  # a liveness probe failed (Ready lost at the threshold)
 
 
 class Runtime:
@@ -116,6 +127,27 @@ class Runtime:
         if self.ready_since_mono is None:
             self.ready_since_mono = now
         self.ready_since = wall
+
+    def probed(self, ok: bool, *, threshold: int, now: float, wall: float) -> Probed:
+        """Fold one probe result in. Like a Kubernetes readiness probe, one slow health check
+        under load does not cut the instance's traffic: Ready is lost after `threshold`
+        failures in a row, which is also when the planner restarts the instance."""
+        if not self.startup_ok:
+            if not ok:
+                return Probed.STARTUP_FAILED
+            self.startup_ok = True
+            self.mark_ready(now, wall)
+            return Probed.STARTED
+        if ok:
+            recovered = self.consecutive_failures > 0 or not self.ready
+            self.consecutive_failures = 0
+            if not self.ready:
+                self.mark_ready(now, wall)
+            return Probed.RECOVERED if recovered else Probed.HEALTHY
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= threshold:
+            self.ready = False
+        return Probed.FAILED
 
     def healthy_for(self, now: float) -> float:
         """How long the current process has been Ready (for the backoff reset)."""
