@@ -70,6 +70,12 @@ def test_the_built_in_engine_accepts_every_command_line_the_reconciler_builds() 
     assert args.payload_limit == 100
 
 
+def test_extra_args_may_repeat_no_flag_the_command_line_already_has() -> None:
+    ours = {arg for arg in ARGV[: -len(FULL.extra_args)] if arg.startswith("-")}
+    aliases = {alias for field in FIELDS.values() for alias in field.aliases}
+    assert ours == set(MANAGED_FLAGS) - aliases
+
+
 def test_every_flag_the_reconciler_manages_is_one_the_engine_knows() -> None:
     known = build_parser()._option_string_actions
     assert set(MANAGED_FLAGS) <= set(known)
