@@ -28,10 +28,16 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def port_base() -> int:
+    """The start of 400 ports for one test's port ranges, chosen at random so that tests
+    running at once (and other people's) rarely meet."""
+    return random.randrange(20000, 50000, 400)
+
+
 def port_ranges() -> dict[str, tuple[int, int]]:
     """`instance_port_range` and `prometheus_port_range` settings for one test: 200 ports
-    each, from a random base, so that tests running at once rarely meet."""
-    base = random.randrange(20000, 50000, 400)
+    each from a `port_base`."""
+    base = port_base()
     return {
         "instance_port_range": (base, base + 200),
         "prometheus_port_range": (base + 200, base + 400),
