@@ -40,6 +40,7 @@ from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.traffic import TrafficRing
 
 log = logging.getLogger("tei_reconciler")
 
@@ -116,12 +117,14 @@ async def serve(
 
 
 def front_ends(settings: Settings) -> list[Part]:
-    """The REST API and the gRPC router, each with its auth, as parts for `serve`.
+    """The REST API and the gRPC router, each with its auth, as parts for `serve`; the
+    router records every call in the traffic ring the API's dashboard reads.
 
     Auth files are loaded here, before anything listens, so a broken certificate or tokens
     file fails startup instead of serving unauthenticated."""
     middleware, ssl_context = build_rest_auth(settings)
     interceptors, credentials = build_grpc_auth(settings)
+    traffic = TrafficRing()
 
     async def rest_api(
         controller: Controller, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -137,6 +140,7 @@ def front_ends(settings: Settings) -> list[Part]:
             on_change=controller.mark_dirty,
             preview=controller.preview,
             middleware=middleware,
+            traffic=traffic,
         )
         await serve_api(
             app,
@@ -154,6 +158,7 @@ def front_ends(settings: Settings) -> list[Part]:
             settings,
             interceptors=interceptors,
             credentials=credentials,
+            traffic=traffic,
             task_status=task_status,
         )
 

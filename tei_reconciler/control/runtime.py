@@ -66,6 +66,7 @@ class Runtime:
         self.ready_since: float | None = None  # wall
         self.ready_since_mono: float | None = None
         self.placement = Placement()  # of the current (or last) process
+        self.log_offset = 0  # size of the instance log when the current process started
 
     def attach(
         self,
@@ -94,14 +95,17 @@ class Runtime:
         *,
         spec: InstanceSpec,
         placement: Placement,
+        log_offset: int,
         now: float,
         wall: float,
     ) -> None:
         """A process this reconciler spawned now represents the instance: a restart when
-        one ran before, and the end of any start failure."""
+        one ran before, and the end of any start failure. Its output starts at `log_offset`
+        in the instance's log."""
         if self.generation > 0:
             self.restarts += 1
         self.attach(handle, spec=spec, placement=placement, now=now, created_at=wall)
+        self.log_offset = log_offset
         self.failure, self.failures = None, 0
 
     def ended(self, exit_: ExitInfo) -> None:

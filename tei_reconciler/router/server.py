@@ -5,9 +5,10 @@ picks a free one), then runs a maintenance task that mirrors the routing table i
 health service and closes the channels of instances that left it or idled out. On
 cancellation it stops in uvicorn's order: health reports NOT_SERVING, the server stops
 accepting and gives running calls `stop_grace_secs`, then the instance channels close.
-Auth plugs in from outside: server interceptors and server credentials are parameters. The
-router is handed the manager's settings whole, as the REST API is; `RouterSettings` says what
-it reads of them (the router imports nothing of the desired state, so not `Settings` itself).
+Auth plugs in from outside: server interceptors and server credentials are parameters; so
+does `traffic`, the dashboard's ring that every finished call is recorded in. The router is
+handed the manager's settings whole, as the REST API is; `RouterSettings` says what it reads
+of them (the router imports nothing of the desired state, so not `Settings` itself).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tei_reconciler.router.passthrough import generic_handlers
 from tei_reconciler.router.pool import ChannelPool
 from tei_reconciler.router.relay import Relay
 from tei_reconciler.routing import RoutingTable
+from tei_reconciler.traffic import TrafficSink
 
 CHANNEL_CLOSE_GRACE_SECS = 5.0
 STOP_GRACE_MAX_SECS = 5.0  # calls get at most this long to finish when the router stops
@@ -60,6 +62,7 @@ async def serve_router(
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    traffic: TrafficSink | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     max_bytes = settings.max_message_mb * 1024 * 1024
@@ -69,6 +72,7 @@ async def serve_router(
         pool,
         request_timeout_secs=settings.request_timeout_secs,
         default_instance=settings.default_instance,
+        traffic=traffic,
     )
     health = HealthSync(table)
     server = grpc.aio.server(

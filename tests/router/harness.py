@@ -14,6 +14,7 @@ from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2, multiplexe
 from tei_reconciler.router import serve_router
 from tei_reconciler.routing import Endpoint, RoutingTable
 from tei_reconciler.settings import Settings
+from tei_reconciler.traffic import TrafficSink
 
 from .fake_backend import Recorder, fake_backend
 
@@ -44,6 +45,7 @@ async def running_router(
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    traffic: TrafficSink | None = None,
     **settings: Any,
 ) -> AsyncIterator[int]:
     """Serve the router for `table` on 127.0.0.1 port 0 with these `Settings` values; yields
@@ -56,6 +58,7 @@ async def running_router(
                 config,
                 interceptors=interceptors,
                 credentials=credentials,
+                traffic=traffic,
                 task_status=task_status,
             )
         )
