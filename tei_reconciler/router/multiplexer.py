@@ -10,18 +10,23 @@ call with INVALID_ARGUMENT instead of being dropped.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from functools import partial
 
 import grpc
 
-from tei_reconciler.router.methods import MULTIPLEXER_SERVICE, TEI_METHODS, Kind, Method
+from tei_reconciler.router.methods import (
+    MULTIPLEXER_SERVICE,
+    TEI_METHODS,
+    Handler,
+    Kind,
+    Method,
+    method_handler,
+)
 from tei_reconciler.router.relay import Context, Relay, split_metadata
 from tei_reconciler.router.routes import RouteError, parse_target, resolve
 from tei_reconciler.router.wire import WireError, split_wrapper
 from tei_reconciler.routing import Endpoint
-
-Handler = Callable[..., Any]
 
 
 def _unwrap(raw: bytes, method: Method, position: int) -> tuple[bytes | None, bytes]:
@@ -113,10 +118,7 @@ def method_handlers(relay: Relay) -> dict[str, grpc.RpcMethodHandler]:
     """Handlers for the 17 relayed RPCs (the two Arrow RPCs live in `arrow.py`)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in TEI_METHODS:
-        if method.kind is Kind.UNARY:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(relay, method))
-        elif method.kind is Kind.BIDI:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(_streaming(relay, method))
-        else:
-            handlers[method.name] = grpc.stream_unary_rpc_method_handler(_streaming(relay, method))
+        handlers[method.name] = method_handler(
+            method, partial(_unary, relay), partial(_streaming, relay)
+        )
     return handlers
