@@ -20,6 +20,7 @@ from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
+from support.clock import FakeClock
 from support.net import port_ranges
 from support.waiting import eventually
 
@@ -36,20 +37,6 @@ def found(spec: InstanceSpec, *, pid: int = 4242, spec_hash_: str | None = None)
         prometheus_port=9100,
         gpu_id="",
     )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + self.t
-
-    def advance(self, secs: float) -> None:
-        self.t += secs
 
 
 class FakeHandle(ProcessHandle):

@@ -10,7 +10,8 @@ from tei_reconciler.control.source import DesiredSource, file_loader
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 from tei_reconciler.store import StatusStore
 
-from .reconciler_fakes import FakeClock, World, running
+from .reconciler_fakes import World, running
+from support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 SPEC = InstanceSpec(name="a", model_id="hash/8")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import msgspec
 import pytest
-from conftest import ManualClock
 from prometheus_client import REGISTRY
 
 from tei_reconciler.planner.phase import Phase
@@ -16,6 +15,7 @@ from tei_reconciler.traffic import TrafficRing
 
 from .fake_backend import fake_backend, vector
 from .harness import endpoint, mux_client, mux_to, mux_to_fake, running_router, to
+from support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -168,9 +168,9 @@ async def test_router_metrics_count_calls_by_instance_method_and_code() -> None:
 
 
 async def test_every_routed_call_lands_in_the_dashboards_traffic_ring(
-    manual_clock: ManualClock,
+    fake_clock: FakeClock,
 ) -> None:
-    traffic = TrafficRing(step_secs=10.0, clock=manual_clock)
+    traffic = TrafficRing(step_secs=10.0, clock=fake_clock)
     async with fake_backend() as (a_port, _):
         table = RoutingTable()
         table.update([endpoint("charted", a_port)])
@@ -180,7 +180,7 @@ async def test_every_routed_call_lands_in_the_dashboards_traffic_ring(
                 await stub.Embed(embed(to("charted"), "fail: x"))  # RESOURCE_EXHAUSTED
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Embed(embed(to("nobody")))  # refused before routing: no instance
-    manual_clock.t += 10
+    fake_clock.advance(10)
     (charted,) = traffic.snapshot().instances
     assert (charted.instance, charted.requests, charted.errors) == ("charted", 2, 1)
     assert charted.p50_ms is not None
