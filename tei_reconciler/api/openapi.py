@@ -28,7 +28,7 @@ from tei_reconciler.api.schemas import (
     ReadyResponse,
     StateWriteResponse,
 )
-from tei_reconciler.desired.spec import NAME_MAX_LENGTH, NAME_PATTERN
+from tei_reconciler.desired.spec import NAME_MAX, NAME_PATTERN
 from tei_reconciler.traffic import TrafficSnapshot
 
 REF = "#/components/schemas/{name}"
@@ -209,7 +209,7 @@ def _content(kind: object, schemas: dict[object, dict[str, Any]]) -> dict[str, A
 def _operation(op: Op, schemas: dict[object, dict[str, Any]]) -> dict[str, Any]:
     params: list[dict[str, Any]] = []
     if "{name}" in op.path:
-        name = {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX_LENGTH}
+        name = {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX}
         params.append({"name": "name", "in": "path", "required": True, "schema": name})
     params += [
         {"name": n, "in": "query", "required": False, "schema": s, "description": d}

@@ -66,17 +66,20 @@ class DesiredSource:
         *,
         store: StatusStore,
         clock: Clock,
-        running: Callable[[], bool] = lambda: False,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.path = path
         self.loader = loader
         self.max_bytes = max_bytes
-        self.running = running  # whether instance processes run (adopted ones included)
+        self.running: Callable[[], bool] = lambda: False  # whether instance processes run
         self.store = store
         self.clock = clock
         self.desired: DesiredState | None = None  # None until a valid file was read
         self._seen: bytes | None = None
+
+    def bind(self, *, running: Callable[[], bool]) -> None:
+        """Learn from the controller whether instance processes run (adopted ones too)."""
+        self.running = running
 
     async def refresh(self) -> DesiredState | None:
         """Re-read the file if its bytes changed; return the last good desired state.

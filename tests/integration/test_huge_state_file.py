@@ -16,13 +16,13 @@ from tei_reconciler.desired.spec import DesiredState
 from tei_reconciler.desired.statefile import MAX_PROBLEMS
 
 from .reconciler_harness import (
-    eventually,
     fast_settings,
     instance_toml,
     passes,
     reconciler,
     write_atomic,
 )
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

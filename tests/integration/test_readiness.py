@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from .reconciler_harness import (
-    eventually,
     fast_settings,
     instance_toml,
     passes,
     reconciler,
     write_atomic,
 )
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .reconciler_harness import eventually, fast_settings, instance_toml, passes, reconciler
+from .reconciler_harness import fast_settings, instance_toml, passes, reconciler
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -11,14 +11,16 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tei_reconciler.control.controller import Controller
+
 from .reconciler_harness import (
     children,
-    eventually,
     fast_settings,
     passes,
     reconciler,
     write_atomic,
 )
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -81,7 +83,7 @@ async def test_a_state_file_setting_loader_or_interpreter_variables_never_reache
         assert after is not None
         assert after.pid == before.pid
         assert after.ready
-        for child in children(h.controller.owner):
+        for child in children(Controller.owner_of(settings)):
             env = child.environ()
             assert env["SAFE_MARK"] == "1"
             assert env.get("PYTHONPATH") != str(payload)
