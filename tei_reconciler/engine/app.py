@@ -190,13 +190,14 @@ async def _serve_http(
 
 
 async def _watch_signals(stop: _Stop, faults: Faults) -> None:
-    signals = [signal.SIGINT]
-    if faults.ignore_sigterm:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    else:
-        signals.append(signal.SIGTERM)
-    with anyio.open_signal_receiver(*signals) as received:
-        async for _ in received:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        async for signum in received:
+            if faults.signal_file is not None:
+                with open(faults.signal_file, "a") as record:  # noqa: ASYNC230 (one short line)
+                    record.write(f"{signal.Signals(signum).name}\n")
+            if signum == signal.SIGTERM and faults.ignore_sigterm:
+                LOGGER.warning("fault injection: SIGTERM ignored")
+                continue
             if not stop.event.is_set():
                 LOGGER.info("signal received, starting graceful shutdown")
             stop.request()
