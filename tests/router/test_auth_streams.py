@@ -22,10 +22,10 @@ from tei_reconciler.settings import AuthSettings, MtlsSettings, Settings, TokenS
 
 from .fake_backend import fake_backend, vector
 from .harness import endpoint, running_router, to
+from support.waiting import DEADLINE
 
 pytestmark = pytest.mark.anyio
 
-DEADLINE = 30
 TOKEN = "s3cret"
 
 
