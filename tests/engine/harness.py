@@ -93,11 +93,29 @@ def spawn(
     return Engine(proc, port, prom_port, Path(name))
 
 
+def run_engine(
+    *argv: str, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the engine to its end (for start errors), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tei_reconciler", "engine", *argv],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+        env={**os.environ, **(env_extra or {})},
+    )
+
+
 @contextmanager
 def running(
-    model: str, *extra: str, faults: str | None = None, http: bool = False
+    model: str,
+    *extra: str,
+    faults: str | None = None,
+    http: bool = False,
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[Engine]:
-    engine = spawn(model, *extra, faults=faults, http=http)
+    engine = spawn(model, *extra, faults=faults, http=http, env_extra=env_extra)
     try:
         engine.wait_ready()
         yield engine

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from .harness import DEADLINE_S, free_port, port_open, running, spawn
+from .harness import DEADLINE_S, free_port, port_open, run_engine, running, spawn
 
 
 def wait_for(predicate: object, what: str) -> None:
@@ -93,16 +93,6 @@ def test_sigterm_lets_an_in_flight_http_request_finish_and_exits_zero() -> None:
         assert len(results[0].json()[0]) == 8
     finally:
         engine.stop()
-
-
-def run_engine(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tei_reconciler", "engine", *argv],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-        check=False,
-    )
 
 
 def test_a_port_in_use_is_a_fatal_error_with_status_one() -> None:
