@@ -29,7 +29,7 @@ from tei_reconciler.api.schemas import (
 )
 from tei_reconciler.api.views import instance_out
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
-from tei_reconciler.planner.status import InstanceStatus
+from tei_reconciler.planner.status import InstanceStatus, StoreChange
 
 NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 NAME_MAX = 63
@@ -136,7 +136,7 @@ async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> Non
             return
         with anyio.move_on_after(seconds):
             async for change in changes:
-                if change.name != spec.name:
+                if not isinstance(change, StoreChange) or change.name != spec.name:
                     continue
                 if ready(ctx.store.get(spec.name)):
                     return

@@ -24,7 +24,8 @@ from tei_reconciler.api.context import ApiContext
 from tei_reconciler.api.errors import ApiError, json_response
 from tei_reconciler.api.instances import NAME, ctx_of
 from tei_reconciler.api.logs import count_lines, follow, log_path, normalise, read_slice
-from tei_reconciler.api.views import event_out, instance_out
+from tei_reconciler.api.views import event_out, instance_out, model_out
+from tei_reconciler.planner.model_status import ModelChange
 
 HEARTBEAT_SECS = 15.0
 
@@ -128,6 +129,10 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                     change = await receive.receive()
                 if idle.cancelled_caught:
                     yield b": keepalive\n\n"
+                    continue
+                if isinstance(change, ModelChange):
+                    if name is None and change.status is not None:
+                        yield sse("model", model_out(change.status))
                     continue
                 if name is not None and change.name != name:
                     continue

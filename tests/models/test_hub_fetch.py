@@ -15,11 +15,12 @@ from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Cancelled, Fetcher, FetchError, FetchRequest, FetchResult
 from tei_reconciler.models.select import Flavour
 from tei_reconciler.planner.model_status import Progress
+from tests.model_files import safetensors
 
 from .hub_server import Hub, serving
 
 REPO = "acme/tiny-embedder"
-WEIGHTS = bytes(range(256)) * 1024  # 256 KiB, served as an LFS file
+WEIGHTS = safetensors({"embeddings": ("F32", (256, 256))})  # 256 KiB: an LFS file
 FILES = {
     "config.json": b'{"model_type": "bert", "hidden_size": 8, "architectures": ["BertModel"]}',
     "tokenizer.json": b'{"version": "1.0"}',
