@@ -18,7 +18,7 @@ from typing import TextIO
 
 import anyio
 
-from tei_reconciler.client import commands
+from tei_reconciler.client import commands, models
 from tei_reconciler.client.http import DEFAULT_SERVER, Client, Connection, ServerError, Unreachable
 from tei_reconciler.client.render import server_error
 
@@ -131,6 +131,7 @@ SPECS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]]
     "restart": ("restart an instance (a new process, same spec)", _lifecycle, commands.restart),
     "delete": ("remove an instance from the desired state", _lifecycle, commands.delete),
     "wait": ("wait until an instance is ready, stopped or deleted", _wait, commands.wait),
+    "models": ("list, fetch and remove models (ls | pull | rm)", models.setup, models.run),
 }
 
 
@@ -176,6 +177,9 @@ def run(command: str, argv: list[str], out: TextIO | None = None) -> int:
     except commands.CommandError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.status if command != "diff" else 2
+    except models.PullFailed as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `tei-reconciler logs x | head`
@@ -220,3 +224,7 @@ def main_delete(argv: list[str]) -> int:
 
 def main_wait(argv: list[str]) -> int:
     return run("wait", argv)
+
+
+def main_models(argv: list[str]) -> int:
+    return run("models", argv)

@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,18 +71,19 @@ class ModelLayout:
     source: str = ""
 
 
-def hub_cache(flag: str | None) -> Path:
+def hub_cache(flag: str | None, env: Mapping[str, str] | None = None) -> Path:
     """TEI's `--huggingface-hub-cache`, else huggingface_hub's own environment rules."""
     if flag:
         return Path(flag).expanduser()
+    environ = os.environ if env is None else env
     for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        value = os.environ.get(name)
+        value = environ.get(name)
         if value:
             return Path(value).expanduser()
-    home = os.environ.get("HF_HOME")
+    home = environ.get("HF_HOME")
     if home:
         return Path(home).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
+    xdg = environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "huggingface" / "hub"
 
