@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -26,6 +26,14 @@ T = TypeVar("T")
 
 #: The controller's dry-run planner: what it would do to reach a desired state.
 Preview = Callable[[DesiredState], Sequence[object]]
+
+
+class ModelCommands(Protocol):
+    """What the API may ask of the model registry (it never fetches or deletes itself)."""
+
+    def fetch_now(self, model_id: str, revision: str | None = None) -> None: ...
+
+    def evict(self, model_id: str) -> bool: ...
 
 
 @dataclass
@@ -46,6 +54,7 @@ class ApiContext:
     preview: Preview
     clock: Clock
     closing: anyio.Event | None = None  # set when the server starts shutting down
+    models: ModelCommands | None = None  # the model registry (None: no model routes)
     _cache: Snapshot | None = field(default=None, repr=False)
 
     async def snapshot(self) -> Snapshot:

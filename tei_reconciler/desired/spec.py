@@ -108,11 +108,22 @@ class InstanceSpec(Base, frozen=True):
     restarted_at: datetime | None = None
 
 
+class ModelSpec(Base, frozen=True):
+    """One `[models."<id>"]` table: the revision to fetch (the default of instances on the
+    model that set none) and whether to keep it on disk while no instance uses it."""
+
+    model_id: str
+    revision: str | None = None
+    keep: bool = False
+
+
 class DesiredState(Base, frozen=True):
-    """A whole, valid state file. `revision` is the sha256 of the file's bytes (the ETag)."""
+    """A whole, valid state file. `revision` is the sha256 of the file's bytes (the ETag).
+    `models` are the declared `[models."<id>"]` tables (checked in desired/models.py)."""
 
     instances: dict[str, InstanceSpec] = msgspec.field(default_factory=dict)
     revision: str = ""
+    models: dict[str, ModelSpec] = msgspec.field(default_factory=dict)
 
 
 #: Fields whose change does not need a new process: `state` is acted on by the planner itself.
@@ -140,7 +151,7 @@ KeyPath = tuple[str, ...]
 
 #: The keys an `[instances.<name>]` or `[defaults]` table may hold (the name is the table key).
 INSTANCE_KEYS: tuple[str, ...] = tuple(f for f in InstanceSpec.__struct_fields__ if f != "name")
-TOP_LEVEL_KEYS = ("defaults", "instances")
+TOP_LEVEL_KEYS = ("defaults", "instances", "models")
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HF_ID = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
