@@ -128,6 +128,8 @@ def plan_one(
             return None, failure.retry_at
         if waiting(obs.crash, now=now, spec_hash=wanted):
             return None, obs.crash.until
+        if obs.model is not None:
+            return None, None  # the model registry asks for a pass when the model is ready
     return Start(name=name, spec=spec), None
 
 
@@ -192,6 +194,11 @@ def assess(
         return Assessment(phase="Running", reason="Healthy", message="")
     if spec.state is DesiredRun.STOPPED:
         return Assessment(phase="Stopped", reason="StoppedByUser", message='state = "stopped"')
+    if obs is not None and obs.model is not None:
+        gate = obs.model
+        return Assessment(
+            phase="Failed" if gate.failed else "Pending", reason=gate.reason, message=gate.message
+        )
     wanted = spec_hash(spec)
     if obs is not None:
         failure = obs.failure
