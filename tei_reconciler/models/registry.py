@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from tei_reconciler._types import Clock
 from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Cancelled, Fetcher, FetchError, FetchRequest, FetchResult
 from tei_reconciler.models.inspect import InspectError, read_facts
-from tei_reconciler.models.select import Flavour
+from tei_reconciler.models.wants import Want
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for
 from tei_reconciler.planner.model_status import (
     ModelFacts,
@@ -47,18 +46,6 @@ from tei_reconciler.store import StatusStore
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.25  # seconds between progress updates published for one fetch
-
-
-class Want(msgspec.Struct, frozen=True, kw_only=True):
-    """One model the desired state wants, and why."""
-
-    model_id: str
-    revision: str | None = None
-    flavours: frozenset[Flavour] = frozenset({Flavour.SAFETENSORS})
-    declared: bool = False
-    keep: bool = False
-    used_by: tuple[str, ...] = ()
-    local: bool = False  # an absolute path: inspected, never fetched
 
 
 @dataclass

@@ -16,7 +16,8 @@ import pytest
 from tei_reconciler._types import SystemClock
 from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Fetcher
-from tei_reconciler.models.registry import ModelRegistry, Want
+from tei_reconciler.models.registry import ModelRegistry
+from tei_reconciler.models.wants import Want
 from tei_reconciler.planner.backoff import BackoffPolicy
 from tei_reconciler.planner.model_status import ModelState, ModelStatus
 from tei_reconciler.store import StatusStore
