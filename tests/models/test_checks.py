@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.models.checks import Verdict, check_start
 from tei_reconciler.models.inspect import (
     InspectError,
     estimate_parameters,
@@ -198,3 +200,69 @@ def test_a_repo_the_binary_cannot_serve_is_recognised_from_its_listing(
     else:
         assert said is not None
         assert lacking in said
+
+
+def test_the_built_in_engine_refuses_a_directory_it_cannot_serve_before_any_process(
+    tmp_path: Path,
+) -> None:
+    write_tree(tmp_path / "m", {"config.json": as_json(MINILM_CONFIG), "onnx/model.onnx": b"x"})
+    spec = InstanceSpec(name="a", model_id=str(tmp_path / "m"))
+    verdict = check_start(
+        spec, builtin=True, cache=tmp_path, facts=None, cuda="", free_memory=lambda _: None
+    )
+    assert verdict.refusal is not None
+    assert "the built-in engine cannot serve it" in verdict.refusal
+    assert "missing tokenizer.json" in verdict.refusal
+
+
+def test_hash_models_need_no_check() -> None:
+    spec = InstanceSpec(name="a", model_id="hash/384")
+    verdict = check_start(
+        spec, builtin=True, cache=Path("/nonexistent"), facts=None, cuda="", free_memory=lambda _: 0
+    )
+    assert verdict == Verdict()
+
+
+@pytest.mark.parametrize(
+    ("facts", "cuda", "free", "refusal", "warning"),
+    [
+        (ModelFacts(model_type="bert", parameters=110_000_000), "0", 8 * GIB, None, None),
+        (ModelFacts(model_type="t5"), "0", 8 * GIB, "cannot serve model_type 't5'", None),
+        (
+            ModelFacts(model_type="qwen2", parameters=7_000_000_000),
+            "",
+            None,
+            "only on a CUDA GPU",
+            None,
+        ),
+        (
+            ModelFacts(model_type="qwen2", parameters=7_000_000_000),
+            "1,2",
+            4 * GIB,
+            None,
+            "but GPU 1 has 4.0 GiB free",
+        ),
+        (ModelFacts(model_type="qwen2", parameters=7_000_000_000), "1", None, None, None),
+    ],
+)
+def test_tei_checks_the_model_type_and_the_free_memory_of_the_first_gpu(
+    facts: ModelFacts, cuda: str, free: int | None, refusal: str | None, warning: str | None
+) -> None:
+    asked: list[int] = []
+
+    def free_memory(index: int) -> int | None:
+        asked.append(index)
+        return free
+
+    spec = InstanceSpec(name="a", model_id="org/model")
+    verdict = check_start(
+        spec, builtin=False, cache=Path("/c"), facts=facts, cuda=cuda, free_memory=free_memory
+    )
+    for expected, said in ((refusal, verdict.refusal), (warning, verdict.warning)):
+        if expected is None:
+            assert said is None
+        else:
+            assert said is not None
+            assert expected in said
+    if warning is not None:
+        assert asked == [1]
