@@ -20,3 +20,21 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 def anyio_backend() -> str:
     """Production runs anyio on asyncio (grpc.aio and hypercorn need it), so tests do too."""
     return "asyncio"
+
+
+class ManualClock:
+    """A clock that moves only when a test moves it (`t += secs`); starts on a round epoch."""
+
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    return ManualClock()

@@ -5,7 +5,8 @@ picks a free one), then runs a maintenance task that mirrors the routing table i
 health service and closes the channels of instances that left it or idled out. On
 cancellation it stops in uvicorn's order: health reports NOT_SERVING, the server stops
 accepting and gives running calls `stop_grace_secs`, then the instance channels close.
-Auth plugs in from outside: server interceptors and server credentials are parameters.
+Auth plugs in from outside: server interceptors and server credentials are parameters; so
+does `traffic`, the dashboard's ring that every finished call is recorded in.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tei_reconciler.router.passthrough import generic_handlers
 from tei_reconciler.router.pool import ChannelPool
 from tei_reconciler.router.relay import Relay
 from tei_reconciler.routing import RoutingTable
+from tei_reconciler.traffic import TrafficSink
 
 CHANNEL_CLOSE_GRACE_SECS = 5.0
 
@@ -43,12 +45,17 @@ async def serve_router(
     stop_grace_secs: float = 5.0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    traffic: TrafficSink | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     max_bytes = max_message_mb * 1024 * 1024
     pool = ChannelPool(max_message_bytes=max_bytes, idle_secs=idle_channel_secs)
     relay = Relay(
-        table, pool, request_timeout_secs=request_timeout_secs, default_instance=default_instance
+        table,
+        pool,
+        request_timeout_secs=request_timeout_secs,
+        default_instance=default_instance,
+        traffic=traffic,
     )
     health = HealthSync(table)
     server = grpc.aio.server(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from model_files import MINILM_ID, minilm_files, write_cached, write_tree
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
-from tests.model_files import MINILM_ID, minilm_files, write_cached, write_tree
 
 from .harness import Engine, free_port, run_engine, running
 

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from model_files import safetensors
 
 from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Cancelled, Fetcher, FetchError, FetchRequest, FetchResult
 from tei_reconciler.models.select import Flavour
 from tei_reconciler.planner.model_status import Progress
-from tests.model_files import safetensors
 
 from .hub_server import Hub, serving
 

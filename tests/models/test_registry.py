@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from model_files import write_cached, write_tree
 
 from tei_reconciler._types import SystemClock
 from tei_reconciler.models.cache import HubCache
@@ -21,7 +22,6 @@ from tei_reconciler.models.wants import Want
 from tei_reconciler.planner.backoff import BackoffPolicy
 from tei_reconciler.planner.model_status import ModelState, ModelStatus
 from tei_reconciler.store import StatusStore
-from tests.model_files import write_cached, write_tree
 
 from .hub_server import Hub, serving
 from .test_hub_fetch import FILES, REPO, WEIGHTS, closed_url
