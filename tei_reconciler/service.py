@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -25,12 +25,19 @@ import anyio
 from anyio import CancelScope
 from anyio.abc import TaskStatus
 
+from tei_reconciler._types import SystemClock
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.auth import build_grpc_auth, build_rest_auth
 from tei_reconciler.control.controller import Controller
+from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.watcher import watch_state_file
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.errors import AuthConfigError, SpecError, TeiReconcilerError
+from tei_reconciler.models.cache import HubCache
+from tei_reconciler.models.config import hub_config
+from tei_reconciler.models.hub import Fetcher
+from tei_reconciler.models.registry import ModelRegistry
+from tei_reconciler.planner.backoff import BackoffPolicy
 from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
@@ -81,6 +88,26 @@ async def _cancel_on_signal(
             return
 
 
+def build_models(
+    settings: Settings, store: StatusStore, env: Mapping[str, str]
+) -> tuple[ModelRegistry, ModelGlue]:
+    """The model registry over the Hugging Face cache the settings (or the environment) name."""
+    hub = hub_config(settings, env)
+    registry = ModelRegistry(
+        fetcher=Fetcher(HubCache(hub.cache)),
+        store=store,
+        clock=SystemClock(),
+        endpoint=hub.endpoint,
+        token_file=hub.token_file,
+        offline=hub.offline,
+        max_concurrent=hub.max_concurrent,
+        backoff=BackoffPolicy(
+            initial=settings.backoff_initial_secs, maximum=settings.backoff_max_secs
+        ),
+    )
+    return registry, ModelGlue(settings, registry, hub)
+
+
 async def serve(
     settings: Settings,
     *,
@@ -97,11 +124,14 @@ async def serve(
     that cannot be bound stops the reconciler before it has changed anything."""
     store = store or StatusStore()
     table = table or RoutingTable(settings.default_instance)
-    controller = Controller(settings, store=store, table=table)
+    registry, glue = build_models(settings, store, os.environ)
+    controller = Controller(settings, store=store, table=table, models=glue)
+    registry.changed = controller.mark_dirty
     with exclusive_runtime(Path(settings.runtime_dir)):
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 await tg.start(_cancel_on_signal, tg.cancel_scope)
+            await tg.start(registry.run)
             for part in extra:
                 await tg.start(part, controller)
             # The watcher first: an edit made while the first pass runs is not left to the resync.
@@ -137,6 +167,7 @@ def front_ends(settings: Settings) -> list[Part]:
             preview=controller.preview,
             middleware=middleware,
             traffic=traffic,
+            models=controller.models.registry if controller.models is not None else None,
         )
         await serve_api(
             app,

@@ -146,6 +146,10 @@ async def _fetch_and_wait(
             while status is None or status.state in (ModelState.AVAILABLE, ModelState.DOWNLOADING):
                 change = await changes.receive()
                 if isinstance(change, ModelChange) and change.model_id == model_id:
+                    if change.status is None:
+                        raise ApiError(
+                            500, "MODEL_DOWNLOAD_FAILED", f"{model_id} was removed meanwhile"
+                        )
                     status = change.status
             if status.state is ModelState.FAILED:
                 raise ApiError(

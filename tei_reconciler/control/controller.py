@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock, SystemClock
 from tei_reconciler.control.actuator import Actuator
+from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.publish import publish
 from tei_reconciler.control.runtime import Runtime
 from tei_reconciler.control.source import DesiredSource, Loader, file_loader
@@ -67,11 +68,13 @@ class Controller:
         prober: Prober | None = None,
         gpus: tuple[int, ...] | None = None,
         base_env: Mapping[str, str] | None = None,
+        models: ModelGlue | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.table = table
         self.clock = clock or SystemClock()
+        self.models = models
         self.state_file = Path(settings.state_file)
         runtime_dir = Path(settings.runtime_dir)
         reserved = settings.reserved_ports
@@ -116,8 +119,9 @@ class Controller:
             clock=self.clock,
             backoff=self.backoff,
             gpus=detect_gpus() if gpus is None else gpus,
-            base_env=os.environ if base_env is None else base_env,
+            base_env=self._child_env(os.environ if base_env is None else base_env),
             owner=self.owner,
+            models=models,
             changed=self.mark_dirty,
             spawn=self._spawn_task,
             forget=self._forget,
@@ -179,6 +183,7 @@ class Controller:
         now = self.clock.now()
         requeue: float | None = None
         if self.desired is not None:
+            self._gate_models()
             actions, requeue = plan(self.desired, self._observe(), now, policy=self.policy)
             for action in actions:
                 self._dispatch(action)
@@ -192,6 +197,20 @@ class Controller:
         return requeue
 
     # ---- observe -----------------------------------------------------------------------
+    def _child_env(self, base: Mapping[str, str]) -> Mapping[str, str]:
+        return base if self.models is None else self.models.child_env(base)
+
+    def _gate_models(self) -> None:
+        """Hand the registry what the desired state wants; hold back instances whose model
+        is not on disk (the registry marks the controller dirty when that changes)."""
+        if self.models is None or self.desired is None:
+            return
+        gates = self.models.sync(self.desired)
+        for name, rt in self.runtimes.items():
+            rt.model_gate = gates.get(name)
+        for name, gate in gates.items():
+            self._runtime(name).model_gate = gate
+
     def _observe(self) -> dict[str, ObservedInstance]:
         return {name: rt.observe() for name, rt in self.runtimes.items()}
 

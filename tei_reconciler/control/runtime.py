@@ -13,6 +13,7 @@ import anyio
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.drivers.process import ProcessHandle
 from tei_reconciler.planner.backoff import CrashLoop
+from tei_reconciler.planner.model_status import ModelGate
 from tei_reconciler.planner.observed import Busy, Failure, ObservedInstance, ProcessView
 from tei_reconciler.planner.status import ExitInfo, ProbeResult
 
@@ -46,6 +47,7 @@ class Runtime:
         self.port: int | None = None
         self.prometheus_port: int | None = None
         self.gpu_id: str | None = None
+        self.model_gate: ModelGate | None = None  # its model is not on disk yet
         self.log_offset = 0  # size of the instance log when the current process started
 
     def attach(
@@ -106,4 +108,5 @@ class Runtime:
             consecutive_failures=self.consecutive_failures,
             crash=self.crash,
             failure=self.failure,
+            model=self.model_gate,
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -221,7 +222,10 @@ class ModelRegistry:
         waits = [
             max(0.0, e.retry_at - now)
             for e in self._entries.values()
-            if e.retry_at is not None and e.wanted is not None and not e.fetching
+            if e.retry_at is not None
+            and math.isfinite(e.retry_at)
+            and e.wanted is not None
+            and not e.fetching
         ]
         return min(waits, default=None)
 
@@ -356,9 +360,10 @@ class ModelRegistry:
             self._fetched(entry, result)
         finally:
             entry.fetching = False
-            entry.requested = None
-            if entry.wanted is None and entry.state is not ModelState.DOWNLOADED:
-                self._forget(entry)
+            if entry.state is not ModelState.FAILED:
+                entry.requested = None  # done; a failure stays listed until asked again
+            if entry.wanted is None and entry.state is ModelState.AVAILABLE:
+                self._forget(entry)  # a cancelled fetch of a model nothing wants
             else:
                 self._publish(entry)
             self._wake.set()
@@ -379,20 +384,25 @@ class ModelRegistry:
             )
 
     def _failed(self, entry: _Entry, reason: str, message: str) -> None:
+        """A failed fetch: retried on the backoff curve while the state file wants the
+        model; a one-off fetch (the API's, of a model nothing wants) is not retried."""
         entry.failures += 1
-        delay = delay_for(entry.failures, self.backoff)
-        entry.retry_at, entry.retry_wall = self.clock.now() + delay, self.clock.wall() + delay
         entry.state, entry.progress = ModelState.FAILED, None
-        entry.reason, entry.message = reason, f"{message} (retry in {delay:g}s)"
         wall = self.clock.wall()
+        if entry.want is not None:
+            delay = delay_for(entry.failures, self.backoff)
+            entry.retry_at, entry.retry_wall = self.clock.now() + delay, wall + delay
+            retry = f"retry in {delay:g}s"
+        else:
+            entry.retry_at, entry.retry_wall = math.inf, None
+            retry = "not retried: nothing wants it"
+        entry.reason, entry.message = reason, f"{message} ({retry})"
         self.store.record_model_event(entry.model_id, "Warning", reason, message, wall)
         for instance in entry.want.used_by if entry.want is not None else ():
             self.store.record_event(
                 instance, "Warning", "ModelUnavailable", f"{entry.model_id}: {message}", wall
             )
-        log.warning(
-            "cannot fetch %s: %s: %s (retry in %gs)", entry.model_id, reason, message, delay
-        )
+        log.warning("cannot fetch %s: %s: %s (%s)", entry.model_id, reason, message, retry)
 
     def _reporter(self, entry: _Entry) -> Callable[[Progress], None]:
         """Progress from the worker thread, handed to the loop at each file boundary and at

@@ -10,14 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hub_server import Hub, serving
 from model_files import safetensors
 
 from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Cancelled, Fetcher, FetchError, FetchRequest, FetchResult
 from tei_reconciler.models.select import Flavour
 from tei_reconciler.planner.model_status import Progress
-
-from .hub_server import Hub, serving
 
 REPO = "acme/tiny-embedder"
 WEIGHTS = safetensors({"embeddings": ("F32", (256, 256))})  # 256 KiB: an LFS file

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hub_server import Hub, serving
 from model_files import write_cached, write_tree
 
 from tei_reconciler._types import SystemClock
@@ -23,7 +24,6 @@ from tei_reconciler.planner.backoff import BackoffPolicy
 from tei_reconciler.planner.model_status import ModelState, ModelStatus
 from tei_reconciler.store import StatusStore
 
-from .hub_server import Hub, serving
 from .test_hub_fetch import FILES, REPO, WEIGHTS, closed_url
 
 pytestmark = pytest.mark.anyio
