@@ -25,11 +25,13 @@ import anyio
 import grpc
 import pyarrow as pa
 
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2_grpc
 from tei_reconciler.router import serve_router
 from tei_reconciler.routing import Endpoint, RoutingTable
+from tei_reconciler.settings import Settings
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 INSTANCE = "minilm"
@@ -74,13 +76,13 @@ def serve_router_process(router_port: int, engine_port: int) -> None:
                 host="127.0.0.1",
                 port=engine_port,
                 ready=True,
-                phase="Running",
+                phase=Phase.RUNNING,
             )
         ]
     )
 
     async def main() -> None:
-        await serve_router(table, host="127.0.0.1", port=router_port)
+        await serve_router(table, Settings(grpc_host="127.0.0.1", grpc_port=router_port))
 
     anyio.run(main, backend="asyncio")
 

@@ -1,8 +1,11 @@
 """`tei-reconciler run`: the composition root.
 
-One anyio task group on the asyncio backend (grpc.aio and hypercorn need asyncio) runs the
-controller, the state file watcher and whatever front ends are handed in (`extra`: the REST
-API and the gRPC router), all sharing one status store and one routing table. SIGTERM and
+Everything a running reconciler is made of is built here (the control loop's parts through
+`build.build_controller`, the front ends and their auth in `front_ends`) and handed to the
+components, which never construct their collaborators. One anyio task group on the asyncio
+backend (grpc.aio and hypercorn need asyncio) runs the controller, the state file watcher and
+whatever front ends are handed in (`extra`: the REST API and the gRPC router), all sharing one
+status store and one routing table. SIGTERM and
 SIGINT cancel the group; the controller then stops every instance in parallel within the
 grace period, or leaves them running for the next reconciler (`on_shutdown = "keep"`).
 """
@@ -15,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -25,19 +28,14 @@ import anyio
 from anyio import CancelScope
 from anyio.abc import TaskStatus
 
-from tei_reconciler._types import SystemClock
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.auth import build_grpc_auth, build_rest_auth
+from tei_reconciler.build import build_controller, build_models
 from tei_reconciler.control.controller import Controller
-from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.watcher import watch_state_file
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.errors import AuthConfigError, SpecError, TeiReconcilerError
-from tei_reconciler.models.cache import HubCache
-from tei_reconciler.models.config import hub_config
-from tei_reconciler.models.hub import Fetcher
-from tei_reconciler.models.registry import ModelRegistry
-from tei_reconciler.planner.backoff import BackoffPolicy
+from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
@@ -60,8 +58,7 @@ def exclusive_runtime(runtime_dir: Path) -> Iterator[None]:
     """Hold `<runtime_dir>/reconciler.lock` for the life of the process (released by the OS
     even on SIGKILL, so a crashed reconciler never blocks its successor)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = runtime_dir / "reconciler.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(RuntimeDir(runtime_dir).lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,26 +85,6 @@ async def _cancel_on_signal(
             return
 
 
-def build_models(
-    settings: Settings, store: StatusStore, env: Mapping[str, str]
-) -> tuple[ModelRegistry, ModelGlue]:
-    """The model registry over the Hugging Face cache the settings (or the environment) name."""
-    hub = hub_config(settings, env)
-    registry = ModelRegistry(
-        fetcher=Fetcher(HubCache(hub.cache)),
-        store=store,
-        clock=SystemClock(),
-        endpoint=hub.endpoint,
-        token_file=hub.token_file,
-        offline=hub.offline,
-        max_concurrent=hub.max_concurrent,
-        backoff=BackoffPolicy(
-            initial=settings.backoff_initial_secs, maximum=settings.backoff_max_secs
-        ),
-    )
-    return registry, ModelGlue(settings, registry, hub)
-
-
 async def serve(
     settings: Settings,
     *,
@@ -124,8 +101,8 @@ async def serve(
     that cannot be bound stops the reconciler before it has changed anything."""
     store = store or StatusStore()
     table = table or RoutingTable(settings.default_instance)
-    registry, glue = build_models(settings, store, os.environ)
-    controller = Controller(settings, store=store, table=table, models=glue)
+    registry, glue = build_models(settings, store=store, env=os.environ)
+    controller = build_controller(settings, store=store, table=table, models=glue)
     registry.changed = controller.mark_dirty
     with exclusive_runtime(Path(settings.runtime_dir)):
         async with anyio.create_task_group() as tg:
@@ -182,16 +159,10 @@ def front_ends(settings: Settings) -> list[Part]:
     ) -> None:
         await serve_router(
             controller.table,
-            host=settings.grpc_host,
-            port=settings.grpc_port,
-            request_timeout_secs=settings.request_timeout_secs,
-            max_message_mb=settings.max_message_mb,
-            idle_channel_secs=settings.idle_channel_secs,
-            default_instance=settings.default_instance,
+            settings,
             interceptors=interceptors,
             credentials=credentials,
             traffic=traffic,
-            stop_grace_secs=min(settings.stop_grace_secs, 5.0),
             task_status=task_status,
         )
 

@@ -21,13 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tei_reconciler.api._http import decode_json, query_bool, query_float
-from tei_reconciler.api.context import ApiContext, ModelCommands
+from tei_reconciler.api.context import ApiContext, ModelCommands, ctx_of
 from tei_reconciler.api.errors import ApiError, api_error_for, json_response
-from tei_reconciler.api.instances import ctx_of
 from tei_reconciler.api.schemas import DeclareModelRequest, ErrorDetail, ModelOut
 from tei_reconciler.api.streams import HEARTBEAT_SECS, EventStream, sse, wants_stream
 from tei_reconciler.api.views import event_out, model_out
-from tei_reconciler.desired.spec import accepts
+from tei_reconciler.desired.check import accepts
 from tei_reconciler.planner.model_status import ModelChange, ModelState, ModelStatus
 
 DEFAULT_WAIT_SECS = 3600.0

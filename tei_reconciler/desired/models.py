@@ -12,14 +12,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from tei_reconciler.desired.spec import (
-    InstanceSpec,
-    Issue,
-    KeyPath,
-    ModelSpec,
-    accepts,
-    suggest,
-)
+from tei_reconciler.desired.check import Issue, accepts, suggest
+from tei_reconciler.desired.spec import InstanceSpec, ModelSpec
+from tei_reconciler.desired.tomlpositions import KeyPath
 
 MODEL_KEYS = ("revision", "keep")
 

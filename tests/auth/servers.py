@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from tei_reconciler.api import create_app
 from tei_reconciler.api.serve import serve_api
@@ -64,9 +65,9 @@ async def grpc_router(settings: Settings) -> AsyncIterator[int]:
     async def run(*, task_status: Any) -> None:
         await serve_router(
             RoutingTable(),
-            host="127.0.0.1",
-            port=0,
-            stop_grace_secs=1,
+            msgspec.structs.replace(
+                settings, grpc_host="127.0.0.1", grpc_port=0, stop_grace_secs=1.0
+            ),
             interceptors=interceptors,
             credentials=credentials,
             task_status=task_status,

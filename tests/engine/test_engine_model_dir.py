@@ -14,7 +14,8 @@ from model_files import MINILM_ID, minilm_files, write_cached, write_tree
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from .harness import Engine, free_port, run_engine, running
+from support.engines import Engine, run_engine, running
+from support.net import free_port
 
 pytestmark = pytest.mark.slow
 TEXTS = [
@@ -70,7 +71,7 @@ def test_a_cached_model_is_served_by_its_hub_id_with_its_pooling_and_prompts(
     ).encode()
     write_cached(tmp_path / "hub", "acme/minilm-cls", files, COMMIT)
     env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
-    with running("acme/minilm-cls", "--inference-threads", "1", env_extra=env) as cached:
+    with running("acme/minilm-cls", "--inference-threads", "1", env=env) as cached:
         text = TEXTS[0]
         cls_vector = embed(cached, text)
         mean_vector = embed(packaged, text)
@@ -97,7 +98,7 @@ def test_a_model_neither_on_disk_nor_cached_names_the_cache_and_the_pull_command
     tmp_path: Path,
 ) -> None:
     env = {"HF_HUB_CACHE": str(tmp_path / "empty")}
-    done = run_engine("--model-id", "acme/absent", "--port", str(free_port()), env_extra=env)
+    done = run_engine("--model-id", "acme/absent", "--port", str(free_port()), env=env)
     assert done.returncode == 1
     assert f"is not in the Hugging Face cache ({tmp_path / 'empty'})" in done.stderr
     assert "tei-reconciler models pull acme/absent" in done.stderr

@@ -13,11 +13,10 @@ from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.routing import RoutingTable
 
 from .fake_backend import fake_backend, vector
-from .harness import endpoint, mux_client, running_router, to
+from .harness import endpoint, mux_client, mux_to_fake, running_router, to
+from support.waiting import DEADLINE
 
 pytestmark = pytest.mark.anyio
-
-DEADLINE = 30
 
 
 def embed(text: str, target: mux.Target | None = None) -> mux.EmbedRequest:
@@ -26,32 +25,26 @@ def embed(text: str, target: mux.Target | None = None) -> mux.EmbedRequest:
 
 async def test_a_stream_is_answered_in_order_and_ends_when_the_client_half_closes() -> None:
     texts = [f"text {i}" for i in range(50)]
-    async with fake_backend(dim=4) as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
+    async with mux_to_fake(dim=4) as (stub, _):
 
-            async def requests() -> AsyncIterator[mux.EmbedRequest]:
-                yield embed(texts[0], to("a"))
-                for text in texts[1:]:
-                    yield embed(text)  # later targets are not needed: the first one routes
+        async def requests() -> AsyncIterator[mux.EmbedRequest]:
+            yield embed(texts[0], to("a"))
+            for text in texts[1:]:
+                yield embed(text)  # later targets are not needed: the first one routes
 
-            replies = [r async for r in stub.EmbedStream(requests(), timeout=DEADLINE)]
+        replies = [r async for r in stub.EmbedStream(requests(), timeout=DEADLINE)]
     assert [list(r.embeddings) for r in replies] == [pytest.approx(vector(t, 4)) for t in texts]
 
 
 async def test_a_stream_message_without_a_request_fails_the_stream() -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
+    async with mux_to_fake() as (stub, _):
 
-            async def requests() -> AsyncIterator[mux.EmbedRequest]:
-                yield embed("one", to("a"))
-                yield mux.EmbedRequest(target=to("a"))
+        async def requests() -> AsyncIterator[mux.EmbedRequest]:
+            yield embed("one", to("a"))
+            yield mux.EmbedRequest(target=to("a"))
 
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                _ = [r async for r in stub.EmbedStream(requests(), timeout=DEADLINE)]
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            _ = [r async for r in stub.EmbedStream(requests(), timeout=DEADLINE)]
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert failed.value.details() == "Missing embed request (stream message 2)"
 
@@ -70,49 +63,40 @@ async def test_an_empty_stream_is_invalid() -> None:
 
 
 async def test_a_backend_error_inside_a_stream_reaches_the_client_unchanged() -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
+    async with mux_to_fake() as (stub, _):
 
-            async def requests() -> AsyncIterator[mux.EmbedRequest]:
-                yield embed("fine", to("a"))
-                yield embed("fail: now")
+        async def requests() -> AsyncIterator[mux.EmbedRequest]:
+            yield embed("fine", to("a"))
+            yield embed("fail: now")
 
-            call = stub.EmbedStream(requests(), timeout=DEADLINE)
-            first = await call.read()
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await call.read()
+        call = stub.EmbedStream(requests(), timeout=DEADLINE)
+        first = await call.read()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call.read()
     assert len(first.embeddings) == 8
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_a_client_stream_returns_the_backends_single_answer() -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
+    async with mux_to_fake() as (stub, _):
 
-            async def requests() -> AsyncIterator[mux.RerankStreamRequest]:
-                for i, text in enumerate(["a", "bbb", "cc"]):
-                    yield mux.RerankStreamRequest(
-                        target=to("a") if i == 0 else None,
-                        request=tei_pb2.RerankStreamRequest(query="q", text=text),
-                    )
+        async def requests() -> AsyncIterator[mux.RerankStreamRequest]:
+            for i, text in enumerate(["a", "bbb", "cc"]):
+                yield mux.RerankStreamRequest(
+                    target=to("a") if i == 0 else None,
+                    request=tei_pb2.RerankStreamRequest(query="q", text=text),
+                )
 
-            reply = await stub.RerankStream(requests(), timeout=DEADLINE)
+        reply = await stub.RerankStream(requests(), timeout=DEADLINE)
     assert [(r.index, r.score) for r in reply.ranks] == [(0, 1.0), (1, 3.0), (2, 2.0)]
 
 
 async def test_the_client_deadline_reaches_the_backend_and_expires_there() -> None:
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await stub.Embed(embed("slow please", to("a")), timeout=2.0)
-            with anyio.fail_after(DEADLINE):
-                await recorder.cancelled.wait()
+    async with mux_to_fake() as (stub, recorder):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Embed(embed("slow please", to("a")), timeout=2.0)
+        with anyio.fail_after(DEADLINE):
+            await recorder.cancelled.wait()
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     remaining = recorder.time_remaining[0]
     assert remaining is not None
@@ -131,32 +115,26 @@ async def test_without_a_client_deadline_the_router_sets_its_request_timeout() -
 
 
 async def test_a_client_cancel_reaches_the_backend() -> None:
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            call = stub.Embed(embed("slow please", to("a")), timeout=DEADLINE)
-            with anyio.fail_after(DEADLINE):
-                await recorder.slow_started.wait()
-            call.cancel()
-            with anyio.fail_after(DEADLINE):
-                await recorder.cancelled.wait()
+    async with mux_to_fake() as (stub, recorder):
+        call = stub.Embed(embed("slow please", to("a")), timeout=DEADLINE)
+        with anyio.fail_after(DEADLINE):
+            await recorder.slow_started.wait()
+        call.cancel()
+        with anyio.fail_after(DEADLINE):
+            await recorder.cancelled.wait()
 
 
 async def test_a_client_cancel_of_a_stream_reaches_the_backend() -> None:
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            call = stub.EmbedStream(timeout=DEADLINE)
-            await call.write(embed("fine", to("a")))
-            await call.read()
-            await call.write(embed("slow too"))
-            with anyio.fail_after(DEADLINE):
-                await recorder.slow_started.wait()
-            call.cancel()
-            with anyio.fail_after(DEADLINE):
-                await recorder.cancelled.wait()
+    async with mux_to_fake() as (stub, recorder):
+        call = stub.EmbedStream(timeout=DEADLINE)
+        await call.write(embed("fine", to("a")))
+        await call.read()
+        await call.write(embed("slow too"))
+        with anyio.fail_after(DEADLINE):
+            await recorder.slow_started.wait()
+        call.cancel()
+        with anyio.fail_after(DEADLINE):
+            await recorder.cancelled.wait()
 
 
 async def test_client_metadata_is_forwarded_but_the_routing_keys_are_not() -> None:
@@ -242,14 +220,11 @@ async def test_plain_tei_streams_are_relayed() -> None:
 
 
 async def test_a_backend_error_ends_the_stream_while_the_client_still_holds_it_open() -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            call = stub.EmbedStream(timeout=DEADLINE)
-            await call.write(embed("fail: at once", to("a")))
-            with anyio.fail_after(DEADLINE / 2), pytest.raises(grpc.aio.AioRpcError) as failed:
-                await call.read()
+    async with mux_to_fake() as (stub, _):
+        call = stub.EmbedStream(timeout=DEADLINE)
+        await call.write(embed("fail: at once", to("a")))
+        with anyio.fail_after(DEADLINE / 2), pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call.read()
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -298,20 +273,17 @@ async def test_a_stream_to_an_instance_that_stops_reading_pushes_back_on_the_cli
     a client writing to an instance that no longer reads is soon made to wait."""
     megabyte = embed("x" * 1_000_000)
     limit = 200  # 200 MB: far beyond any HTTP/2 window, well within what an unbounded buffer takes
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            call = stub.EmbedStream(timeout=DEADLINE)
-            await call.write(embed("slow: the instance stops reading here", to("a")))
-            with anyio.fail_after(DEADLINE):
-                await recorder.slow_started.wait()
-            written = 0
-            while written < limit:
-                with anyio.move_on_after(2) as waited:
-                    await call.write(megabyte)
-                if waited.cancelled_caught:
-                    break
-                written += 1
-            call.cancel()
+    async with mux_to_fake() as (stub, recorder):
+        call = stub.EmbedStream(timeout=DEADLINE)
+        await call.write(embed("slow: the instance stops reading here", to("a")))
+        with anyio.fail_after(DEADLINE):
+            await recorder.slow_started.wait()
+        written = 0
+        while written < limit:
+            with anyio.move_on_after(2) as waited:
+                await call.write(megabyte)
+            if waited.cancelled_caught:
+                break
+            written += 1
+        call.cancel()
     assert written < limit

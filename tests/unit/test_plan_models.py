@@ -8,9 +8,11 @@ import pytest
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.planner.model_status import ModelGate
 from tei_reconciler.planner.observed import ObservedInstance, ProcessView
-from tei_reconciler.planner.plan import Policy, Start, assess, plan_one
+from tei_reconciler.planner.plan import Start, assess, plan_one
+from tei_reconciler.planner.policy import Policy
+from tei_reconciler.settings import Settings
 
-POLICY = Policy()
+POLICY = Policy.of(Settings())
 NOW = 1000.0
 SPEC = InstanceSpec(name="a", model_id="BAAI/bge-small-en-v1.5")
 DOWNLOADING = ModelGate(reason="Downloading", message="12.0 MiB of 90.0 MiB (13%), 2 of 7 files")
