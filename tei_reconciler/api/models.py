@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 import anyio
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -64,25 +65,25 @@ async def _users(ctx: ApiContext, model_id: str) -> list[str]:
 
 
 async def _shown(ctx: ApiContext, model_id: str) -> ModelOut | None:
-    """The model as the registry sees it, else as the state file declares it."""
-    status = ctx.store.model(model_id)
-    if status is not None:
-        return model_out(status)
+    """The model as the registry sees it, else as the state file declares it; whether it is
+    declared and who uses it always as the state file says now."""
     declared = await _declared(ctx)
     users = await _users(ctx, model_id)
-    if model_id not in declared and not users:
-        return None
     revision, keep = declared.get(model_id, (None, False))
-    return model_out(
-        ModelStatus(
+    status = ctx.store.model(model_id)
+    if status is None:
+        if model_id not in declared and not users:
+            return None
+        status = ModelStatus(
             model_id=model_id,
             state=ModelState.AVAILABLE,
             revision=revision,
-            declared=model_id in declared,
-            keep=keep,
-            used_by=tuple(users),
             reason="NotObserved",
             message="the registry has not looked at it yet",
+        )
+    return model_out(
+        msgspec.structs.replace(
+            status, declared=model_id in declared, keep=keep, used_by=tuple(users)
         )
     )
 

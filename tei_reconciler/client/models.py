@@ -33,10 +33,15 @@ def _path(model_id: str) -> str:
 
 
 def setup(parser: argparse.ArgumentParser) -> None:
+    from tei_reconciler.client.cli import common_options  # noqa: PLC0415 - cli imports us
+
+    common = [common_options(defaults=False)]
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    ls = verbs.add_parser("ls", help="list declared, used and cached models")
+    ls = verbs.add_parser("ls", help="list declared, used and cached models", parents=common)
     ls.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    pull = verbs.add_parser("pull", help="fetch a model into the cache now, with progress")
+    pull = verbs.add_parser(
+        "pull", help="fetch a model into the cache now, with progress", parents=common
+    )
     pull.add_argument(
         "model_id", metavar="MODEL", help="a Hugging Face id, e.g. BAAI/bge-small-en-v1.5"
     )
@@ -46,7 +51,9 @@ def setup(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=3600.0, metavar="SECS", help="give up after SECS"
     )
     pull.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    rm = verbs.add_parser("rm", help="undeclare a model (--evict: also delete its files)")
+    rm = verbs.add_parser(
+        "rm", help="undeclare a model (--evict: also delete its files)", parents=common
+    )
     rm.add_argument("model_id", metavar="MODEL")
     rm.add_argument("--evict", action="store_true", help="remove it from the cache too")
     rm.add_argument("-o", "--output", choices=("table", "json"), default="table")
