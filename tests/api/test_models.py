@@ -9,8 +9,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from hub_server import Hub, serving
-from model_files import MINILM_CONFIG, as_json, safetensors, write_cached
 
 from tei_reconciler._types import SystemClock
 from tei_reconciler.models.cache import HubCache
@@ -19,6 +17,8 @@ from tei_reconciler.models.registry import ModelRegistry
 from tei_reconciler.planner.backoff import BackoffPolicy
 
 from .harness import Api, build
+from support.hub import Hub, serving
+from support.model_files import MINILM_CONFIG, as_json, safetensors, write_cached
 
 pytestmark = pytest.mark.anyio
 REPO = "acme/small"

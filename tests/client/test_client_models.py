@@ -10,8 +10,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from hub_server import Hub, serving
-from model_files import MINILM_CONFIG, as_json, safetensors, write_cached
 
 from tei_reconciler._types import SystemClock
 from tei_reconciler.client.models import _Shown
@@ -23,6 +21,8 @@ from tei_reconciler.planner.backoff import BackoffPolicy
 from tei_reconciler.store import StatusStore
 
 from .harness import Server, cli, served
+from support.hub import Hub, serving
+from support.model_files import MINILM_CONFIG, as_json, safetensors, write_cached
 
 pytestmark = pytest.mark.anyio
 FILES = {

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from model_files import MINILM_ID, minilm_files, write_cached, write_tree
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
 from support.engines import Engine, run_engine, running
+from support.model_files import MINILM_ID, minilm_files, write_cached, write_tree
 from support.net import free_port
 
 pytestmark = pytest.mark.slow

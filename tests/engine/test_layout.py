@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from model_files import MINILM_CONFIG, MODULES, as_json, write_cached, write_tree
 
 from tei_reconciler.engine.layout import locate, read_layout, snapshot_dir
 from tei_reconciler.engine.types import StartupError
+
+from support.model_files import MINILM_CONFIG, MODULES, as_json, write_cached, write_tree
 
 MEAN = {"pooling_mode_mean_tokens": True}
 

@@ -6,11 +6,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from model_files import minilm_files, write_tree
 
 from tei_reconciler.planner.status import InstanceStatus
 
 from .reconciler_harness import fast_settings, instance_toml, reconciler, write_atomic
+from support.model_files import minilm_files, write_tree
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,6 @@ from pathlib import Path
 import anyio
 import grpc
 import pytest
-from hub_server import Hub, serving
-from model_files import MINILM_ID, minilm_files
 
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.planner.model_status import ModelState
@@ -22,6 +20,8 @@ from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
 from .reconciler_harness import children, fast_settings, instance_toml, reconciler
 from support.engines import running
+from support.hub import Hub, serving
+from support.model_files import MINILM_ID, minilm_files
 from support.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

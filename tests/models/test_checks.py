@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from model_files import MINILM_CONFIG, as_json, safetensors, write_tree
 
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.models.checks import Verdict, check_start
@@ -20,6 +19,8 @@ from tei_reconciler.models.inspect import (
 from tei_reconciler.models.select import Flavour, missing_weights, select_files
 from tei_reconciler.models.support import TEI_MODEL_TYPES, memory_warning, tei_refusal
 from tei_reconciler.planner.model_status import ModelFacts
+
+from support.model_files import MINILM_CONFIG, as_json, safetensors, write_tree
 
 GIB = 1024**3
 

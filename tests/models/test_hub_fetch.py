@@ -4,31 +4,21 @@ dropped connection, missing repos and revisions, corrupt files, a full disk, off
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import Hub, serving
-from model_files import safetensors
 
 from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Cancelled, Fetcher, FetchError, FetchRequest, FetchResult
 from tei_reconciler.models.select import Flavour
 from tei_reconciler.planner.model_status import Progress
 
-REPO = "acme/tiny-embedder"
-WEIGHTS = safetensors({"embeddings": ("F32", (256, 256))})  # 256 KiB: an LFS file
-FILES = {
-    "config.json": b'{"model_type": "bert", "hidden_size": 8, "architectures": ["BertModel"]}',
-    "tokenizer.json": b'{"version": "1.0"}',
-    "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}',
-    "model.safetensors": WEIGHTS,
-    "onnx/model.onnx": b"onnx" * 512,
-    "flax_model.msgpack": b"x" * 4096,
-    "README.md": b"# tiny",
-}
+from support.hub import Hub, serving, unreachable_url
+from support.model_files import TINY as FILES
+from support.model_files import TINY_ID as REPO
+from support.model_files import TINY_WEIGHTS as WEIGHTS
 
 
 @pytest.fixture
@@ -36,12 +26,6 @@ def hub() -> Iterator[Hub]:
     with serving() as running:
         running.add(REPO, FILES)
         yield running
-
-
-def closed_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 class Run:
@@ -193,7 +177,7 @@ def test_offline_a_complete_cache_is_used_without_a_single_request(
 
 
 def test_offline_an_empty_cache_is_a_clear_failure(tmp_path: Path) -> None:
-    error = failure(Run(tmp_path), closed_url(), offline=True)
+    error = failure(Run(tmp_path), unreachable_url(), offline=True)
     assert error.reason == "NotCached"
     assert "offline mode" in error.message
     assert str(tmp_path) in error.message
@@ -203,7 +187,7 @@ def test_without_network_a_complete_cache_still_serves_and_an_empty_one_fails(
     hub: Hub, tmp_path: Path
 ) -> None:
     Run(tmp_path / "warm")(hub.url)
-    down = closed_url()
+    down = unreachable_url()
     result = Run(tmp_path / "warm")(down)
     assert "using the cached snapshot" in result.note
     error = failure(Run(tmp_path / "cold"), down)

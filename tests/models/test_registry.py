@@ -12,8 +12,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from hub_server import Hub, serving
-from model_files import write_cached, write_tree
 
 from tei_reconciler._types import SystemClock
 from tei_reconciler.models.cache import HubCache
@@ -24,7 +22,11 @@ from tei_reconciler.planner.backoff import BackoffPolicy
 from tei_reconciler.planner.model_status import ModelState, ModelStatus
 from tei_reconciler.store import StatusStore
 
-from .test_hub_fetch import FILES, REPO, WEIGHTS, closed_url
+from support.hub import Hub, serving, unreachable_url
+from support.model_files import TINY as FILES
+from support.model_files import TINY_ID as REPO
+from support.model_files import TINY_WEIGHTS as WEIGHTS
+from support.model_files import write_cached, write_tree
 
 pytestmark = pytest.mark.anyio
 USED = Want(model_id=REPO, used_by=("embedder",))
@@ -159,7 +161,7 @@ async def test_offline_a_warm_cache_is_complete_without_any_request(
     hub: Hub, tmp_path: Path
 ) -> None:
     write_cached(tmp_path, REPO, FILES, "d" * 40)
-    async with running(tmp_path, closed_url(), offline=True) as h:
+    async with running(tmp_path, unreachable_url(), offline=True) as h:
         h.registry.want({REPO: USED})
         assert h.registry.gate(REPO) is None
         status = h.status()
@@ -170,7 +172,7 @@ async def test_offline_a_warm_cache_is_complete_without_any_request(
 
 
 async def test_offline_a_cold_cache_fails_clearly(tmp_path: Path) -> None:
-    async with running(tmp_path, closed_url(), offline=True) as h:
+    async with running(tmp_path, unreachable_url(), offline=True) as h:
         h.registry.want({REPO: USED})
         failed = await h.until(state_is(ModelState.FAILED))
         assert failed is not None

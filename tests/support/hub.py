@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -253,3 +254,10 @@ def serving(hub: Hub | None = None) -> Iterator[Hub]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def unreachable_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (a Hub that cannot be reached)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -2,7 +2,7 @@
 and tiny repos of a given shape (config.json variants, safetensors headers).
 
 Every helper returns `{repo path: bytes}` so the same files can be written to a directory
-(`write_tree`) or served by the test Hub (`tests/models/hub_server.py`).
+(`write_tree`) or served by the test Hub (`tests/support/hub.py`).
 """
 
 from __future__ import annotations
@@ -90,3 +90,18 @@ def write_cached(cache: Path, model_id: str, files: Mapping[str, bytes], commit:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return write_tree(repo / "snapshots" / commit, files)
+
+
+#: A tiny repo of every kind of file a Hub repo holds (configs, safetensors as an LFS file,
+#: an ONNX export, weights no server reads, a README), for fetch tests.
+TINY_ID = "acme/tiny-embedder"
+TINY_WEIGHTS = safetensors({"embeddings": ("F32", (256, 256))})  # 256 KiB: an LFS file
+TINY = {
+    "config.json": b'{"model_type": "bert", "hidden_size": 8, "architectures": ["BertModel"]}',
+    "tokenizer.json": b'{"version": "1.0"}',
+    "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}',
+    "model.safetensors": TINY_WEIGHTS,
+    "onnx/model.onnx": b"onnx" * 512,
+    "flax_model.msgpack": b"x" * 4096,
+    "README.md": b"# tiny",
+}
