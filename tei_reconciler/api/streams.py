@@ -125,6 +125,8 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
             for status in ctx.store.all():
                 if name is None or status.name == name:
                     yield sse("status", instance_out(status.spec, status, now))
+            for model in ctx.store.models() if name is None else ():
+                yield sse("model", model_out(model))
             while True:
                 with anyio.move_on_after(HEARTBEAT_SECS) as idle:
                     change = await receive.receive()

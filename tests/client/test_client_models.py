@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from tei_reconciler._types import SystemClock
+from tei_reconciler.client.http import Client, Connection
 from tei_reconciler.client.models import _Shown
 from tei_reconciler.client.render import progress_bar
 from tei_reconciler.models.cache import HubCache
@@ -23,6 +24,7 @@ from tei_reconciler.store import StatusStore
 from .harness import Server, cli, served
 from support.hub import Hub, serving
 from support.model_files import MINILM_CONFIG, as_json, safetensors, write_cached
+from support.waiting import DEADLINE
 
 pytestmark = pytest.mark.anyio
 FILES = {
@@ -126,3 +128,22 @@ def test_the_bar_is_empty_at_zero_and_full_at_a_hundred() -> None:
     full = progress_bar({"percent": 100.0, "done_bytes": 10, "total_bytes": 10}, 10)
     assert empty.startswith("[          ]")
     assert full.startswith("[##########]")
+
+
+async def test_download_progress_arrives_on_the_event_stream(server: tuple[Server, Hub]) -> None:
+    api, _ = server
+    states: list[str] = []
+    async with Client(Connection(server=api.url)) as client:
+        with anyio.fail_after(DEADLINE):
+            async for event, data in client.events("/events"):
+                if event != "model":
+                    continue
+                if data["model_id"] == "other/cached" and not states:
+                    # the current models come first: the watch is on, ask for a download
+                    await client.request("POST", "/models/acme%2Fsmall/download")
+                elif data["model_id"] == "acme/small":
+                    states.append(data["status"])
+                    if data["status"] == "downloaded":
+                        break
+    assert "downloading" in states
+    assert states[-1] == "downloaded"
