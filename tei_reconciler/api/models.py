@@ -185,7 +185,7 @@ async def delete_model(request: Request) -> Response:
             raise api_error_for(exc, prefix=f"models.{model_id}.") from exc
     if evict:
         commands = _commands(ctx)
-        await anyio.to_thread.run_sync(commands.evict, model_id)
+        await commands.evict(model_id)
     return Response(status_code=204)
 
 

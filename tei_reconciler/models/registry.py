@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from tei_reconciler._types import Clock
-from tei_reconciler.models.cache import HubCache
+from tei_reconciler.models.cache import CachedModel, HubCache
 from tei_reconciler.models.hub import Cancelled, Fetcher, FetchError, FetchRequest, FetchResult
 from tei_reconciler.models.inspect import InspectError, read_facts
 from tei_reconciler.models.wants import Want
@@ -169,7 +169,7 @@ class ModelRegistry:
             self._publish(entry)
         self._wake.set()
 
-    def evict(self, model_id: str) -> bool:
+    async def evict(self, model_id: str) -> bool:
         """Remove `model_id` from the cache (stopping a fetch of it); False when absent."""
         entry = self._entries.get(model_id)
         if entry is not None:
@@ -183,7 +183,7 @@ class ModelRegistry:
                 None,
                 None,
             )
-        removed = self.cache.evict(model_id)
+        removed = await anyio.to_thread.run_sync(self.cache.evict, model_id)
         if removed:
             self.store.record_model_event(
                 model_id, "Normal", "Evicted", "removed from the cache", self.clock.wall()
@@ -204,7 +204,7 @@ class ModelRegistry:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            await anyio.to_thread.run_sync(self._scan)
+            self._scan(await anyio.to_thread.run_sync(self.cache.scan))
             task_status.started()
             try:
                 while True:
@@ -240,9 +240,9 @@ class ModelRegistry:
             if (entry.state is not ModelState.DOWNLOADED or entry.refresh) and due:
                 self._start_fetch(entry)
 
-    def _scan(self) -> None:
-        """List the models already in the cache (run once, on a worker thread)."""
-        for cached in self.cache.scan():
+    def _scan(self, found: list[CachedModel]) -> None:
+        """List the models already in the cache (once, at start)."""
+        for cached in found:
             entry = self._entry(cached.model_id)
             commit = cached.refs.get("main") or next(iter(cached.refs.values()), None)
             if commit is not None and entry.wanted is None:

@@ -211,7 +211,7 @@ async def test_the_cache_is_listed_and_an_unwanted_model_can_be_evicted(
         assert listed.state is ModelState.DOWNLOADED
         assert not listed.declared
         assert listed.used_by == ()
-        assert h.registry.evict("other/cached")
+        assert await h.registry.evict("other/cached")
         assert h.status("other/cached") is None
         assert not (tmp_path / "models--other--cached").exists()
         assert [e.reason for e in h.store.model_events("other/cached")] == ["Evicted"]
