@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.auth import build_grpc_auth, build_rest_auth
-from tei_reconciler.build import build_controller
+from tei_reconciler.build import build_controller, build_models
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.control.watcher import watch_state_file
 from tei_reconciler.desired.statefile import StateFile
@@ -101,11 +101,14 @@ async def serve(
     that cannot be bound stops the reconciler before it has changed anything."""
     store = store or StatusStore()
     table = table or RoutingTable(settings.default_instance)
-    controller = build_controller(settings, store=store, table=table)
+    registry, glue = build_models(settings, store=store, env=os.environ)
+    controller = build_controller(settings, store=store, table=table, models=glue)
+    registry.changed = controller.mark_dirty
     with exclusive_runtime(Path(settings.runtime_dir)):
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 await tg.start(_cancel_on_signal, tg.cancel_scope)
+            await tg.start(registry.run)
             for part in extra:
                 await tg.start(part, controller)
             # The watcher first: an edit made while the first pass runs is not left to the resync.
@@ -142,6 +145,7 @@ def front_ends(settings: Settings) -> list[Part]:
             preview=controller.preview,
             middleware=middleware,
             traffic=traffic,
+            models=controller.models.registry if controller.models is not None else None,
         )
         await serve_api(
             app,

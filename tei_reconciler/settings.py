@@ -91,6 +91,14 @@ class Settings(_Base, frozen=True):
     max_body_bytes: int = 1024 * 1024  # REST request body limit
     max_state_bytes: int = DEFAULT_MAX_BYTES  # a larger state file is refused unread
     max_concurrent_starts: int = 4
+    # Models (the Hugging Face cache, shared with the TEI children). None: from the
+    # environment as huggingface_hub reads it (HF_HUB_CACHE, HF_HOME, HF_ENDPOINT,
+    # HF_HUB_OFFLINE), else its defaults.
+    huggingface_hub_cache: str | None = None
+    hf_endpoint: str | None = None
+    hf_token_file: str | None = None  # the Hub token, read at each fetch, never logged
+    hf_offline: bool | None = None  # true: never contact the Hub; use the cache as it is
+    max_concurrent_downloads: int = 2
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
 
     @property
@@ -158,6 +166,22 @@ def _range(value: object) -> tuple[int, int]:
     raise _Invalid(f"must be [start, end) with 1024 <= start < end <= 65536, got {value!r}")
 
 
+def _url(value: object) -> str:
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return value.rstrip("/")
+    raise _Invalid(f"must be an http:// or https:// URL, got {value!r}")
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise _Invalid(f"must be true or false, got {value!r}")
+
+
 def _instance(value: object) -> str | None:
     if value is None or (isinstance(value, str) and is_instance_name(value)):
         return value
@@ -198,6 +222,11 @@ RULES: dict[str, Callable[[object], object]] = {
     "max_body_bytes": _int(1),
     "max_state_bytes": _int(1),
     "max_concurrent_starts": _int(1),
+    "huggingface_hub_cache": _text,
+    "hf_endpoint": _url,
+    "hf_token_file": _text,
+    "hf_offline": _flag,
+    "max_concurrent_downloads": _int(1),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from starlette.requests import Request
@@ -28,6 +28,14 @@ T = TypeVar("T")
 
 #: The controller's dry-run planner: what it would do to reach a desired state.
 Preview = Callable[[DesiredState], Sequence[object]]
+
+
+class ModelCommands(Protocol):
+    """What the API may ask of the model registry (it never fetches or deletes itself)."""
+
+    def fetch_now(self, model_id: str, revision: str | None = None) -> None: ...
+
+    async def evict(self, model_id: str) -> bool: ...
 
 
 @dataclass
@@ -49,6 +57,7 @@ class ApiContext:
     clock: Clock
     closing: anyio.Event | None = None  # set when the server starts shutting down
     traffic: TrafficRing = field(default_factory=TrafficRing)  # fed by the data plane
+    models: ModelCommands | None = None  # the model registry (None: no model routes)
     _cache: Snapshot | None = field(default=None, repr=False)
     _parsing: anyio.Lock = field(default_factory=anyio.Lock, repr=False)
 

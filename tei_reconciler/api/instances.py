@@ -29,7 +29,7 @@ from tei_reconciler.api.schemas import (
 from tei_reconciler.api.views import instance_out
 from tei_reconciler.desired.fields import ASSIGNED, same_spec
 from tei_reconciler.desired.spec import NAME_RULE, DesiredState, InstanceSpec, is_instance_name
-from tei_reconciler.planner.status import InstanceStatus
+from tei_reconciler.planner.status import InstanceStatus, StoreChange
 
 DEFAULT_WAIT_SECS = 300.0
 
@@ -119,7 +119,7 @@ async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> Non
             return
         with anyio.move_on_after(seconds):
             async for change in changes:
-                if change.name != spec.name:
+                if not isinstance(change, StoreChange) or change.name != spec.name:
                     continue
                 if ready(ctx.store.get(spec.name)):
                     return

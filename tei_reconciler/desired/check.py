@@ -19,7 +19,7 @@ from tei_reconciler.desired.spec import NAME_RULE, InstanceSpec, is_instance_nam
 from tei_reconciler.desired.tomlpositions import KeyPath
 from tei_reconciler.errors import Problem
 
-TOP_LEVEL_KEYS = ("defaults", "instances")
+TOP_LEVEL_KEYS = ("defaults", "instances", "models")
 
 
 class Issue(NamedTuple):

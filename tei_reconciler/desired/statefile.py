@@ -26,12 +26,14 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tei_reconciler.atomic import write_atomically
 from tei_reconciler.desired.check import check_state
+from tei_reconciler.desired.modeledit import rewrite_model
+from tei_reconciler.desired.models import check_models, with_model_revisions
 from tei_reconciler.desired.spec import DesiredState
 from tei_reconciler.desired.tomledit import Fields, plain, rewrite_instance
 from tei_reconciler.desired.tomlpositions import scan
@@ -117,6 +119,7 @@ def parse_state(
         )
     text, doc = decode(data, path)
     specs, issues = check_state(doc, reserved_ports=reserved_ports, limit=MAX_PROBLEMS)
+    models = check_models(doc.get("models"), issues)
     if issues:
         layout = scan(text, wanted=[issue.key for issue in issues])
         problems = [issue.problem(path, *layout.locate(issue.key)) for issue in issues]
@@ -127,7 +130,8 @@ def parse_state(
                 Problem(path=path, line=0, column=0, field="file", message=message, code="more")
             )
         raise SpecError(problems)
-    return DesiredState(instances=specs, revision=revision_of(data))
+    instances = with_model_revisions(specs, models)
+    return DesiredState(instances=instances, revision=revision_of(data), models=models)
 
 
 def read_bounded(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -312,6 +316,40 @@ class StateFile:
             return data
 
         return self._edit(change, expected_revision, whole=True)
+
+    def declare_model(
+        self,
+        model_id: str,
+        fields: Mapping[str, object],
+        *,
+        expected_revision: str | None = None,
+    ) -> tuple[DesiredState, bool]:
+        """Set the `[models."<id>"]` table (only the given fields; None: left as written).
+        Returns the new state and whether the model was newly declared."""
+        created = False
+
+        def edit(data: bytes) -> bytes:
+            nonlocal created
+            text, doc = decode(data, str(self.path)) if data else ("", {})
+            models = doc.get("models")
+            current = models.get(model_id) if isinstance(models, dict) else None
+            created = not isinstance(current, dict)
+            merged = {**(current if isinstance(current, dict) else {}), **_clean(dict(fields))}
+            return rewrite_model(text, model_id, merged).encode("utf-8")
+
+        return self._edit(edit, expected_revision), created
+
+    def undeclare_model(
+        self, model_id: str, *, expected_revision: str | None = None
+    ) -> DesiredState:
+        """Remove the `[models."<id>"]` table (nothing to do when there is none)."""
+
+        def edit(data: bytes) -> bytes:
+            text, _ = decode(data, str(self.path)) if data else ("", {})
+            new_text = rewrite_model(text, model_id, None)
+            return (new_text if new_text.strip() else "[instances]\n").encode("utf-8")
+
+        return self._edit(edit, expected_revision)
 
     # --- machinery ---
 

@@ -67,6 +67,22 @@ def detect_gpus(
     return tuple(range(count or 0))
 
 
+def free_memory(index: int) -> int | None:
+    """Free bytes on GPU `index` as NVML reports them; None without NVML or that GPU."""
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
 def cuda_visible_devices(gpu: GpuSpec, detected: tuple[int, ...]) -> str:
     """The child's `CUDA_VISIBLE_DEVICES` for `gpu` ("" hides every GPU).
 

@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from tei_reconciler.api import create_app
+from tei_reconciler.api.context import ModelCommands
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.planner.phase import Phase
@@ -68,7 +69,10 @@ def make_settings(runtime: Path, **overrides: object) -> Settings:
 
 
 def build(
-    tmp_path: Path, settings: Settings | None = None, middleware: Sequence[Middleware] = ()
+    tmp_path: Path,
+    settings: Settings | None = None,
+    middleware: Sequence[Middleware] = (),
+    models: ModelCommands | None = None,
 ) -> tuple[Starlette, Api]:
     runtime = tmp_path / "runtime"
     (runtime / "logs").mkdir(parents=True, exist_ok=True)
@@ -87,6 +91,7 @@ def build(
         on_change=controller.on_change,
         preview=controller.preview,
         middleware=middleware,
+        models=models,
     )
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
     return app, Api(client, app, statefile, store, settings, controller, runtime)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from support.engines import Engine, running, spawn
+from support.engines import Engine, run_engine, running, spawn
 from support.net import free_port, port_open
 from support.waiting import DEADLINE, wait_until
 
@@ -94,16 +94,6 @@ def test_sigterm_lets_an_in_flight_http_request_finish_and_exits_zero(tmp_path: 
         assert isinstance(response, httpx.Response)
         assert response.status_code == 200
         assert len(response.json()[0]) == 8
-
-
-def run_engine(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tei_reconciler", "engine", *argv],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        check=False,
-    )
 
 
 def test_a_port_in_use_is_a_fatal_error_with_status_one() -> None:

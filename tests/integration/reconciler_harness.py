@@ -47,6 +47,8 @@ def fast_settings(tmp: Path, **overrides: Any) -> Settings:
         "backoff_reset_secs": 600.0,
         "stop_grace_secs": 3.0,
         "on_shutdown": "stop",
+        "huggingface_hub_cache": str(tmp / "hub"),  # never the user's own cache
+        "hf_offline": True,  # and never the real Hub (model tests point it at a local one)
     }
     values.update(overrides)
     return Settings(**values)
