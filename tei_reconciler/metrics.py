@@ -23,10 +23,12 @@ __all__ = [
     "INSTANCE_INFO",
     "INSTANCE_PHASE",
     "INSTANCE_READY",
+    "INSTANCE_ROLLOUT",
     "PROBE_FAILURES",
     "RECONCILE_DURATION",
     "REGISTRY",
     "RESTARTS",
+    "ROLLOUTS",
     "ROUTER_INSTANCE_LATENCY",
     "ROUTER_IN_FLIGHT",
     "ROUTER_LATENCY",
@@ -64,6 +66,20 @@ RESTARTS = Counter(
     "Instance processes replaced or restarted, by reason (Crashed, LivenessFailed, "
     "StartupTimeout, SpecChanged).",
     ["reason"],
+)
+ROLLOUTS = Counter(
+    "tei_reconciler_rollouts",
+    "Surge rollouts by outcome: complete (the new process took the traffic, the old one is "
+    "stopped), failed (the new process crashed or could not start), deadline_exceeded (not "
+    "Ready within progress_deadline_secs), superseded (the spec changed again, or the instance "
+    "was stopped or removed, before it was Ready).",
+    ["outcome"],
+)
+INSTANCE_ROLLOUT = Gauge(
+    "tei_reconciler_instance_rollout",
+    "1 for the rollout state of each instance (rolling: a new process is on its way; failed: "
+    "the last rollout failed and the old process keeps serving), 0 for the other.",
+    ["instance", "model", "state"],
 )
 PROBE_FAILURES = Counter(
     "tei_reconciler_probe_failures",
@@ -114,13 +130,24 @@ ROUTER_IN_FLIGHT = Gauge(
 )
 
 
-def set_instances(instances: Iterable[tuple[str, str, str, bool]]) -> None:
-    """Rewrite the per-instance series from (name, model, phase, ready) of every instance."""
+ROLLOUT_STATES = ("rolling", "failed")
+
+
+def set_instances(
+    instances: Iterable[tuple[str, str, str, bool]],
+    rollouts: Iterable[tuple[str, str, str]] = (),
+) -> None:
+    """Rewrite the per-instance series from (name, model, phase, ready) of every instance,
+    and (name, model, rollout state) of those rolling out or whose rollout failed."""
     INSTANCE_INFO.clear()
     INSTANCE_PHASE.clear()
     INSTANCE_READY.clear()
+    INSTANCE_ROLLOUT.clear()
     for name, model, phase, ready in instances:
         INSTANCE_INFO.labels(name, model).set(1)
         INSTANCE_READY.labels(name, model).set(1 if ready else 0)
         for each in PHASES:
             INSTANCE_PHASE.labels(name, model, each).set(1 if each == phase else 0)
+    for name, model, state in rollouts:
+        for each in ROLLOUT_STATES:
+            INSTANCE_ROLLOUT.labels(name, model, each).set(1 if each == state else 0)

@@ -28,7 +28,13 @@ from tei_reconciler.api.schemas import (
 )
 from tei_reconciler.api.views import instance_out
 from tei_reconciler.desired.fields import ASSIGNED, same_spec
-from tei_reconciler.desired.spec import NAME_RULE, DesiredState, InstanceSpec, is_instance_name
+from tei_reconciler.desired.spec import (
+    NAME_RULE,
+    DesiredState,
+    InstanceSpec,
+    is_instance_name,
+    spec_hash,
+)
 from tei_reconciler.planner.status import InstanceStatus, StoreChange
 
 DEFAULT_WAIT_SECS = 300.0
@@ -106,11 +112,15 @@ async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> Non
     """Block until the store shows `spec` Ready; 504 `TIMEOUT` after `seconds`."""
 
     wanted = msgspec.to_builtins(spec)
+    revision = spec_hash(spec)
 
     def ready(status: InstanceStatus | None) -> bool:
+        # The process must run this spec: during a surge rollout the old process is Ready
+        # (and shown with the new desired spec) until the new one takes over.
         return (
             status is not None
             and status.ready
+            and status.spec_hash == revision
             and (status.spec == spec or same_spec(msgspec.to_builtins(status.spec), wanted))
         )
 

@@ -10,7 +10,7 @@ controller for another pass.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import msgspec
@@ -18,7 +18,7 @@ import msgspec
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
 from tei_reconciler.control.models import ModelGlue
-from tei_reconciler.control.runtime import Placement, Probed, Runtime
+from tei_reconciler.control.runtime import Placement, Probed, ProcessRecord, Role, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.logtail import last_lines, log_size
@@ -32,15 +32,24 @@ from tei_reconciler.drivers.process import (
     resolve_binary,
 )
 from tei_reconciler.errors import ActionError, PermanentError
+from tei_reconciler.planner.actions import AbortNext, Stop
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
-from tei_reconciler.planner.observed import Failure
-from tei_reconciler.planner.plan import Stop
+from tei_reconciler.planner.observed import Failure, RolloutFailure
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.policy import Policy
-from tei_reconciler.planner.status import ExitInfo, ProbeResult, exit_summary
+from tei_reconciler.planner.status import STOPPED_BECAUSE, ExitInfo, ProbeResult, exit_summary
+from tei_reconciler.routing import Endpoint
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
 log = logging.getLogger(__name__)
+
+#: The data plane's drain: returns once no new call reaches the process behind `endpoint`
+#: (its address and generation) and its calls in flight have ended.
+Drain = Callable[[Endpoint], Awaitable[None]]
+
+#: The `tei_reconciler_rollouts` outcome of each way a rollout fails.
+_OUTCOME = {"RolloutFailed": "failed", "ProgressDeadlineExceeded": "deadline_exceeded"}
 
 
 def _unbound(*args: object) -> None:
@@ -50,7 +59,8 @@ def _unbound(*args: object) -> None:
 class Actuator:
     """Acts for the controller, which binds itself on creation (`bind`): `changed` asks for a
     pass, `spawn` runs a task in the controller's task group, `forget` drops an instance the
-    controller no longer tracks."""
+    controller no longer tracks. `drain` (when a data plane is there) waits for a process's
+    calls before it is stopped."""
 
     def __init__(
         self,
@@ -66,6 +76,7 @@ class Actuator:
         gpus: tuple[int, ...],
         base_env: Mapping[str, str],
         owner: str,
+        drain: Drain | None = None,
         models: ModelGlue | None = None,
     ) -> None:
         self.settings = settings
@@ -82,6 +93,7 @@ class Actuator:
         self.changed: Callable[[], None] = _unbound
         self.spawn: Callable[..., None] = _unbound
         self.forget: Callable[[str], None] = _unbound
+        self.drain = drain
         self.models = models
         self._starts = anyio.CapacityLimiter(max(1, settings.max_concurrent_starts))
 
@@ -94,19 +106,26 @@ class Actuator:
     ) -> None:
         self.changed, self.spawn, self.forget = changed, spawn, forget
 
-    def follow(self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None) -> None:
+    def follow(self, rt: Runtime, record: ProcessRecord) -> None:
         """Watch a new (spawned or adopted) process: its exit and its health."""
-        self.spawn(self.watch_exit, rt, handle)
-        self.spawn(self.probe_loop, rt, handle, spec)
+        self.spawn(self.watch_exit, rt, record)
+        self.spawn(self.probe_loop, rt, record)
 
-    async def start(self, rt: Runtime, spec: InstanceSpec, *, explicit: set[int]) -> None:
-        """Spawn `spec`'s process; a failure becomes the instance's `Failed` reason."""
+    async def start(
+        self, rt: Runtime, spec: InstanceSpec, *, explicit: set[int], beside: bool = False
+    ) -> None:
+        """Spawn `spec`'s process: the instance's current one, or with `beside` the new
+        process of a surge rollout (fresh ports, the same GPUs). A failure becomes the
+        instance's `Failed` reason (the rollout's, when beside a serving process)."""
         wall = self.clock.wall()
         try:
             async with self._starts:
                 cuda = cuda_visible_devices(spec.gpu, self.gpus)
                 await self._check_model(spec, cuda, wall)
-                assignment = self.ports.assign(spec, explicit=explicit)
+                if beside:
+                    assignment = self.ports.assign_next(spec, explicit=explicit)
+                else:
+                    assignment = self.ports.assign(spec, explicit=explicit)
                 argv = self.argv_for(spec, port=assignment.port, prom=assignment.prometheus_port)
                 env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner)
                 log_offset = log_size(self.driver.log_path(spec.name))
@@ -115,25 +134,31 @@ class Actuator:
                         argv, env, name=spec.name, hash_=spec_hash(spec)
                     )
         except Exception as exc:  # the one boundary: every failure to start is an outcome
-            self._start_failed(rt, spec, exc, wall)
+            if beside:
+                self.ports.release_next(spec.name)
+            self._start_failed(rt, spec, exc, wall, beside=beside)
         else:
-            rt.started(
+            record = rt.started(
                 handle,
                 spec=spec,
                 placement=Placement(assignment.port, assignment.prometheus_port, cuda),
                 log_offset=log_offset,
                 now=self.clock.now(),
                 wall=wall,
+                beside=beside,
             )
-            metrics.ACTIONS.labels("start", "ok").inc()
-            self.store.record_event(
-                spec.name,
-                "Normal",
-                "Started",
-                f"started pid {handle.pid} on port {assignment.port}",
-                wall,
-            )
-            self.follow(rt, handle, spec)
+            metrics.ACTIONS.labels("start-next" if beside else "start", "ok").inc()
+            if beside:
+                serving = rt.current.pid if rt.current is not None else "none"
+                reason = "NewProcessStarted"
+                message = (
+                    f"started pid {handle.pid} on port {assignment.port} for spec "
+                    f"{handle.spec_hash}, beside pid {serving}"
+                )
+            else:
+                reason, message = "Started", f"started pid {handle.pid} on port {assignment.port}"
+            self.store.record_event(spec.name, "Normal", reason, message, wall)
+            self.follow(rt, record)
         finally:
             rt.busy = None
             self.changed()
@@ -150,7 +175,9 @@ class Actuator:
                 spec.name, "Warning", "InsufficientGPUMemory", verdict.warning, wall
             )
 
-    def _start_failed(self, rt: Runtime, spec: InstanceSpec, exc: Exception, wall: float) -> None:
+    def _start_failed(
+        self, rt: Runtime, spec: InstanceSpec, exc: Exception, wall: float, *, beside: bool
+    ) -> None:
         if isinstance(exc, ActionError):
             reason, message = exc.reason, exc.message
         else:  # a bug or an OS surprise: still an outcome, logged once with its traceback
@@ -164,41 +191,157 @@ class Actuator:
             retry_at=self.clock.now() + delay,
             spec_hash=spec_hash(spec),
         )
-        metrics.ACTIONS.labels("start", "failed").inc()
+        metrics.ACTIONS.labels("start-next" if beside else "start", "failed").inc()
         self.store.record_event(spec.name, "Warning", reason, message, wall)
         log.warning("cannot start %s: %s: %s (retry in %gs)", spec.name, reason, message, delay)
+        if beside:
+            self._rollout_failed(
+                rt,
+                "RolloutFailed",
+                f"the new process could not start: {reason}: {message}",
+                spec_hash(spec),
+                wall,
+            )
 
+    def _rollout_failed(
+        self, rt: Runtime, reason: str, message: str, hash_: str, wall: float
+    ) -> None:
+        """The rollout to `hash_` failed; the current process keeps serving."""
+        previous = rt.rollout_failure
+        attempts = previous.attempts + 1 if previous and previous.spec_hash == hash_ else 1
+        rt.rollout_failure = RolloutFailure(
+            reason=reason, message=message, spec_hash=hash_, attempts=attempts
+        )
+        metrics.ROLLOUTS.labels(_OUTCOME[reason]).inc()
+        self.store.record_event(rt.name, "Warning", reason, message, wall)
+
+    # ---- rollouts -----------------------------------------------------------------------
+    def switch(self, rt: Runtime) -> ProcessRecord | None:
+        """Make the rollout's new process the current one, at once (the controller publishes
+        the routing table right after this): new calls go to it from now on. Returns the old
+        process, which `retire` drains and stops."""
+        old = rt.promote()
+        self.ports.book_next(rt.name)
+        new = rt.current
+        assert new is not None
+        metrics.ACTIONS.labels("switch", "ok").inc()
+        if old is not None:
+            message = (
+                f"traffic switched from pid {old.pid} (port {old.placement.port}) to pid "
+                f"{new.pid} (port {new.placement.port})"
+            )
+        else:
+            message = f"pid {new.pid} took over: the old process was gone"
+        self.store.record_event(rt.name, "Normal", "Switched", message, self.clock.wall())
+        return old
+
+    async def retire(self, rt: Runtime, old: ProcessRecord | None) -> None:
+        """Drain the old process of a finished rollout (its calls in flight end, up to
+        `stop_grace_secs`), then stop it."""
+        try:
+            if old is not None:
+                how = await self._drain(rt, old)
+                if how is not None:
+                    message = f"pid {old.pid} left routing and was drained: {how}"
+                    self.store.record_event(
+                        rt.name, "Normal", "OldProcessDrained", message, self.clock.wall()
+                    )
+                exit_ = await self._terminate(rt, old, "Replaced")
+                self.store.record_event(
+                    rt.name,
+                    "Normal",
+                    "OldProcessStopped",
+                    f"stopped pid {old.pid}: {exit_summary(exit_)}",
+                    self.clock.wall(),
+                )
+            metrics.ROLLOUTS.labels("complete").inc()
+            new = rt.current
+            done = f"pid {new.pid} serves spec {new.spec_hash}" if new is not None else ""
+            self.store.record_event(rt.name, "Normal", "RolloutComplete", done, self.clock.wall())
+        except Exception:  # the old process may live on: it is reaped at shutdown at the latest
+            log.exception("stopping the old process of %s failed", rt.name)
+            metrics.ACTIONS.labels("stop", "failed").inc()
+        finally:
+            rt.busy = None
+            self.changed()
+
+    async def abort_next(self, rt: Runtime, action: AbortNext) -> None:
+        """Stop a rollout's new process (it never took traffic, so nothing to drain)."""
+        try:
+            new = rt.next
+            if new is not None:
+                healthy_for = new.healthy_for(self.clock.now())
+                await self._terminate(rt, new, action.reason)
+                self.ports.release_next(rt.name)
+                wall = self.clock.wall()
+                if action.failed:
+                    rt.crash = record_crash(
+                        rt.crash,
+                        now=self.clock.now(),
+                        healthy_for=healthy_for,
+                        spec_hash=new.spec_hash,
+                        policy=self.backoff,
+                    )
+                    self._rollout_failed(
+                        rt,
+                        action.reason,
+                        f"{action.message}; retry in {rt.crash.delay:g}s",
+                        new.spec_hash,
+                        wall,
+                    )
+                else:
+                    metrics.ROLLOUTS.labels("superseded").inc()
+                    self.store.record_event(
+                        rt.name,
+                        "Normal",
+                        "NewProcessStopped",
+                        f"stopped pid {new.pid}: {STOPPED_BECAUSE[action.reason]}",
+                        wall,
+                    )
+            metrics.ACTIONS.labels("abort-next", "ok").inc()
+        except Exception:  # the process may live on: the next pass plans the abort again
+            log.exception("stopping the new process of %s failed", rt.name)
+            metrics.ACTIONS.labels("abort-next", "failed").inc()
+            if rt.next is not None:
+                rt.next.stop_requested = False
+        finally:
+            rt.busy = None
+            self.changed()
+
+    # ---- stopping ------------------------------------------------------------------------
     async def stop(self, rt: Runtime, action: Stop) -> None:
-        """Stop the instance's process group; a crash-like stop (probes) backs off."""
+        """Stop the instance's current process; a crash-like stop (probes) backs off."""
         try:
             await self._stop(rt, action)
         except Exception:  # the process may live on: the next pass plans the stop again
             log.exception("stopping %s failed", rt.name)
             metrics.ACTIONS.labels("stop", "failed").inc()
-            rt.stop_requested = False
+            if rt.current is not None:
+                rt.current.stop_requested = False
             rt.busy = None
             self.changed()
 
     async def _stop(self, rt: Runtime, action: Stop) -> None:
-        handle = rt.handle
-        if handle is None:  # it exited between the plan and now: the next pass decides again
+        record = rt.current
+        if record is None:  # it exited between the plan and now: the next pass decides again
             rt.busy = None
             self.changed()
             return
-        rt.stop_requested = True
-        rt.cancel_probes()
-        healthy_for = rt.healthy_for(self.clock.now())
-        exit_ = await self.driver.stop(handle, self.settings.stop_grace_secs)
-        rt.ended(
-            msgspec.structs.replace(exit_, reason=action.reason, last_lines=self._last_lines(rt))
-        )
-        await self.prober.forget(rt.name)  # the next process may serve another model type
+        healthy_for = record.healthy_for(self.clock.now())
+        if not action.crash:
+            # It has left routing: the calls it serves finish first (a process that failed
+            # its probes is replaced at once, as Kubernetes does).
+            how = await self._drain(rt, record)
+            if how is not None:
+                message = f"pid {record.pid} left routing and was drained: {how}"
+                self.store.record_event(rt.name, "Normal", "Drained", message, self.clock.wall())
+        await self._terminate(rt, record, action.reason)
         if action.crash:
             rt.crash = record_crash(
                 rt.crash,
                 now=self.clock.now(),
                 healthy_for=healthy_for,
-                spec_hash=handle.spec_hash,
+                spec_hash=record.spec_hash,
                 policy=self.backoff,
             )
         if action.reason not in {"Removed", "StoppedByUser"}:
@@ -207,7 +350,7 @@ class Actuator:
             rt.name,
             "Normal" if not action.crash else "Warning",
             "Killing",
-            f"stopped pid {handle.pid}: {action.reason}",
+            f"stopped pid {record.pid}: {action.reason}",
             self.clock.wall(),
         )
         rt.busy = None
@@ -216,84 +359,129 @@ class Actuator:
             self.forget(rt.name)
         self.changed()
 
-    async def watch_exit(self, rt: Runtime, handle: ProcessHandle) -> None:
-        exit_ = await handle.watch()
-        if rt.handle is not handle or rt.stop_requested:
-            return  # a stop we asked for: `_stop` does the bookkeeping
-        self.on_crash(rt, handle, exit_)
+    async def _drain(self, rt: Runtime, record: ProcessRecord) -> str | None:
+        """Wait, up to `stop_grace_secs`, for the calls in flight to a process that left
+        routing to finish; how it ended (None: no data plane to ask)."""
+        port = record.placement.port
+        if self.drain is None or port is None:
+            return None
+        endpoint = Endpoint(
+            name=rt.name,
+            model_id=record.spec.model_id if record.spec is not None else "",
+            host=self.settings.instance_host,
+            port=port,
+            ready=False,
+            phase=Phase.STOPPING,
+            generation=record.generation,
+        )
+        drained = False
+        with anyio.move_on_after(self.settings.stop_grace_secs):
+            await self.drain(endpoint)
+            drained = True
+        return "its calls in flight finished" if drained else "stop_grace_secs passed first"
 
-    def on_crash(self, rt: Runtime, handle: ProcessHandle, exit_: ExitInfo) -> None:
+    async def _terminate(self, rt: Runtime, record: ProcessRecord, reason: str) -> ExitInfo:
+        """SIGTERM `record`'s group (SIGKILL after the grace period) and note how it ended."""
+        record.stop_requested = True
+        record.cancel_probes()
+        exit_ = await self.driver.stop(record.handle, self.settings.stop_grace_secs)
+        exit_ = msgspec.structs.replace(
+            exit_, reason=reason, last_lines=self._last_lines(rt, record)
+        )
+        rt.ended(record, exit_)
+        await self.prober.forget(rt.name, record.pid)
+        return exit_
+
+    # ---- following a process -------------------------------------------------------------
+    async def watch_exit(self, rt: Runtime, record: ProcessRecord) -> None:
+        exit_ = await record.handle.watch()
+        if record.stop_requested or rt.role_of(record) is None:
+            return  # a stop we asked for: whoever stopped it does the bookkeeping
+        self.on_crash(rt, record, exit_)
+
+    def on_crash(self, rt: Runtime, record: ProcessRecord, exit_: ExitInfo) -> None:
         now = self.clock.now()
-        healthy_for = rt.healthy_for(now)
-        exit_ = msgspec.structs.replace(exit_, last_lines=self._last_lines(rt))
-        rt.ended(exit_)
+        healthy_for = record.healthy_for(now)
+        exit_ = msgspec.structs.replace(exit_, last_lines=self._last_lines(rt, record))
+        role = rt.ended(record, exit_)
+        self.spawn(self.prober.forget, rt.name, record.pid)
+        if role is None or role is Role.OLD:  # the old one of a rollout: its stop goes on
+            self.changed()
+            return
         rt.crash = record_crash(
             rt.crash,
             now=now,
             healthy_for=healthy_for,
-            spec_hash=handle.spec_hash,
+            spec_hash=record.spec_hash,
             policy=self.backoff,
         )
-        metrics.RESTARTS.labels("Crashed").inc()
         how = exit_summary(exit_)
         last = f': "{exit_.last_lines[-1]}"' if exit_.last_lines else ""
-        self.store.record_event(
-            rt.name,
-            "Warning",
-            "BackOff",
-            f"pid {handle.pid} {how}{last}; restart in {rt.crash.delay:g}s",
-            self.clock.wall(),
-        )
-        log.warning("%s: pid %d %s; restart in %gs", rt.name, handle.pid, how, rt.crash.delay)
-        self.spawn(self.prober.forget, rt.name)
+        wall = self.clock.wall()
+        if role is Role.NEXT:
+            self.ports.release_next(rt.name)
+            message = f"new process pid {record.pid} {how}{last}; retry in {rt.crash.delay:g}s"
+            self._rollout_failed(rt, "RolloutFailed", message, record.spec_hash, wall)
+            log.warning("%s: rollout failed: %s", rt.name, message)
+        else:
+            metrics.RESTARTS.labels("Crashed").inc()
+            message = f"pid {record.pid} {how}{last}; restart in {rt.crash.delay:g}s"
+            self.store.record_event(rt.name, "Warning", "BackOff", message, wall)
+            log.warning("%s: %s", rt.name, message)
         self.changed()
 
-    def _last_lines(self, rt: Runtime) -> tuple[str, ...]:
+    def _last_lines(self, rt: Runtime, record: ProcessRecord) -> tuple[str, ...]:
         """The end of what the process that just ended wrote (a bounded read of its log)."""
-        return last_lines(self.driver.log_path(rt.name), since=rt.log_offset)
+        return last_lines(self.driver.log_path(rt.name), since=record.log_offset)
 
-    async def probe_loop(
-        self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None
-    ) -> None:
-        """Probe `handle` until it is replaced; results go into `rt` and may mark dirty."""
-        port = rt.placement.port
-        if port is None or rt.handle is not handle:
+    async def probe_loop(self, rt: Runtime, record: ProcessRecord) -> None:
+        """Probe `record`'s process until it ends; results go into it and may mark dirty."""
+        port = record.placement.port
+        if port is None or rt.role_of(record) is None:
             return  # it exited (or was replaced) before this task began: nothing to cancel us
-        policy = self.policy.for_instance(spec)
+        policy = self.policy.for_instance(record.spec)
 
         def report(outcome: ProbeOutcome) -> None:
-            if rt.handle is not handle:
+            if rt.role_of(record) is None:
                 return
             wall = self.clock.wall()
-            rt.record_probe(
+            record.probes.append(
                 ProbeResult(
                     at=wall, ok=outcome.ok, latency_ms=outcome.latency_ms, message=outcome.message
                 )
             )
-            if self.on_probe(rt, outcome.ok, outcome.message, wall):
+            if self.on_probe(rt, record, outcome.ok, outcome.message, wall):
                 self.changed()
 
         with anyio.CancelScope() as scope:
-            rt.probe_scope = scope
+            record.probe_scope = scope
             await probe_forever(
                 self.prober,
                 rt.name,
+                record.pid,
                 self.settings.instance_host,
                 port,
                 interval=policy.health_interval_secs,
                 within=policy.health_timeout_secs,
-                started=lambda: rt.startup_ok,
+                started=lambda: record.startup_ok,
                 report=report,
             )
 
-    def on_probe(self, rt: Runtime, ok: bool, message: str, wall: float) -> bool:
-        """Fold one probe result into the runtime; True when a pass should look."""
-        threshold = self.policy.for_instance(rt.spec).failure_threshold
-        verdict = rt.probed(ok, threshold=threshold, now=self.clock.now(), wall=wall)
+    def on_probe(
+        self, rt: Runtime, record: ProcessRecord, ok: bool, message: str, wall: float
+    ) -> bool:
+        """Fold one probe result into the process's record; True when a pass should look."""
+        threshold = self.policy.for_instance(record.spec).failure_threshold
+        verdict = record.probed(ok, threshold=threshold, now=self.clock.now(), wall=wall)
+        new = rt.role_of(record) is Role.NEXT
         if verdict is Probed.STARTUP_FAILED:
             metrics.PROBE_FAILURES.labels("startup").inc()
         elif verdict is Probed.STARTED:
-            self.store.record_event(rt.name, "Normal", "Ready", "startup probe succeeded", wall)
+            reason = "NewProcessReady" if new else "Ready"
+            what = f"pid {record.pid} " if new else ""
+            self.store.record_event(
+                rt.name, "Normal", reason, f"{what}startup probe succeeded", wall
+            )
         elif verdict is Probed.FAILED:
             metrics.PROBE_FAILURES.labels("liveness").inc()
             self.store.record_event(

@@ -35,7 +35,16 @@ from tei_reconciler.drivers.ports import PortBook
 from tei_reconciler.drivers.probe import Prober
 from tei_reconciler.drivers.process import Driver, Found, owner_digest, rotate_log
 from tei_reconciler.planner.observed import Busy, ObservedInstance
-from tei_reconciler.planner.plan import Action, Forget, Start, Stop, plan
+from tei_reconciler.planner.plan import (
+    AbortNext,
+    Action,
+    Forget,
+    Promote,
+    Start,
+    StartNext,
+    Stop,
+    plan,
+)
 from tei_reconciler.planner.policy import Policy
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
@@ -172,7 +181,7 @@ class Controller:
 
     def _running(self) -> bool:
         """Whether instance processes run now (adopted ones included)."""
-        return self._found_at_boot or any(rt.handle is not None for rt in self.runtimes.values())
+        return self._found_at_boot or any(rt.processes() for rt in self.runtimes.values())
 
     def _adopt(self, found: list[Found]) -> None:
         """Take over this owner's children left by a previous reconciler; stop duplicates."""
@@ -198,22 +207,31 @@ class Controller:
             self._forget(action.name)
             return
         rt = self._runtime(action.name)
-        if isinstance(action, Start):
+        if isinstance(action, Start | StartNext):
             rt.busy = Busy.STARTING
-            self._spawn_task(
-                partial(self.actuator.start, explicit=self._explicit_ports(action.name)),
-                rt,
-                action.spec,
+            start = partial(
+                self.actuator.start,
+                explicit=self._explicit_ports(action.name),
+                beside=isinstance(action, StartNext),
             )
+            self._spawn_task(start, rt, action.spec)
         elif isinstance(action, Stop):
             rt.busy = Busy.STOPPING
             self._spawn_task(self.actuator.stop, rt, action)
+        elif isinstance(action, Promote):
+            # Switched before this pass publishes the routing table: the very next call goes
+            # to the new process; the old one drains in its own task.
+            rt.busy = Busy.SWITCHING
+            old = self.actuator.switch(rt)
+            self._spawn_task(self.actuator.retire, rt, old)
+        elif isinstance(action, AbortNext):
+            rt.busy = Busy.ABORTING
+            self._spawn_task(self.actuator.abort_next, rt, action)
 
     def _forget(self, name: str) -> None:
         self.runtimes.pop(name, None)
         self.store.forget(name)
         self.ports.release(name)
-        self._spawn_task(self.prober.forget, name)
 
     def _release_stale_ports(self) -> None:
         """Free the sticky ports of instances removed while no reconciler was running: no
@@ -248,7 +266,7 @@ class Controller:
 
     def _rotate_logs(self) -> None:
         for name, rt in self.runtimes.items():
-            if rt.handle is not None:
+            if rt.processes():
                 try:
                     rotate_log(
                         self.driver.log_path(name),
@@ -260,14 +278,12 @@ class Controller:
 
     # ---- shutdown ----------------------------------------------------------------------
     async def _shutdown(self) -> None:
-        handles = [rt.handle for rt in self.runtimes.values() if rt.handle is not None]
+        handles = [record.handle for rt in self.runtimes.values() for _, record in rt.processes()]
         if self.settings.on_shutdown == "stop" and handles:
-            log.info("stopping %d instance(s)", len(handles))
+            log.info("stopping %d instance process(es)", len(handles))
             async with anyio.create_task_group() as tg:
                 for handle in handles:
                     tg.start_soon(self.actuator.reap, handle)
-        for name in list(self.runtimes):
-            await self.prober.forget(name)
         aclose = getattr(self.prober, "aclose", None)
         if aclose is not None:
             await aclose()

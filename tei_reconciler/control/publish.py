@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tei_reconciler import metrics
-from tei_reconciler.control.runtime import Placement, Runtime
+from tei_reconciler.control.runtime import Placement, ProcessRecord, Role, Runtime
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.plan import Assessment, assess
 from tei_reconciler.planner.policy import Policy
-from tei_reconciler.planner.status import Condition, InstanceStatus
+from tei_reconciler.planner.status import Condition, InstanceStatus, ProcessStatus
 from tei_reconciler.routing import Endpoint, RoutingTable
 from tei_reconciler.store import StatusStore
 
@@ -34,6 +34,32 @@ def _flag(value: bool) -> str:
     return "True" if value else "False"
 
 
+def _process_state(role: Role, record: ProcessRecord) -> str:
+    if role is Role.OLD:
+        return "Draining"
+    if not record.startup_ok:
+        return "Starting"
+    return "Ready" if record.ready else "Unhealthy"
+
+
+def process_statuses(rt: Runtime) -> tuple[ProcessStatus, ...]:
+    """Every live process of the instance, current first."""
+    return tuple(
+        ProcessStatus(
+            role=role.value,
+            pid=record.pid,
+            port=record.placement.port,
+            prometheus_port=record.placement.prometheus_port,
+            spec_hash=record.spec_hash,
+            state=_process_state(role, record),
+            created_at=record.created_at,
+            ready_since=record.ready_since if record.ready else None,
+            adopted=record.handle.adopted,
+        )
+        for role, record in rt.processes()
+    )
+
+
 def build_status(
     name: str,
     spec: InstanceSpec | None,
@@ -51,11 +77,15 @@ def build_status(
         or (rt.spec if rt is not None else None)
         or (previous.spec if previous is not None else InstanceSpec(name=name, model_id=""))
     )
-    ready = rt is not None and phase is Phase.RUNNING and rt.ready
+    current = rt.current if rt is not None else None
+    ready = current is not None and phase is Phase.RUNNING and current.ready
     progressing = phase in (Phase.PENDING, Phase.STARTING, Phase.STOPPING)
-    degraded = phase in (Phase.CRASH_LOOP_BACK_OFF, Phase.FAILED) or (
-        rt is not None and rt.consecutive_failures > 0
-    )
+    progress_reason, progress_message = verdict.reason, verdict.message
+    if verdict.rollout is not None:
+        progressing = verdict.rollout.status
+        progress_reason, progress_message = verdict.rollout.reason, verdict.rollout.message
+    failures = current.consecutive_failures if current is not None else 0
+    degraded = phase in (Phase.CRASH_LOOP_BACK_OFF, Phase.FAILED) or failures > 0
 
     def condition(type_: str, status: bool, reason: str, message: str) -> Condition:
         value = _flag(status)
@@ -66,7 +96,7 @@ def build_status(
 
     conditions = (
         condition("Ready", ready, verdict.reason, verdict.message),
-        condition("Progressing", progressing, verdict.reason, verdict.message),
+        condition("Progressing", progressing, progress_reason, progress_message),
         condition(
             "Degraded",
             degraded,
@@ -86,25 +116,29 @@ def build_status(
     if rt is not None and phase is Phase.FAILED and rt.failure is not None:
         crash_until = wall + (rt.failure.retry_at - now)
     placed = rt.placement if rt is not None else Placement()
+    probes = tuple(current.probes) if current is not None else ()
     return InstanceStatus(
         name=name,
         spec=shown_spec,
         phase=phase,
         reason=verdict.reason,
         message=verdict.message,
-        pid=rt.handle.pid if rt is not None and rt.handle is not None else None,
+        pid=current.pid if current is not None else None,
         port=placed.port if placed.port is not None else shown_spec.port,
         prometheus_port=placed.prometheus_port if rt is not None else shown_spec.prometheus_port,
         gpu_id=placed.gpu_id,
-        created_at=rt.created_at if rt is not None and rt.handle is not None else None,
-        ready_since=rt.ready_since if ready and rt is not None else None,
+        created_at=current.created_at if current is not None else None,
+        ready_since=current.ready_since if ready and current is not None else None,
         restarts=rt.restarts if rt is not None else 0,
-        health_check_failures=rt.consecutive_failures if rt is not None else 0,
-        last_health_check=rt.probes[-1].at if rt is not None and rt.probes else None,
+        health_check_failures=failures,
+        last_health_check=probes[-1].at if probes else None,
         last_exit=rt.last_exit if rt is not None else None,
         backoff_until=crash_until,
         conditions=conditions,
-        probes=tuple(rt.probes) if rt is not None else (),
+        probes=probes,
+        spec_hash=current.spec_hash if current is not None else None,
+        processes=process_statuses(rt) if rt is not None else (),
+        rollout_failure=rt.rollout_failure if rt is not None else None,
     )
 
 
@@ -119,16 +153,25 @@ def endpoint_of(status: InstanceStatus, host: str, rt: Runtime | None) -> Endpoi
         port=status.port,
         ready=status.ready,
         phase=status.phase,
-        generation=rt.generation if rt is not None else 0,
+        generation=_generation(rt),
     )
+
+
+def _generation(rt: Runtime | None) -> int:
+    """The generation routing knows the instance's current process by (its last one's when
+    none runs)."""
+    if rt is None:
+        return 0
+    return rt.current.generation if rt.current is not None else rt.generation
 
 
 def _unknown_desire(rt: Runtime) -> Assessment | None:
     """The verdict on a process while no valid state file has been read (an invalid file at
     boot): it is kept, probed and routed as found, never shown as being removed."""
-    if rt.handle is None or rt.busy is not None:
+    current = rt.current
+    if current is None or rt.busy is not None:
         return None
-    if not rt.startup_ok:
+    if not current.startup_ok:
         return Assessment(
             phase=Phase.STARTING,
             reason="SpecUnknown",
@@ -136,7 +179,7 @@ def _unknown_desire(rt: Runtime) -> Assessment | None:
         )
     return Assessment(
         phase=Phase.RUNNING,
-        reason="Healthy" if rt.ready else "Unhealthy",
+        reason="Healthy" if current.ready else "Unhealthy",
         message="no valid state file read yet; the process is kept as found",
     )
 
@@ -157,6 +200,7 @@ def publish(
     counts = dict.fromkeys(Phase, 0)
     endpoints = []
     rows = []
+    rollouts = []
     for name in sorted((desired or {}).keys() | runtimes.keys()):
         spec = desired.get(name) if desired is not None else None
         rt = runtimes.get(name)
@@ -176,11 +220,14 @@ def publish(
         store.put(status)
         counts[status.phase] += 1
         rows.append((name, status.spec.model_id, status.phase.value, status.ready))
+        if verdict.rollout is not None:
+            state = "rolling" if verdict.rollout.status else "failed"
+            rollouts.append((name, status.spec.model_id, state))
         endpoint = endpoint_of(status, host, rt)
         if endpoint is not None:
             endpoints.append(endpoint)
     for phase, count in counts.items():
         metrics.INSTANCES.labels(phase.value).set(count)
-    metrics.set_instances(rows)
+    metrics.set_instances(rows, rollouts)
     table.update(endpoints)
     store.first_pass_done = True

@@ -1,9 +1,13 @@
-"""The controller's mutable record of one instance.
+"""The controller's mutable record of one instance and of each of its processes.
 
-`Runtime` holds the current process handle, probe state, crash history and ports of one
-instance; `observe()` freezes what the planner needs into an `ObservedInstance`. The
-controller and the actuator change it through its methods, one per event (a process
-started, adopted or ended; a probe passed), so each event's writes stay together.
+An instance has at most three processes: the current one (routed to when Ready), during a
+surge rollout the next one (starting beside it, not routed to yet), and after the switch the
+old one (out of routing, draining, then stopped). `ProcessRecord` holds one process: its
+handle, placement, probe state; `Runtime` holds the instance: its processes, crash history,
+start failures, rollout failure and counters. `observe()` freezes what the planner needs
+into an `ObservedInstance`. The controller and the actuator change them through their
+methods, one per event (a process started, adopted, switched or ended; a probe passed), so
+each event's writes stay together.
 """
 
 from __future__ import annotations
@@ -18,10 +22,16 @@ from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.drivers.process import ProcessHandle
 from tei_reconciler.planner.backoff import CrashLoop
 from tei_reconciler.planner.model_status import ModelGate
-from tei_reconciler.planner.observed import Busy, Failure, ObservedInstance, ProcessView
+from tei_reconciler.planner.observed import (
+    Busy,
+    Failure,
+    ObservedInstance,
+    ProcessView,
+    RolloutFailure,
+)
 from tei_reconciler.planner.status import ExitInfo, ProbeResult
 
-PROBE_HISTORY = 20  # probe results kept per instance
+PROBE_HISTORY = 20  # probe results kept per process
 
 
 class Placement(NamedTuple):
@@ -33,7 +43,7 @@ class Placement(NamedTuple):
 
 
 class Probed(enum.Enum):
-    """What one probe result changed (`Runtime.probed`)."""
+    """What one probe result changed (`ProcessRecord.probed`)."""
 
     STARTUP_FAILED = "startup failed"  # still starting
     STARTED = "started"  # the startup probe passed: Ready
@@ -42,86 +52,51 @@ class Probed(enum.Enum):
     FAILED = "failed"  # a liveness probe failed (Ready lost at the threshold)
 
 
-class Runtime:
-    """What the controller knows and holds for one instance."""
+class Role(enum.StrEnum):
+    """What a process is to its instance."""
 
-    def __init__(self, *, name: str) -> None:
-        self.name = name
-        self.handle: ProcessHandle | None = None
-        self.spec: InstanceSpec | None = None  # the spec the current process runs, if known
-        self.busy: Busy | None = None
-        self.stop_requested = False
-        self.startup_ok = False
-        self.ready = False
-        self.consecutive_failures = 0
-        self.probes: deque[ProbeResult] = deque(maxlen=PROBE_HISTORY)
-        self.probe_scope: anyio.CancelScope | None = None
-        self.crash = CrashLoop()
-        self.failure: Failure | None = None
-        self.failures = 0  # start failures in a row (for the slow retry curve)
-        self.last_exit: ExitInfo | None = None
-        self.restarts = 0
-        self.generation = 0
-        self.started_at = 0.0  # monotonic
-        self.created_at: float | None = None  # wall
-        self.ready_since: float | None = None  # wall
-        self.ready_since_mono: float | None = None
-        self.placement = Placement()  # of the current (or last) process
-        self.model_gate: ModelGate | None = None  # its model is not on disk yet
-        self.log_offset = 0  # size of the instance log when the current process started
+    CURRENT = "current"  # routed to when Ready
+    NEXT = "next"  # a rollout's new process, starting beside the current one
+    OLD = "old"  # replaced by a rollout: out of routing, draining, then stopped
 
-    def attach(
+
+class ProcessRecord:
+    """One process of an instance (spawned by us or adopted) and what its probes said."""
+
+    def __init__(
         self,
         handle: ProcessHandle,
         *,
         spec: InstanceSpec | None,
         placement: Placement,
+        generation: int,
         now: float,
         created_at: float,
+        log_offset: int = 0,
     ) -> None:
-        """A new process (spawned or adopted) now represents the instance."""
         self.handle = handle
-        self.spec = spec
+        self.spec = spec  # the spec it runs, if known (None: adopted, spec not desired now)
         self.placement = placement
-        self.generation += 1
+        self.generation = generation  # unique per instance: routing tells processes apart by it
+        self.started_at = now  # monotonic
+        self.created_at = created_at  # wall
+        self.log_offset = log_offset  # size of the instance log when it started
         self.stop_requested = False
-        self.startup_ok = self.ready = False
+        self.startup_ok = False
+        self.ready = False
         self.consecutive_failures = 0
-        self.started_at = now
-        self.created_at = created_at
-        self.ready_since = self.ready_since_mono = None
+        self.ready_since: float | None = None  # wall
+        self.ready_since_mono: float | None = None
+        self.probes: deque[ProbeResult] = deque(maxlen=PROBE_HISTORY)
+        self.probe_scope: anyio.CancelScope | None = None
 
-    def started(
-        self,
-        handle: ProcessHandle,
-        *,
-        spec: InstanceSpec,
-        placement: Placement,
-        log_offset: int,
-        now: float,
-        wall: float,
-    ) -> None:
-        """A process this reconciler spawned now represents the instance: a restart when
-        one ran before, and the end of any start failure. Its output starts at `log_offset`
-        in the instance's log."""
-        if self.generation > 0:
-            self.restarts += 1
-        self.attach(handle, spec=spec, placement=placement, now=now, created_at=wall)
-        self.log_offset = log_offset
-        self.failure, self.failures = None, 0
+    @property
+    def pid(self) -> int:
+        return self.handle.pid
 
-    def ended(self, exit_: ExitInfo) -> None:
-        """The process is gone: how it ended is kept, its probes stop."""
-        self.cancel_probes()
-        self.last_exit = exit_
-        self.detach()
-
-    def detach(self) -> None:
-        self.handle = None
-        self.stop_requested = False
-        self.startup_ok = self.ready = False
-        self.consecutive_failures = 0
-        self.ready_since = self.ready_since_mono = None
+    @property
+    def spec_hash(self) -> str:
+        return self.handle.spec_hash
 
     def cancel_probes(self) -> None:
         if self.probe_scope is not None:
@@ -136,8 +111,8 @@ class Runtime:
 
     def probed(self, ok: bool, *, threshold: int, now: float, wall: float) -> Probed:
         """Fold one probe result in. Like a Kubernetes readiness probe, one slow health check
-        under load does not cut the instance's traffic: Ready is lost after `threshold`
-        failures in a row, which is also when the planner restarts the instance."""
+        under load does not cut the process's traffic: Ready is lost after `threshold`
+        failures in a row, which is also when the planner restarts it."""
         if not self.startup_ok:
             if not ok:
                 return Probed.STARTUP_FAILED
@@ -156,30 +131,181 @@ class Runtime:
         return Probed.FAILED
 
     def healthy_for(self, now: float) -> float:
-        """How long the current process has been Ready (for the backoff reset)."""
+        """How long the process has been Ready (for the backoff reset)."""
         return 0.0 if self.ready_since_mono is None else now - self.ready_since_mono
 
-    def record_probe(self, result: ProbeResult) -> None:
-        self.probes.append(result)
+    def view(self) -> ProcessView:
+        return ProcessView(
+            pid=self.handle.pid,
+            spec_hash=self.handle.spec_hash,
+            started_at=self.started_at,
+            adopted=self.handle.adopted,
+        )
 
+
+class Runtime:
+    """What the controller knows and holds for one instance."""
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+        self.current: ProcessRecord | None = None
+        self.next: ProcessRecord | None = None
+        self.old: ProcessRecord | None = None
+        self.busy: Busy | None = None
+        self.crash = CrashLoop()
+        self.failure: Failure | None = None
+        self.failures = 0  # start failures in a row (for the slow retry curve)
+        self.rollout_failure: RolloutFailure | None = None
+        self.last_exit: ExitInfo | None = None
+        self.restarts = 0
+        self.generation = 0  # of the newest process
+        self.placement = Placement()  # of the current (or last) process
+        self.model_gate: ModelGate | None = None  # its model is not on disk yet
+
+    # ---- what runs ---------------------------------------------------------------------
+    @property
+    def handle(self) -> ProcessHandle | None:
+        """The current process's handle."""
+        return self.current.handle if self.current is not None else None
+
+    @property
+    def spec(self) -> InstanceSpec | None:
+        """The spec the current process runs, if known."""
+        return self.current.spec if self.current is not None else None
+
+    def processes(self) -> list[tuple[Role, ProcessRecord]]:
+        """Every live process of the instance, current first."""
+        roles = ((Role.CURRENT, self.current), (Role.NEXT, self.next), (Role.OLD, self.old))
+        return [(role, record) for role, record in roles if record is not None]
+
+    def role_of(self, record: ProcessRecord) -> Role | None:
+        for role, mine in self.processes():
+            if mine is record:
+                return role
+        return None
+
+    # ---- events ------------------------------------------------------------------------
+    def _record(
+        self,
+        handle: ProcessHandle,
+        *,
+        spec: InstanceSpec | None,
+        placement: Placement,
+        now: float,
+        created_at: float,
+        log_offset: int = 0,
+    ) -> ProcessRecord:
+        self.generation += 1
+        return ProcessRecord(
+            handle,
+            spec=spec,
+            placement=placement,
+            generation=self.generation,
+            now=now,
+            created_at=created_at,
+            log_offset=log_offset,
+        )
+
+    def attach(
+        self,
+        handle: ProcessHandle,
+        *,
+        spec: InstanceSpec | None,
+        placement: Placement,
+        now: float,
+        created_at: float,
+        role: Role = Role.CURRENT,
+    ) -> ProcessRecord:
+        """A process found running (adopted) now represents the instance, or is the new
+        process of its rollout (`role`)."""
+        record = self._record(
+            handle, spec=spec, placement=placement, now=now, created_at=created_at
+        )
+        if role is Role.NEXT:
+            self.next = record
+        else:
+            self.current = record
+            self.placement = placement
+        return record
+
+    def started(
+        self,
+        handle: ProcessHandle,
+        *,
+        spec: InstanceSpec,
+        placement: Placement,
+        log_offset: int,
+        now: float,
+        wall: float,
+        beside: bool = False,
+    ) -> ProcessRecord:
+        """A process this reconciler spawned: the instance's current process (a restart when
+        one ran before), or with `beside` the new process of a rollout. Either ends any start
+        failure. Its output starts at `log_offset` in the instance's log."""
+        record = self._record(
+            handle, spec=spec, placement=placement, now=now, created_at=wall, log_offset=log_offset
+        )
+        if beside:
+            self.next = record
+        else:
+            if self.generation > 1:
+                self.restarts += 1
+            self.current = record
+            self.placement = placement
+        self.failure, self.failures = None, 0
+        return record
+
+    def promote(self) -> ProcessRecord | None:
+        """The new process becomes the current one; the former current one, if any, becomes
+        the old one (to drain and stop). Returns the old one."""
+        new = self.next
+        assert new is not None, "promote() needs a new process"
+        old = self.current
+        self.current, self.next, self.old = new, None, old
+        self.placement = new.placement
+        self.restarts += 1
+        if self.rollout_failure is not None and self.rollout_failure.spec_hash == new.spec_hash:
+            self.rollout_failure = None
+        return old
+
+    def ended(self, record: ProcessRecord, exit_: ExitInfo) -> Role | None:
+        """`record`'s process is gone: how it ended is kept, its probes stop. Returns the role
+        it had (None when it was no longer the instance's)."""
+        record.cancel_probes()
+        record.ready = False
+        role = self.role_of(record)
+        if role is Role.CURRENT:
+            self.current = None
+        elif role is Role.NEXT:
+            self.next = None
+        elif role is Role.OLD:
+            self.old = None
+        if role is not None:
+            self.last_exit = exit_
+        return role
+
+    def cancel_probes(self) -> None:
+        for _, record in self.processes():
+            record.cancel_probes()
+
+    def healthy_for(self, now: float) -> float:
+        """How long the current process has been Ready (for the backoff reset)."""
+        return 0.0 if self.current is None else self.current.healthy_for(now)
+
+    # ---- the planner's view ------------------------------------------------------------
     def observe(self) -> ObservedInstance:
-        handle = self.handle
-        process = None
-        if handle is not None:
-            process = ProcessView(
-                pid=handle.pid,
-                spec_hash=handle.spec_hash,
-                started_at=self.started_at,
-                adopted=handle.adopted,
-            )
+        current, new = self.current, self.next
         return ObservedInstance(
             name=self.name,
-            process=process,
+            process=current.view() if current is not None else None,
             busy=self.busy,
-            startup_ok=self.startup_ok,
-            ready=self.ready,
-            consecutive_failures=self.consecutive_failures,
+            startup_ok=current is not None and current.startup_ok,
+            ready=current is not None and current.ready,
+            consecutive_failures=current.consecutive_failures if current is not None else 0,
+            next=new.view() if new is not None else None,
+            next_ready=new is not None and new.startup_ok,
             crash=self.crash,
             failure=self.failure,
             model=self.model_gate,
+            rollout_failure=self.rollout_failure,
         )

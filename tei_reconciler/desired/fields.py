@@ -34,7 +34,7 @@ from tei_reconciler.desired.rules import (
     no_nul,
     strings,
 )
-from tei_reconciler.desired.spec import DesiredRun, Dtype, InstanceSpec, Pooling
+from tei_reconciler.desired.spec import DesiredRun, Dtype, InstanceSpec, Pooling, Rollout
 
 
 def _true_false(value: bool) -> str:
@@ -88,6 +88,8 @@ FIELDS: dict[str, Field] = {
     "health_timeout_secs": Field(SECONDS),
     "failure_threshold": Field(POSITIVE_INT),
     "restarted_at": Field(DATE_TIME, rest=False),  # set by POST /restart; changes the hash
+    "rollout": Field(choice(Rollout)),  # surge or recreate; not hashed
+    "progress_deadline_secs": Field(SECONDS),  # a rollout not Ready by then fails; not hashed
 }
 
 #: Flags the reconciler passes that no field sets, with what to set instead.

@@ -44,6 +44,13 @@ class Pooling(enum.StrEnum):
     LAST_TOKEN = "last-token"  # noqa: S105 (a pooling mode, not a secret)
 
 
+class Rollout(enum.StrEnum):
+    """The `rollout` field: how a running instance moves to a changed spec."""
+
+    SURGE = "surge"  # the new process starts beside the old one; traffic switches once Ready
+    RECREATE = "recreate"  # the old process stops first, then the new one starts
+
+
 class Dtype(enum.StrEnum):
     FLOAT16 = "float16"
     FLOAT32 = "float32"
@@ -81,6 +88,8 @@ class InstanceSpec(Base, frozen=True):
     health_timeout_secs: float | None = None
     failure_threshold: int | None = None
     restarted_at: datetime | None = None
+    rollout: Rollout = Rollout.SURGE
+    progress_deadline_secs: float | None = None  # unset: the startup timeout
 
 
 class ModelSpec(Base, frozen=True):
@@ -117,8 +126,9 @@ def is_instance_name(name: str) -> bool:
     return len(name) <= NAME_MAX and _NAME.fullmatch(name) is not None
 
 
-#: Fields whose change does not need a new process: `state` is acted on by the planner itself.
-_NOT_HASHED = frozenset({"state"})
+#: Fields whose change does not need a new process: `state` is acted on by the planner itself,
+#: `rollout` and `progress_deadline_secs` say how a change is rolled out, not what runs.
+_NOT_HASHED = frozenset({"state", "rollout", "progress_deadline_secs"})
 
 #: The fields that existed when the hash was introduced. They are hashed always, at their
 #: defaults too, exactly as then: a process started by an older reconciler keeps its hash and

@@ -9,6 +9,11 @@ never desired state.
 
 A port held by a process that is not ours fails the instance with `PortInUse`, naming the
 holder when the kernel shows it (reading other processes' sockets may need root).
+
+During a surge rollout an instance has a second process beside the one its booked ports
+belong to: it gets fresh ports (`assign_next`), held in memory only, and booked as the
+instance's once traffic switches to it (`book_next`). A reconciler that restarts mid-rollout
+learns them again from the running process (`hold_next`).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class PortBook:
         self.prometheus_range = PortRange(*prometheus_range)
         self.reserved = frozenset(reserved)
         self._book: dict[str, Assignment] = {}
+        self._next: dict[str, Assignment] = {}  # a rollout's new process, per instance
         self._load()
 
     def _load(self) -> None:
@@ -109,6 +115,7 @@ class PortBook:
             self._save()
 
     def release(self, name: str) -> None:
+        self._next.pop(name, None)
         if self._book.pop(name, None) is not None:
             self._save()
 
@@ -117,7 +124,41 @@ class PortBook:
         for other, a in self._book.items():
             if other != name:
                 taken.update((a.port, a.prometheus_port))
+        for a in self._next.values():
+            taken.update((a.port, a.prometheus_port))
         return taken
+
+    # ---- a rollout's new process ----------------------------------------------------------
+    def assign_next(self, spec: InstanceSpec, *, explicit: Iterable[int] = ()) -> Assignment:
+        """Fresh ports for a new process of `spec` beside its running one (whose ports stay
+        booked), held until `book_next` or `release_next`.
+
+        Raises PermanentError("PortAllocationFailed")."""
+        taken = self._taken_by_others(spec.name, explicit)
+        own = self._book.get(spec.name)
+        if own is not None:
+            taken.update((own.port, own.prometheus_port))
+        port = self._pick("port", None, None, self.instance_range, taken, name=spec.name)
+        taken.add(port)
+        prom = self._pick(
+            "prometheus port", None, None, self.prometheus_range, taken, name=spec.name
+        )
+        assignment = Assignment(port=port, prometheus_port=prom)
+        self._next[spec.name] = assignment
+        return assignment
+
+    def hold_next(self, name: str, assignment: Assignment) -> None:
+        """Hold ports found in use by a rollout's new process (an adopted one)."""
+        self._next[name] = assignment
+
+    def book_next(self, name: str) -> None:
+        """The new process took over: its ports are the instance's now."""
+        assignment = self._next.pop(name, None)
+        if assignment is not None:
+            self.record(name, assignment)
+
+    def release_next(self, name: str) -> None:
+        self._next.pop(name, None)
 
     def _booked_by(self, port: int, name: str) -> str | None:
         """The other instance whose assignment holds `port`, if any."""

@@ -4,7 +4,9 @@ An unhealthy instance is data, never an exception: every probe returns a `ProbeO
 The gRPC build is asked through `grpc.health.v1` for the service of its model type (Embed,
 Predict or Rerank; learned once from `tei.v1.Info`), falling back to `tei.v1.Info` where the
 health service is missing; the HTTP build answers `GET /health`. Channels are kept per
-instance (tei-manager opened a fresh channel per check) and closed when the process goes.
+process (tei-manager opened a fresh channel per check): a rollout probes an instance's old
+and new process at once, and a process's channel is closed when that process goes, never
+under another process of the same instance.
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ class ProbeOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Prober(Protocol):
-    """Probes one instance endpoint; `forget` releases what was kept for it."""
+    """Probes one process (`pid`) of instance `name` at host:port; `forget` releases what was
+    kept for that process."""
 
-    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome: ...
+    async def check(
+        self, name: str, pid: int, host: str, port: int, within: float
+    ) -> ProbeOutcome: ...
 
-    async def forget(self, name: str) -> None: ...
+    async def forget(self, name: str, pid: int) -> None: ...
 
 
 def _elapsed_ms(start: float) -> float:
@@ -54,29 +59,31 @@ class GrpcProber:
     """`grpc.health.v1.Health/Check` of the model's service, falling back to `tei.v1.Info`."""
 
     def __init__(self) -> None:
-        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
-        self._services: dict[str, str] = {}
+        self._channels: dict[tuple[str, int], tuple[str, grpc.aio.Channel]] = {}
+        self._services: dict[tuple[str, int], str] = {}
 
-    def _channel(self, name: str, address: str) -> grpc.aio.Channel:
-        kept = self._channels.get(name)
-        if kept is not None and kept[0] == address:
+    def _channel(self, key: tuple[str, int], address: str) -> grpc.aio.Channel:
+        """The channel of one process (a process keeps its address for life)."""
+        kept = self._channels.get(key)
+        if kept is not None:
             return kept[1]
         channel = grpc.aio.insecure_channel(address)
-        self._channels[name] = (address, channel)
+        self._channels[key] = (address, channel)
         return channel
 
-    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome:
+    async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
         start = time.perf_counter()
         target_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        channel = self._channel(name, f"{target_host}:{port}")
+        key = (name, pid)
+        channel = self._channel(key, f"{target_host}:{port}")
         try:
-            service = self._services.get(name)
+            service = self._services.get(key)
             if service is None:
                 info = await tei_pb2_grpc.InfoStub(channel).Info(
                     tei_pb2.InfoRequest(), timeout=within
                 )
                 service = _SERVICE_BY_TYPE.get(info.model_type, "tei.v1.Embed")
-                self._services[name] = service
+                self._services[key] = service
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=within
             )
@@ -103,11 +110,19 @@ class GrpcProber:
             )
         return ProbeOutcome(ok=True, latency_ms=_elapsed_ms(start), message="tei.v1.Info OK")
 
-    async def forget(self, name: str) -> None:
-        self._services.pop(name, None)
-        kept = self._channels.pop(name, None)
+    async def forget(self, name: str, pid: int) -> None:
+        self._services.pop((name, pid), None)
+        kept = self._channels.pop((name, pid), None)
         if kept is not None:
             await kept[1].close()
+
+    async def aclose(self) -> None:
+        """Close every channel (the controller is shutting down)."""
+        channels = [channel for _, channel in self._channels.values()]
+        self._channels.clear()
+        self._services.clear()
+        for channel in channels:
+            await channel.close()
 
 
 class HttpProber:
@@ -116,7 +131,7 @@ class HttpProber:
     def __init__(self) -> None:
         self._client = httpx.AsyncClient()
 
-    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome:
+    async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
         start = time.perf_counter()
         url_host = f"[{host}]" if ":" in host else host
         try:
@@ -130,7 +145,7 @@ class HttpProber:
             ok=ok, latency_ms=_elapsed_ms(start), message=f"GET /health {response.status_code}"
         )
 
-    async def forget(self, name: str) -> None:
+    async def forget(self, name: str, pid: int) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -144,6 +159,7 @@ def make_prober(protocol: str) -> GrpcProber | HttpProber:
 async def probe_forever(
     prober: Prober,
     name: str,
+    pid: int,
     host: str,
     port: int,
     *,
@@ -152,13 +168,13 @@ async def probe_forever(
     started: Callable[[], bool],
     report: Callable[[ProbeOutcome], None],
 ) -> None:
-    """Probe one instance until cancelled: every `STARTUP_PERIOD` until `started()` (so Ready
+    """Probe one process until cancelled: every `STARTUP_PERIOD` until `started()` (so Ready
     comes quickly), then every `interval`. A probe that overruns `within` is a failure; one
-    instance's probes never wait for another's (each instance has its own task)."""
+    process's probes never wait for another's (each process has its own task)."""
     while True:
         outcome = None
         with anyio.move_on_after(within + 1.0):
-            outcome = await prober.check(name, host, port, within)
+            outcome = await prober.check(name, pid, host, port, within)
         if outcome is None:
             outcome = ProbeOutcome(
                 ok=False, latency_ms=(within + 1.0) * 1000, message=f"no answer within {within:g}s"

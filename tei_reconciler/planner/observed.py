@@ -19,8 +19,10 @@ from tei_reconciler.planner.model_status import ModelGate
 class Busy(enum.StrEnum):
     """An action in flight for an instance; the planner leaves a busy instance alone."""
 
-    STARTING = "starting"  # spawning the process (port, GPU and binary checks included)
-    STOPPING = "stopping"  # SIGTERM sent to the group; waiting for it to exit
+    STARTING = "starting"  # spawning a process (port, GPU and binary checks included)
+    STOPPING = "stopping"  # draining the current process, then stopping its group
+    SWITCHING = "switching"  # traffic moved to the new process; draining and stopping the old
+    ABORTING = "aborting"  # stopping the new process of a rollout (it never took traffic)
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,8 +35,19 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     spec_hash: str
 
 
+class RolloutFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """The last rollout to `spec_hash` failed: its new process crashed, could not start, or
+    was not Ready in time. The old process kept serving; the attempt is retried with the
+    crash backoff, or replaced at once by a further spec change."""
+
+    reason: str  # "RolloutFailed" | "ProgressDeadlineExceeded"
+    message: str
+    spec_hash: str
+    attempts: int = 1  # failed attempts in a row for this spec
+
+
 class ProcessView(msgspec.Struct, frozen=True, kw_only=True):
-    """The live process of an instance, as found (spawned by us or adopted)."""
+    """A live process of an instance, as found (spawned by us or adopted)."""
 
     pid: int
     spec_hash: str  # the hash the process was started with (its marker)
@@ -46,11 +59,14 @@ class ObservedInstance(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the planner may know about one instance."""
 
     name: str
-    process: ProcessView | None = None
+    process: ProcessView | None = None  # the current process: the one routed to when Ready
     busy: Busy | None = None
     startup_ok: bool = False  # the startup probe of the current process succeeded
     ready: bool = False  # the latest probe of the current process succeeded
     consecutive_failures: int = 0  # liveness failures in a row
+    next: ProcessView | None = None  # a rollout's new process, started beside the current one
+    next_ready: bool = False  # the new process passed its startup probe
+    rollout_failure: RolloutFailure | None = None
     crash: CrashLoop = msgspec.field(default_factory=CrashLoop)
     failure: Failure | None = None
     model: ModelGate | None = None  # its model is not on disk yet (or cannot be fetched)

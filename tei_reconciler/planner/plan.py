@@ -17,49 +17,58 @@ makes tei-manager's races impossible by construction:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
 import msgspec
 
 from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.planner.actions import (
+    AbortNext,
+    AbortReason,
+    Action,
+    Forget,
+    Promote,
+    Start,
+    StartNext,
+    Stop,
+    StopReason,
+)
 from tei_reconciler.planner.backoff import waiting
 from tei_reconciler.planner.observed import Busy, ObservedInstance
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.policy import Policy
+from tei_reconciler.planner.rollout import (
+    Progress,
+    plan_next,
+    plan_surge,
+    rollout_progress,
+    surges,
+)
 
-StopReason = Literal["Removed", "StoppedByUser", "SpecChanged", "StartupTimeout", "LivenessFailed"]
-
-
-class Start(msgspec.Struct, frozen=True, kw_only=True, tag="start"):
-    """Spawn a process for `spec` (allocating ports, checking GPU and binary first)."""
-
-    name: str
-    spec: InstanceSpec
-
-
-class Stop(msgspec.Struct, frozen=True, kw_only=True, tag="stop"):
-    """Terminate the instance's process group. `crash`: count it as a failure (backoff);
-    `forget`: drop the instance's status once the process is gone."""
-
-    name: str
-    reason: StopReason
-    crash: bool = False
-    forget: bool = False
-
-
-class Forget(msgspec.Struct, frozen=True, kw_only=True, tag="forget"):
-    """Drop an instance that is neither desired nor running."""
-
-    name: str
-
-
-Action = Start | Stop | Forget
+__all__ = [
+    "AbortNext",
+    "AbortReason",
+    "Action",
+    "Assessment",
+    "Forget",
+    "Promote",
+    "Start",
+    "StartNext",
+    "Stop",
+    "StopReason",
+    "assess",
+    "plan",
+    "plan_one",
+]
 
 
 class Assessment(msgspec.Struct, frozen=True, kw_only=True):
+    """What a user sees of one instance: its phase, why, and how a rollout goes (`rollout`
+    sets the `Progressing` condition while a surge rollout runs or after it failed)."""
+
     phase: Phase
     reason: str
     message: str
+    rollout: Progress | None = None
 
 
 def _soonest(a: float | None, b: float | None) -> float | None:
@@ -78,6 +87,8 @@ def plan_one(
         return None, None  # the action in flight marks the controller dirty when it ends
     process = obs.process if obs is not None else None
     name = spec.name if spec is not None else obs.name if obs is not None else ""
+    if obs is not None and obs.next is not None:
+        return plan_next(spec, obs, obs.next, now, policy)
     if spec is None:
         if process is not None:
             return Stop(name=name, reason="Removed", forget=True), None
@@ -90,6 +101,8 @@ def plan_one(
     if process is not None:
         assert obs is not None
         if process.spec_hash != wanted:
+            if surges(spec, obs):
+                return plan_surge(spec, obs, now)
             return Stop(name=name, reason="SpecChanged"), None
         if not obs.startup_ok:
             deadline = process.started_at + policy.for_instance(spec).startup_timeout_secs
@@ -140,7 +153,32 @@ def plan(
 def assess(
     spec: InstanceSpec | None, obs: ObservedInstance | None, now: float, policy: Policy
 ) -> Assessment:
-    """The phase, reason and message a user sees for one instance."""
+    """The phase, reason and message a user sees for one instance, and its rollout."""
+    verdict = _phase(spec, obs, now)
+    progress = rollout_progress(spec, obs)
+    if progress is None or verdict.phase is Phase.STOPPING:
+        return verdict
+    return msgspec.structs.replace(verdict, rollout=progress)
+
+
+def _serving(obs: ObservedInstance) -> Assessment:
+    """The phase of an instance whose current process serves (or is starting to)."""
+    if not obs.startup_ok:
+        return Assessment(
+            phase=Phase.STARTING,
+            reason="StartupProbe",
+            message="waiting for the first healthy probe",
+        )
+    if not obs.ready:
+        return Assessment(
+            phase=Phase.RUNNING,
+            reason="Unhealthy",
+            message=f"{obs.consecutive_failures} liveness probe(s) failed in a row",
+        )
+    return Assessment(phase=Phase.RUNNING, reason="Healthy", message="")
+
+
+def _phase(spec: InstanceSpec | None, obs: ObservedInstance | None, now: float) -> Assessment:
     process = obs.process if obs is not None else None
     if obs is not None and obs.busy is Busy.STOPPING:
         reason = "Removed" if spec is None else "Stopping"
@@ -149,25 +187,16 @@ def assess(
         if process is not None:
             return Assessment(phase=Phase.STOPPING, reason="Removed", message="removed from state")
         return Assessment(phase=Phase.STOPPED, reason="Removed", message="removed from state")
-    if obs is not None and obs.busy is Busy.STARTING:
+    if obs is not None and obs.busy is Busy.STARTING and process is None:
         return Assessment(phase=Phase.STARTING, reason="Spawning", message="starting the process")
     if process is not None:
         assert obs is not None
-        if spec.state is DesiredRun.STOPPED or process.spec_hash != spec_hash(spec):
+        if spec.state is DesiredRun.STOPPED:
             return Assessment(phase=Phase.STOPPING, reason="Stopping", message="")
-        if not obs.startup_ok:
-            return Assessment(
-                phase=Phase.STARTING,
-                reason="StartupProbe",
-                message="waiting for the first healthy probe",
-            )
-        if not obs.ready:
-            return Assessment(
-                phase=Phase.RUNNING,
-                reason="Unhealthy",
-                message=f"{obs.consecutive_failures} liveness probe(s) failed in a row",
-            )
-        return Assessment(phase=Phase.RUNNING, reason="Healthy", message="")
+        rolling = obs.next is not None or obs.busy is not None or surges(spec, obs)
+        if process.spec_hash != spec_hash(spec) and not rolling:
+            return Assessment(phase=Phase.STOPPING, reason="Stopping", message="")
+        return _serving(obs)
     if spec.state is DesiredRun.STOPPED:
         return Assessment(phase=Phase.STOPPED, reason="StoppedByUser", message='state = "stopped"')
     if obs is not None and obs.model is not None:

@@ -12,6 +12,7 @@ import signal
 import msgspec
 
 from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.planner.observed import RolloutFailure
 from tei_reconciler.planner.phase import Phase
 
 
@@ -35,13 +36,18 @@ class ExitInfo(msgspec.Struct, frozen=True, kw_only=True):
     last_lines: tuple[str, ...] = ()  # the end of what the process wrote, secrets masked
 
 
-#: Why the reconciler itself stopped a process (the planner's stop reasons), in words.
+#: Why the reconciler itself stopped a process (the planner's stop and abort reasons, and
+#: the retirement of a rollout's old process), in words.
 STOPPED_BECAUSE: dict[str, str] = {
     "StoppedByUser": 'its state was set to "stopped"',
     "Removed": "it was removed from the state file",
     "SpecChanged": "its spec changed (it is restarted with the new one)",
     "StartupTimeout": "it was not Ready within startup_timeout_secs",
     "LivenessFailed": "failure_threshold health checks in a row failed",
+    "Replaced": "a new process with the changed spec took over its traffic",
+    "RolloutFailed": "the rollout it was started for failed",
+    "ProgressDeadlineExceeded": "it was not Ready within progress_deadline_secs",
+    "Superseded": "the spec changed again before it was Ready",
 }
 
 
@@ -89,6 +95,21 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     model: str = ""  # the model a model event is about
 
 
+class ProcessStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One live process of an instance: the current one, and during a surge rollout the new
+    one starting beside it (`next`) or the old one draining after the switch (`old`)."""
+
+    role: str  # "current" | "next" | "old"
+    pid: int
+    port: int | None
+    prometheus_port: int | None
+    spec_hash: str  # the spec it runs (its revision)
+    state: str  # "Starting" | "Ready" | "Unhealthy" | "Draining"
+    created_at: float  # epoch seconds
+    ready_since: float | None = None  # epoch seconds
+    adopted: bool = False
+
+
 class InstanceStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Everything observed about one instance, plus the spec it was observed against."""
 
@@ -110,6 +131,9 @@ class InstanceStatus(msgspec.Struct, frozen=True, kw_only=True):
     backoff_until: float | None = None  # epoch seconds
     conditions: tuple[Condition, ...] = ()
     probes: tuple[ProbeResult, ...] = ()  # most recent last, bounded
+    spec_hash: str | None = None  # the spec the current process runs
+    processes: tuple[ProcessStatus, ...] = ()  # every live process, current first
+    rollout_failure: RolloutFailure | None = None  # the last rollout failed (old serves)
 
     @property
     def ready(self) -> bool:

@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 
 from tei_reconciler.api import create_app
 from tei_reconciler.api.context import ModelCommands
-from tei_reconciler.desired.spec import DesiredState, InstanceSpec
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.plan import Action, plan
@@ -110,6 +110,7 @@ def observed(
         "prometheus_port": 9100,
         "created_at": 1_700_000_000.0,
         "ready_since": 1_700_000_001.0 if ready and phase is Phase.RUNNING else None,
+        "spec_hash": spec_hash(spec) if phase is Phase.RUNNING else None,
     }
     values.update(fields)
     return InstanceStatus(**values)  # type: ignore[arg-type]

@@ -112,14 +112,14 @@ class FakeProber:
         self.mode: dict[str, str] = {}
         self.calls: dict[str, int] = {}
 
-    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome:
+    async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
         self.calls[name] = self.calls.get(name, 0) + 1
         mode = self.mode.get(name, "ok")
         if mode == "hang":
             await anyio.sleep_forever()
         return ProbeOutcome(ok=mode == "ok", latency_ms=0.1, message=mode)
 
-    async def forget(self, name: str) -> None:
+    async def forget(self, name: str, pid: int) -> None:
         return None
 
 

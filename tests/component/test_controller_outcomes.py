@@ -44,7 +44,7 @@ async def test_preview_lists_what_a_pass_would_do_without_doing_it(tmp_path: Pat
         changed = msgspec.structs.replace(SPEC, max_batch_tokens=64)
         added = msgspec.structs.replace(SPEC, name="b")
         actions = world.controller.preview(DesiredState(instances={"a": changed, "b": added}))
-        assert [(type(a).__name__, a.name) for a in actions] == [("Stop", "a"), ("Start", "b")]
+        assert [(type(a).__name__, a.name) for a in actions] == [("StartNext", "a"), ("Start", "b")]
         await world.passes(2)
         assert len(world.driver.spawned) == 1  # nothing was done
 

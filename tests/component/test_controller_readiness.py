@@ -24,7 +24,7 @@ class ScriptedProber(FakeProber):
         super().__init__()
         self.script: list[bool] = []
 
-    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome:
+    async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
         self.calls[name] = self.calls.get(name, 0) + 1
         ok = self.script.pop(0) if self.script else True
         return ProbeOutcome(ok=ok, latency_ms=0.1, message="ok" if ok else "slow")

@@ -48,7 +48,7 @@ async def test_an_instance_added_to_the_file_starts_and_becomes_ready(tmp_path: 
         }
 
 
-async def test_changing_a_field_replaces_the_process_with_the_new_argv(tmp_path: Path) -> None:
+async def test_changing_a_field_rolls_to_a_new_process_with_the_new_argv(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
     async with reconciler(settings, instance_toml("alpha")) as h:
         first = await h.ready("alpha")
@@ -60,6 +60,30 @@ async def test_changing_a_field_replaces_the_process_with_the_new_argv(tmp_path:
         assert second.pid is not None
         argv = psutil.Process(second.pid).cmdline()
         assert argv[argv.index("--max-batch-tokens") + 1] == "2048"
+        assert second.port != first.port  # it started beside the old one, on a fresh port
+        endpoint = h.table.get("alpha")
+        assert endpoint is not None
+        assert endpoint.port == second.port
+        await eventually(
+            lambda: not psutil.pid_exists(first.pid or 0)
+            or psutil.Process(first.pid).status() == "zombie",
+            what="the old process to be stopped",
+        )
+
+
+async def test_a_recreate_rollout_stops_the_old_process_first_and_keeps_the_port(
+    tmp_path: Path,
+) -> None:
+    settings = fast_settings(tmp_path)
+    async with reconciler(settings, instance_toml("alpha", rollout="recreate")) as h:
+        first = await h.ready("alpha")
+        write_atomic(
+            h.state_file, instance_toml("alpha", rollout="recreate", max_batch_tokens=2048)
+        )
+        second = await eventually(
+            lambda: (s := h.status("alpha")) is not None and s.ready and s.pid != first.pid and s,
+            what="a new Ready process",
+        )
         assert (
             not psutil.pid_exists(first.pid or 0) or psutil.Process(first.pid).status() == "zombie"
         )

@@ -28,7 +28,7 @@ async def test_an_instance_on_an_ipv6_host_passes_its_grpc_probe(ipv6_engine: in
             await channel.channel_ready()
     prober = GrpcProber()
     try:
-        outcome = await prober.check("v6", "::1", ipv6_engine, 10.0)
+        outcome = await prober.check("v6", 1, "::1", ipv6_engine, 10.0)
         assert outcome.ok, outcome.message
     finally:
-        await prober.forget("v6")
+        await prober.forget("v6", 1)

@@ -9,7 +9,7 @@ import msgspec
 
 from tei_reconciler.api.openapi import openapi_document
 from tei_reconciler.desired.fields import FIELDS, INSTANCE_KEYS, LAUNCH_FLAGS, MANAGED_FLAGS
-from tei_reconciler.desired.spec import Dtype, InstanceSpec, Pooling, spec_hash
+from tei_reconciler.desired.spec import Dtype, InstanceSpec, Pooling, Rollout, spec_hash
 from tei_reconciler.desired.tomledit import plain
 from tei_reconciler.drivers.process import build_argv
 from tei_reconciler.engine.args import build_parser, parse_args
@@ -38,6 +38,8 @@ FULL = InstanceSpec(
     health_timeout_secs=1.0,
     failure_threshold=2,
     restarted_at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+    rollout=Rollout.RECREATE,
+    progress_deadline_secs=120.0,
 )
 MINIMAL = InstanceSpec(name="minilm", model_id="sentence-transformers/all-MiniLM-L6-v2")
 ARGV = build_argv([], FULL, host="127.0.0.1", port=8081, prom=9101)
@@ -94,6 +96,16 @@ def test_the_state_file_and_the_rest_body_take_the_fields_of_the_table() -> None
 def test_the_spec_hash_of_an_instance_is_what_it_always_was() -> None:
     assert spec_hash(FULL) == "a16cd871e3d85301"
     assert spec_hash(MINIMAL) == "3936dc19ede50b8d"
+
+
+def test_how_a_change_rolls_out_is_no_change_of_the_process() -> None:
+    for spec in (FULL, MINIMAL):
+        for rollout in Rollout:
+            for deadline in (None, 5.0):
+                again = msgspec.structs.replace(
+                    spec, rollout=rollout, progress_deadline_secs=deadline
+                )
+                assert spec_hash(again) == spec_hash(spec)
 
 
 class Later(InstanceSpec, frozen=True):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import get_args
 
 from tei_reconciler.drivers.logtail import LINE_CHARS, LINES, MAX_BYTES, last_lines, redact
-from tei_reconciler.planner.plan import StopReason
+from tei_reconciler.planner.actions import AbortReason, RetireReason, StopReason
 from tei_reconciler.planner.status import STOPPED_BECAUSE, ExitInfo, exit_summary, signal_name
 
 
@@ -32,7 +32,8 @@ def test_a_stop_by_the_reconciler_says_why_it_stopped_the_process() -> None:
         "stopped by the reconciler because failure_threshold health checks in a row failed: "
         "killed by SIGTERM (signal 15)"
     )
-    assert set(STOPPED_BECAUSE) == set(get_args(StopReason))
+    reasons = {*get_args(StopReason), *get_args(AbortReason), *get_args(RetireReason)}
+    assert set(STOPPED_BECAUSE) == reasons
 
 
 def test_the_last_lines_are_those_of_the_process_that_ended_not_its_predecessor(

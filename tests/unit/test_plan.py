@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec, Rollout, spec_hash
 from tei_reconciler.planner.backoff import CrashLoop
 from tei_reconciler.planner.observed import Busy, Failure, ObservedInstance, ProcessView
-from tei_reconciler.planner.plan import Forget, Start, Stop, assess, plan, plan_one
+from tei_reconciler.planner.plan import Forget, Start, StartNext, Stop, assess, plan, plan_one
 from tei_reconciler.planner.policy import Policy
 
 POLICY = Policy(
@@ -25,6 +25,8 @@ SPEC = InstanceSpec(name="a", model_id="hash/384")
 STOPPED = msgspec.structs.replace(SPEC, state=DesiredRun.STOPPED)
 CHANGED = msgspec.structs.replace(SPEC, max_batch_tokens=1024)
 BUMPED = msgspec.structs.replace(SPEC, restarted_at=datetime(2026, 1, 1, tzinfo=UTC))
+RECREATE = msgspec.structs.replace(CHANGED, rollout=Rollout.RECREATE)
+PINNED = msgspec.structs.replace(CHANGED, port=8080)
 H = spec_hash(SPEC)
 
 
@@ -70,11 +72,34 @@ TABLE = [
         obs(process=proc(), startup_ok=True, consecutive_failures=2),
         None,
     ),
-    ("spec changed: stop to replace", CHANGED, RUNNING_OK, Stop(name="a", reason="SpecChanged")),
     (
-        "restarted_at changed: stop to replace",
+        "spec changed: start the new process beside the old one",
+        CHANGED,
+        RUNNING_OK,
+        StartNext(name="a", spec=CHANGED),
+    ),
+    (
+        "restarted_at changed: start the new process beside the old one",
         BUMPED,
         RUNNING_OK,
+        StartNext(name="a", spec=BUMPED),
+    ),
+    (
+        "spec changed, rollout recreate: stop to replace",
+        RECREATE,
+        RUNNING_OK,
+        Stop(name="a", reason="SpecChanged"),
+    ),
+    (
+        "spec changed, port pinned: stop to replace (two processes cannot share the port)",
+        PINNED,
+        obs(process=proc(), startup_ok=True, ready=True),
+        Stop(name="a", reason="SpecChanged"),
+    ),
+    (
+        "spec changed while the old process is not Ready: stop to replace",
+        CHANGED,
+        obs(process=proc()),
         Stop(name="a", reason="SpecChanged"),
     ),
     (
