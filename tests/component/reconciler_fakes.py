@@ -76,6 +76,14 @@ class FakeDriver:
     def spawns_of(self, name: str) -> list[FakeHandle]:
         return [h for n, _, h in self.spawned if n == name]
 
+    def hash_of(self, pid: int) -> str | None:
+        """The spec hash process `pid` runs (spawned or adopted)."""
+        for _, hash_, handle in self.spawned:
+            if handle.pid == pid:
+                return hash_
+        adopted = self.adopted.get(pid)
+        return adopted.spec_hash if adopted is not None else None
+
     async def spawn(
         self, argv: list[str], env: dict[str, str], *, name: str, hash_: str
     ) -> ProcessHandle:
@@ -106,15 +114,19 @@ class FakeDriver:
 
 
 class FakeProber:
-    """`mode[name]`: "ok" (default), "fail" or "hang"."""
+    """`mode[name]`: "ok" (default), "fail" or "hang"; `by_hash[spec hash]` overrides it for
+    the processes of one spec (`driver` tells their pids' hashes), e.g. a rollout's new one."""
 
-    def __init__(self) -> None:
+    def __init__(self, driver: FakeDriver | None = None) -> None:
         self.mode: dict[str, str] = {}
+        self.by_hash: dict[str, str] = {}
         self.calls: dict[str, int] = {}
+        self.driver = driver
 
     async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
         self.calls[name] = self.calls.get(name, 0) + 1
-        mode = self.mode.get(name, "ok")
+        hash_ = self.driver.hash_of(pid) if self.driver is not None else None
+        mode = self.by_hash.get(hash_ or "") or self.mode.get(name, "ok")
         if mode == "hang":
             await anyio.sleep_forever()
         return ProbeOutcome(ok=mode == "ok", latency_ms=0.1, message=mode)
@@ -145,7 +157,7 @@ class World:
         self.settings = Settings(**values)
         self.clock = FakeClock()
         self.driver = FakeDriver(self.clock)
-        self.prober = FakeProber()
+        self.prober = FakeProber(self.driver)
         self.store = StatusStore()
         self.table = RoutingTable()
         self.desired = DesiredState()

@@ -65,8 +65,10 @@ async def test_changing_a_field_rolls_to_a_new_process_with_the_new_argv(tmp_pat
         assert endpoint is not None
         assert endpoint.port == second.port
         await eventually(
-            lambda: not psutil.pid_exists(first.pid or 0)
-            or psutil.Process(first.pid).status() == "zombie",
+            lambda: (
+                not psutil.pid_exists(first.pid or 0)
+                or psutil.Process(first.pid).status() == "zombie"
+            ),
             what="the old process to be stopped",
         )
 
