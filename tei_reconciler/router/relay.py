@@ -61,10 +61,11 @@ class Relay:
         *,
         request_timeout_secs: float,
         default_instance: str | None,
+        balancer: Balancer | None = None,
     ) -> None:
         self.table = table
         self.pool = pool
-        self.balancer = Balancer()
+        self.balancer = balancer or Balancer()
         self.request_timeout_secs = request_timeout_secs
         self.default_instance = default_instance
 

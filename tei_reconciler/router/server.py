@@ -1,7 +1,7 @@
 """Running the router: one grpc.aio server for every instance, until cancelled.
 
 `serve_router` binds, reports the bound port through `task_status.started(port)` (port 0
-picks a free one), then runs a maintenance task that mirrors the routing table into the
+picks a free one; behind Envoy it binds a private Unix socket, `bind="unix:PATH"`), then runs a maintenance task that mirrors the routing table into the
 health service and closes the channels of instances that left it or idled out. On
 cancellation it stops in uvicorn's order: health reports NOT_SERVING, the server stops
 accepting and gives running calls `stop_grace_secs`, then the instance channels close.
@@ -24,6 +24,7 @@ from tei_reconciler.router.multiplexer import method_handlers
 from tei_reconciler.router.passthrough import generic_handlers
 from tei_reconciler.router.pool import ChannelPool
 from tei_reconciler.router.relay import Relay
+from tei_reconciler.router.routes import Balancer
 from tei_reconciler.routing import RoutingTable
 
 CHANNEL_CLOSE_GRACE_SECS = 5.0
@@ -43,12 +44,18 @@ async def serve_router(
     stop_grace_secs: float = 5.0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    balancer: Balancer | None = None,
+    bind: str | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     max_bytes = max_message_mb * 1024 * 1024
     pool = ChannelPool(max_message_bytes=max_bytes, idle_secs=idle_channel_secs)
     relay = Relay(
-        table, pool, request_timeout_secs=request_timeout_secs, default_instance=default_instance
+        table,
+        pool,
+        request_timeout_secs=request_timeout_secs,
+        default_instance=default_instance,
+        balancer=balancer,
     )
     health = HealthSync(table)
     server = grpc.aio.server(
@@ -68,7 +75,7 @@ async def serve_router(
     server.add_generic_rpc_handlers(tuple(generic_handlers(relay)))
     health.add_to(server)
     add_reflection(server, [MULTIPLEXER_SERVICE, *TEI_SERVICES, HEALTH_SERVICE])
-    address = f"{host}:{port}"
+    address = bind or f"{host}:{port}"
     if credentials is None:
         bound = server.add_insecure_port(address)
     else:
@@ -77,7 +84,7 @@ async def serve_router(
         raise OSError(f"gRPC router cannot bind {address}")
     await health.apply()
     await server.start()
-    log.info("gRPC router listening on %s:%d", host, bound)
+    log.info("gRPC router listening on %s", bind or f"{host}:{bound}")
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_maintain, relay, health)
