@@ -26,9 +26,9 @@ from prometheus_client.metrics_core import Metric
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
+from tei_reconciler.atomic import write_atomically
 from tei_reconciler.auth.certs import normalize_san
 from tei_reconciler.auth.providers import TokenProvider
-from tei_reconciler.atomic import write_atomically
 from tei_reconciler.dataplane import bootstrap as boot
 from tei_reconciler.dataplane.admin import Admin
 from tei_reconciler.dataplane.ads import Snapshot
@@ -66,11 +66,10 @@ def bootstrap_spec(settings: Settings, files: EnvoyFiles, port: int) -> boot.Spe
     tls = None
     if "mtls" in auth.providers:
         mtls = auth.mtls
-        assert mtls.ca_cert and mtls.server_cert and mtls.server_key  # checked by settings
-        tls = boot.Tls(
-            ca_cert=str(Path(mtls.ca_cert).absolute()),
-            server_cert=str(Path(mtls.server_cert).absolute()),
-            server_key=str(Path(mtls.server_key).absolute()),
+        tls = boot.Tls(  # settings require all three with "mtls"
+            ca_cert=str(Path(mtls.ca_cert or "").absolute()),
+            server_cert=str(Path(mtls.server_cert or "").absolute()),
+            server_key=str(Path(mtls.server_key or "").absolute()),
         )
     return boot.Spec(
         admin_socket=files.admin_socket,

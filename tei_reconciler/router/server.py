@@ -1,10 +1,11 @@
 """Running the router: one grpc.aio server for every instance, until cancelled.
 
 `serve_router` binds, reports the bound port through `task_status.started(port)` (port 0
-picks a free one; behind Envoy it binds a private Unix socket, `bind="unix:PATH"`), then runs a maintenance task that mirrors the routing table into the
-health service and closes the channels of instances that left it or idled out. On
-cancellation it stops in uvicorn's order: health reports NOT_SERVING, the server stops
-accepting and gives running calls `stop_grace_secs`, then the instance channels close.
+picks a free one; behind Envoy it binds a private Unix socket, `bind="unix:PATH"`), then
+runs a maintenance task that mirrors the routing table into the health service and closes
+the channels of instances that left it or idled out. On cancellation it stops in uvicorn's
+order: health reports NOT_SERVING, the server stops accepting and gives running calls
+`stop_grace_secs`, then the instance channels close.
 Auth plugs in from outside: server interceptors and server credentials are parameters.
 """
 
