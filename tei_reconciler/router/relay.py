@@ -175,6 +175,13 @@ class Relay:
                                 await context.write(message)
                 except grpc.aio.AioRpcError as exc:
                     failed = exc
+                except asyncio.CancelledError:
+                    # grpc.aio ends the read of a call cancelled here with a CancelledError
+                    # of its own, which anyio does not take for its cancellation: without
+                    # this, a refused stream would leave the handler as if the client had
+                    # cancelled, and the client would never get its status.
+                    if refused is None:
+                        raise
                 tg.cancel_scope.cancel()
         finally:
             call.cancel()
