@@ -127,10 +127,10 @@ local function certificate(handle, ip_sans, email_sans)
   return cn, sans
 end
 
-local function allowed(ctx, cn, sans)
-  if next(ctx.subjects or {}) == nil and next(ctx.sans or {}) == nil then return true end
-  if cn ~= nil and ctx.subjects[cn] then return true end
-  for _, san in ipairs(sans) do if ctx.sans[san] then return true end end
+local function allowed(subjects, allowed_sans, cn, sans)
+  if next(subjects) == nil and next(allowed_sans) == nil then return true end
+  if cn ~= nil and subjects[cn] then return true end
+  for _, san in ipairs(sans) do if allowed_sans[san] then return true end end
   return false
 end
 
@@ -140,14 +140,18 @@ function envoy_on_request(handle)
   local email_sans = headers:get("{EMAIL_SANS}")
   headers:remove("{IP_SANS}")
   headers:remove("{EMAIL_SANS}")
-  local ctx = handle:filterContext()
+  local ctx = {}  -- the context object is iterable, not indexable: copy its six keys
+  for key, value in pairs(handle:filterContext()) do ctx[key] = value end
+  -- Sets arrive as tables of true; an empty one may arrive as nothing at all.
+  local exempt, subjects, allowed_sans, digests =
+    ctx.exempt or {}, ctx.subjects or {}, ctx.sans or {}, ctx.digests or {}
   local service = (headers:get(":path") or ""):match("^/([^/]+)/")
-  if service ~= nil and ctx.exempt[service] then return end
+  if service ~= nil and exempt[service] then return end
   local denied, invalid = nil, nil
   if ctx.mtls then
     local ok, cn, sans = pcall(certificate, handle, ip_sans, email_sans)
     if ok and sans ~= nil then
-      if allowed(ctx, cn, sans) then return end
+      if allowed(subjects, allowed_sans, cn, sans) then return end
       local name = cn or sans[1] or "<no subject>"
       denied = "client certificate " .. py_repr(name) .. " is not allowed"
     end
@@ -161,7 +165,7 @@ function envoy_on_request(handle)
       if space then scheme, token = text:sub(1, space - 1), trim(text:sub(space + 1)) end
       if scheme:lower() ~= "bearer" or token == "" then
         invalid = "Authorization must be 'Bearer <token>'"
-      elseif ctx.digests[sha256hex(token)] then
+      elseif digests[sha256hex(token)] then
         return
       else
         invalid = "invalid bearer token"

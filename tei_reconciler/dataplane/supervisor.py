@@ -55,7 +55,7 @@ def envoy_argv(binary: str, bootstrap: str) -> list[str]:
         "--drain-time-s",
         "5",
         "--log-level",
-        "info",
+        os.environ.get("TEI_ENVOY_LOG_LEVEL", "info"),
     ]
 
 

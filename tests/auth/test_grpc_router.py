@@ -1,6 +1,7 @@
-"""The gRPC router with mTLS credentials and the auth interceptor: the handshake verifies
-the client certificate, the interceptor enforces the same exact allowlists and tokens as
-REST, and the health service stays open to probes unless configured otherwise."""
+"""gRPC auth on both data planes: the handshake verifies the client certificate (the grpcio
+router's credentials, or Envoy's TLS), then every call is checked against the same exact
+allowlists and tokens as REST (the interceptor, or Envoy's Lua filter), with the same
+outcomes; the health service stays open to probes unless configured otherwise."""
 
 from __future__ import annotations
 
@@ -73,12 +74,12 @@ async def info(channel: grpc.aio.Channel, **kwargs: object) -> grpc.StatusCode:
 
 
 async def test_an_allowed_cn_is_served_and_another_cn_is_permission_denied(
-    pki: Pki, tmp_path: Path
+    pki: Pki, tmp_path: Path, data_plane: str
 ) -> None:
     auth = AuthSettings(
         providers=("mtls",), mtls=pki.mtls(allowed_subjects=("client1",)), exempt_grpc_services=()
     )
-    async with grpc_router(settings_with(tmp_path, auth)) as port:
+    async with grpc_router(settings_with(tmp_path, auth), data_plane) as port:
         async with tls_channel(pki, port, pki.client("client1")) as channel:
             allowed_unary = await check(channel)
             allowed_stream = await watch_first(channel)
@@ -97,12 +98,12 @@ async def test_an_allowed_cn_is_served_and_another_cn_is_permission_denied(
 
 
 async def test_a_san_allowlist_matches_the_dns_entry_of_the_client_certificate(
-    pki: Pki, tmp_path: Path
+    pki: Pki, tmp_path: Path, data_plane: str
 ) -> None:
     auth = AuthSettings(
         providers=("mtls",), mtls=pki.mtls(allowed_sans=("DNS:client.example.com",))
     )
-    async with grpc_router(settings_with(tmp_path, auth)) as port:
+    async with grpc_router(settings_with(tmp_path, auth), data_plane) as port:
         async with tls_channel(pki, port, pki.client("x", "client.example.com")) as channel:
             allowed = await info(channel)
         async with tls_channel(pki, port, pki.client("x", "other.example.com")) as channel:
@@ -112,10 +113,10 @@ async def test_a_san_allowlist_matches_the_dns_entry_of_the_client_certificate(
 
 
 async def test_clients_without_a_certificate_or_from_another_ca_cannot_connect(
-    pki: Pki, tmp_path: Path
+    pki: Pki, tmp_path: Path, data_plane: str
 ) -> None:
     auth = AuthSettings(providers=("mtls",), mtls=pki.mtls())
-    async with grpc_router(settings_with(tmp_path, auth)) as port:
+    async with grpc_router(settings_with(tmp_path, auth), data_plane) as port:
         async with tls_channel(pki, port, None) as channel:
             anonymous = await check(channel)
         async with tls_channel(pki, port, pki.client("c", ca=pki.other_ca)) as channel:
@@ -126,10 +127,11 @@ async def test_clients_without_a_certificate_or_from_another_ca_cannot_connect(
 
 async def test_a_missing_or_wrong_token_is_unauthenticated_and_health_stays_open(
     tmp_path: Path,
+    data_plane: str,
 ) -> None:
     auth = AuthSettings(providers=("token",), token=TokenSettings(tokens=("s3cret",)))
     async with (
-        grpc_router(settings_with(tmp_path, auth)) as port,
+        grpc_router(settings_with(tmp_path, auth), data_plane) as port,
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         missing = await info(channel)
