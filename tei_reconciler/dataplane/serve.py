@@ -66,7 +66,9 @@ class DataPlaneRunner:
                 router_in_flight=self.grpcio.in_flight,
             )
 
-    async def _router(self, *, bind: str | None, task_status: TaskStatus[int]) -> None:
+    async def _router(
+        self, bind: str | None, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         s = self.settings
         behind_envoy = bind is not None
         await serve_router(
@@ -86,21 +88,22 @@ class DataPlaneRunner:
         )
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the gRPC port until cancelled; reports the port bound."""
         log.info("data plane: %s (%s)", self.choice.kind, self.choice.reason)
-        if isinstance(self.plane, GrpcioDataPlane):
+        try:
             async with anyio.create_task_group() as tg:
-                port = await tg.start(
-                    lambda task_status: self._router(bind=None, task_status=task_status)
-                )
+                if isinstance(self.plane, GrpcioDataPlane):
+                    port = await tg.start(self._router, None)
+                else:
+                    remove_stale_socket(self.files.router_socket)
+                    remove_stale_socket(self.files.xds_socket)
+                    await tg.start(self._router, f"unix:{self.files.router_socket}")
+                    port = await tg.start(self.plane.run)
                 self.grpcio.up = True
-                metrics.DATA_PLANE_UP.labels("grpcio").set(1)
+                if self.choice.kind == "grpcio":
+                    metrics.DATA_PLANE_UP.labels("grpcio").set(1)
                 task_status.started(port)
-            return
-        remove_stale_socket(self.files.router_socket)
-        remove_stale_socket(self.files.xds_socket)
-        async with anyio.create_task_group() as tg:
-            bind = f"unix:{self.files.router_socket}"
-            await tg.start(lambda task_status: self._router(bind=bind, task_status=task_status))
-            self.grpcio.up = True
-            port = await tg.start(self.plane.run)
-            task_status.started(port)
+        finally:
+            self.grpcio.up = False
+            if self.choice.kind == "grpcio":
+                metrics.DATA_PLANE_UP.labels("grpcio").set(0)
