@@ -13,6 +13,7 @@ import grpc
 import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from integration.reconciler_harness import eventually
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.settings import AuthSettings, TokenSettings
@@ -142,3 +143,93 @@ async def test_a_missing_or_wrong_token_is_unauthenticated_and_health_stays_open
     assert wrong == grpc.StatusCode.UNAUTHENTICATED
     assert right not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
     assert health == grpc.StatusCode.OK
+
+
+async def refusal(channel: grpc.aio.Channel, **kwargs: object) -> tuple[str, str]:
+    try:
+        await tei_pb2_grpc.InfoStub(channel).Info(tei_pb2.InfoRequest(), timeout=30, **kwargs)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name, exc.details() or ""
+    return "OK", ""
+
+
+async def test_typed_san_entries_match_ip_and_email_sans_without_regard_to_email_case(
+    pki: Pki, tmp_path: Path, data_plane: str
+) -> None:
+    auth = AuthSettings(
+        providers=("mtls",),
+        mtls=pki.mtls(allowed_sans=("IP:10.0.0.7", "email:Ops@Example.com")),
+    )
+    async with grpc_router(settings_with(tmp_path, auth), data_plane) as port:
+        async with tls_channel(pki, port, pki.client("by-ip", "10.0.0.7")) as channel:
+            by_ip = await info(channel)
+        async with tls_channel(pki, port, pki.client("by-mail", "ops@example.com")) as channel:
+            by_email = await info(channel)
+        async with tls_channel(pki, port, pki.client("other", "10.0.0.8")) as channel:
+            other = await refusal(channel)
+    assert by_ip not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+    assert by_email not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+    assert other == ("PERMISSION_DENIED", "client certificate 'other' is not allowed")
+
+
+async def test_refusals_say_why_in_the_same_words_on_both_data_planes(
+    pki: Pki, tmp_path: Path, data_plane: str
+) -> None:
+    auth = AuthSettings(
+        providers=("mtls", "token"),
+        mtls=pki.mtls(allowed_subjects=("client1",)),
+        token=TokenSettings(tokens=("s3cret",)),
+    )
+    async with (
+        grpc_router(settings_with(tmp_path, auth), data_plane) as port,
+        tls_channel(pki, port, pki.client("client10")) as channel,
+    ):
+        denied = await refusal(channel)
+        bad_token = await refusal(channel, metadata=(("authorization", "Bearer nope"),))
+        malformed = await refusal(channel, metadata=(("authorization", "Basic abc"),))
+        good_token = await refusal(channel, metadata=(("authorization", "Bearer s3cret"),))
+    not_allowed = ("PERMISSION_DENIED", "client certificate 'client10' is not allowed")
+    assert denied == not_allowed
+    assert bad_token == not_allowed  # a known caller who is not allowed beats a bad token
+    assert malformed == not_allowed
+    assert good_token[0] not in ("PERMISSION_DENIED", "UNAUTHENTICATED")  # any provider allows
+
+
+async def test_token_refusals_distinguish_missing_malformed_and_unknown_tokens(
+    tmp_path: Path, data_plane: str
+) -> None:
+    auth = AuthSettings(providers=("token",), token=TokenSettings(tokens=("s3cret",)))
+    async with (
+        grpc_router(settings_with(tmp_path, auth), data_plane) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        missing = await refusal(channel)
+        malformed = await refusal(channel, metadata=(("authorization", "Basic abc"),))
+        unknown = await refusal(channel, metadata=(("authorization", "Bearer nope"),))
+    assert missing == ("UNAUTHENTICATED", "authentication required")
+    assert malformed == ("UNAUTHENTICATED", "Authorization must be 'Bearer <token>'")
+    assert unknown == ("UNAUTHENTICATED", "invalid bearer token")
+
+
+async def test_a_tokens_file_change_takes_effect_without_a_restart(
+    tmp_path: Path, data_plane: str
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# rotated daily\nfirst-token\n")
+    auth = AuthSettings(providers=("token",), token=TokenSettings(tokens_file=str(tokens)))
+    first = (("authorization", "Bearer first-token"),)
+    second = (("authorization", "Bearer second-token"),)
+    async with (
+        grpc_router(settings_with(tmp_path, auth), data_plane) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        before = await info(channel, metadata=first)
+        tokens.write_text("second-token\n")
+
+        async def first_refused() -> bool:
+            return await info(channel, metadata=first) == grpc.StatusCode.UNAUTHENTICATED
+
+        await eventually(first_refused, what="the removed token to be refused")
+        after = await info(channel, metadata=second)
+    assert before not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+    assert after not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)

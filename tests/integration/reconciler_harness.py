@@ -3,6 +3,7 @@ probes; helpers to write state files the ways editors and GitOps tools do."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import sys
@@ -79,10 +80,13 @@ def write_atomic(path: Path, text: str) -> None:
 async def eventually(
     check: Callable[[], object], *, within: float = DEADLINE, what: str = "condition"
 ) -> Any:
-    """Poll `check` until it returns something truthy (no sleep-to-wait: a deadline)."""
+    """Poll `check` (a function, or a coroutine function) until it returns something
+    truthy (no sleep-to-wait: a deadline)."""
     deadline = time.monotonic() + within
     while True:
         result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:
