@@ -106,5 +106,5 @@ class StatusStore:
 def _log_event(event: Event) -> None:
     """Every event also goes to the log, so `journalctl`/`kubectl logs` tell the same story."""
     level = logging.WARNING if event.type == "Warning" else logging.INFO
-    subject = event.instance or "state file"
+    subject = event.instance or "reconciler"
     log.log(level, "%s: %s: %s", subject, event.reason, event.message)

@@ -54,13 +54,13 @@ def endpoint(
 
 def data_plane_settings(runtime: Path, **options: Any) -> Settings:
     """Settings for a data plane on 127.0.0.1 port 0 with its files under `runtime`."""
-    return Settings(
-        runtime_dir=str(runtime / "runtime"),
-        state_file=str(runtime / "state.toml"),
-        api_port=0,
-        grpc_port=0,
-        **options,
-    )
+    defaults: dict[str, Any] = {
+        "runtime_dir": str(runtime / "runtime"),
+        "state_file": str(runtime / "state.toml"),
+        "api_port": 0,
+        "grpc_port": 0,
+    }
+    return Settings(**(defaults | options))
 
 
 @asynccontextmanager
@@ -69,12 +69,14 @@ async def running_data_plane(
     *,
     data_plane: str = "grpcio",
     runtime: Path | None = None,
+    store: StatusStore | None = None,
     **options: Any,
 ) -> AsyncIterator[tuple[int, DataPlane]]:
     """Serve `table` on 127.0.0.1 port 0; yields the bound port and the data plane.
 
     grpcio: `options` are `serve_router`'s; envoy: they are settings (`request_timeout_secs`,
-    `default_instance`, `max_message_mb`, `auth`, ...) and `runtime` is required."""
+    `default_instance`, `max_message_mb`, `auth`, ...) and `runtime` is required; its events
+    go to `store`."""
     async with anyio.create_task_group() as tg:
         plane: DataPlane
         if data_plane == "grpcio":
@@ -97,7 +99,7 @@ async def running_data_plane(
             runner = DataPlaneRunner(
                 data_plane_settings(runtime, **options),
                 table,
-                store=StatusStore(),
+                store=store or StatusStore(),
                 clock=SystemClock(),
                 choice=Choice(kind="envoy", binary=binary, reason="test"),
             )
