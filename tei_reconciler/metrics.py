@@ -1,13 +1,19 @@
 """Every Prometheus metric of the reconciler, declared once, with bounded label values.
 
-Labels take values from small fixed sets (phases, action kinds, stop reasons, probe kinds),
-never instance names or free text, so the series count does not grow with churn. Metrics
-live on prometheus_client's default registry, which `GET /metrics` exports.
+Labels take values from small fixed sets (phases, action kinds, stop reasons, probe kinds)
+or from the instances and models of the state file (bounded by `max_instances`), never free
+text. Per-instance series are rewritten as a whole after every pass, so an instance that is
+gone leaves no series behind. Metrics live on prometheus_client's default registry, which
+`GET /metrics` exports.
 
-The router's three metrics describe traffic, whichever data plane carries it: the grpcio
-router counts its own calls, and with Envoy a source added with `add_router_source` yields
-Envoy's statistics under the same names and labels at scrape time; samples with the same
-labels are summed, so one scrape shows all traffic.
+`instance` is the TEI instance's name. Prometheus also gives every scraped series an
+`instance` label of its own (the target); the ServiceMonitor in manifests/monitoring sets
+`honorLabels` so the name wins, and the pod stays known by its `pod` label.
+
+The router's metrics describe traffic, whichever data plane carries it: the grpcio router
+counts its own calls, and with Envoy a source added with `add_router_source` yields Envoy's
+statistics under the same names and labels at scrape time; samples with the same labels are
+summed, so one scrape shows all traffic.
 """
 
 from __future__ import annotations
@@ -25,21 +31,44 @@ __all__ = [
     "DATA_PLANE_RESTARTS",
     "DATA_PLANE_UP",
     "INSTANCES",
+    "INSTANCE_INFO",
+    "INSTANCE_PHASE",
+    "INSTANCE_READY",
     "PROBE_FAILURES",
     "RECONCILE_DURATION",
     "REGISTRY",
     "RESTARTS",
+    "ROUTER_INSTANCE_LATENCY",
     "ROUTER_IN_FLIGHT",
     "ROUTER_LATENCY",
     "ROUTER_REQUESTS",
     "SPEC_ERRORS",
     "SPEC_VALID",
+    "set_instances",
 ]
+
+PHASES = ("Pending", "Starting", "Running", "Stopping", "Stopped", "CrashLoopBackOff", "Failed")
 
 INSTANCES = Gauge(
     "tei_reconciler_instances",
     "Instances by phase (Pending, Starting, Running, Stopping, Stopped, CrashLoopBackOff, Failed).",
     ["phase"],
+)
+INSTANCE_INFO = Gauge(
+    "tei_reconciler_instance_info",
+    "1 for every instance the reconciler knows, with its model (join on `instance` to group "
+    "router metrics by model).",
+    ["instance", "model"],
+)
+INSTANCE_PHASE = Gauge(
+    "tei_reconciler_instance_phase",
+    "1 for the phase each instance is in, 0 for the others.",
+    ["instance", "model", "phase"],
+)
+INSTANCE_READY = Gauge(
+    "tei_reconciler_instance_ready",
+    "1 when the instance is Ready (takes traffic), else 0.",
+    ["instance", "model"],
 )
 RESTARTS = Counter(
     "tei_reconciler_restarts",
@@ -79,6 +108,22 @@ ROUTER_REQUESTS = Counter(
     ["instance", "method", "code"],
     registry=None,
 )
+INSTANCE_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -101,6 +146,13 @@ ROUTER_LATENCY = Histogram(
     "Time from the router receiving a call to its final status, by method.",
     ["method"],
     buckets=LATENCY_BUCKETS,
+    registry=None,
+)
+ROUTER_INSTANCE_LATENCY = Histogram(
+    "tei_reconciler_router_instance_request_duration_seconds",
+    "Time from the router receiving a call to its final status, by instance (all methods).",
+    ["instance"],
+    buckets=INSTANCE_LATENCY_BUCKETS,
     registry=None,
 )
 ROUTER_IN_FLIGHT = Gauge(
@@ -133,6 +185,7 @@ DATA_PLANE_CONFIG_REJECTED = Counter(
 )
 
 RouterSource = Callable[[], Iterable[Metric]]
+_ROUTER_METRICS = (ROUTER_REQUESTS, ROUTER_LATENCY, ROUTER_INSTANCE_LATENCY, ROUTER_IN_FLIGHT)
 
 
 class _RouterMetrics(Collector):
@@ -142,14 +195,12 @@ class _RouterMetrics(Collector):
         self.sources: list[RouterSource] = []
 
     def describe(self) -> Iterator[Metric]:
-        for metric in (ROUTER_REQUESTS, ROUTER_LATENCY, ROUTER_IN_FLIGHT):
+        for metric in _ROUTER_METRICS:
             yield from metric.describe()
 
     def collect(self) -> Iterator[Metric]:
         families = {
-            family.name: family
-            for metric in (ROUTER_REQUESTS, ROUTER_LATENCY, ROUTER_IN_FLIGHT)
-            for family in metric.collect()
+            family.name: family for metric in _ROUTER_METRICS for family in metric.collect()
         }
         for source in list(self.sources):
             for extra in source():
@@ -180,3 +231,15 @@ def add_router_source(source: RouterSource) -> Callable[[], None]:
     """Report `source`'s samples with the router's metrics; returns the remover."""
     _ROUTER.sources.append(source)
     return lambda: _ROUTER.sources.remove(source)
+
+
+def set_instances(instances: Iterable[tuple[str, str, str, bool]]) -> None:
+    """Rewrite the per-instance series from (name, model, phase, ready) of every instance."""
+    INSTANCE_INFO.clear()
+    INSTANCE_PHASE.clear()
+    INSTANCE_READY.clear()
+    for name, model, phase, ready in instances:
+        INSTANCE_INFO.labels(name, model).set(1)
+        INSTANCE_READY.labels(name, model).set(1 if ready else 0)
+        for each in PHASES:
+            INSTANCE_PHASE.labels(name, model, each).set(1 if each == phase else 0)

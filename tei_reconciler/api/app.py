@@ -19,13 +19,14 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from tei_reconciler._types import Clock, SystemClock
-from tei_reconciler.api import instances, state, streams, system
+from tei_reconciler.api import instances, state, streams, system, traffic, ui
 from tei_reconciler.api.context import ApiContext, Preview
 from tei_reconciler.api.errors import EXCEPTION_HANDLERS
 from tei_reconciler.api.instance_metrics import instance_metrics
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.traffic import TrafficRing
 
 ONE = "/instances/{name}"
 
@@ -45,7 +46,9 @@ ROUTES = [
     Route(f"{ONE}/logs", streams.get_logs, methods=["GET"]),
     Route(f"{ONE}/events", streams.instance_events, methods=["GET"]),
     Route(f"{ONE}/metrics", instance_metrics, methods=["GET"]),
+    Route(f"{ONE}/traffic", traffic.instance_traffic, methods=["GET"]),
     Route("/events", streams.list_events, methods=["GET"]),
+    Route("/traffic", traffic.all_traffic, methods=["GET"]),
     Route("/state", state.get_state, methods=["GET"]),
     Route("/state", state.put_state, methods=["PUT"]),
     Route("/plan", state.get_plan, methods=["GET"]),
@@ -61,8 +64,10 @@ def create_app(
     preview: Preview,
     middleware: Sequence[Middleware] = (),
     clock: Clock | None = None,
+    traffic: TrafficRing | None = None,
 ) -> Starlette:
-    """The REST API over `statefile` (desired state) and `store` (observed status)."""
+    """The REST API over `statefile` (desired state) and `store` (observed status);
+    `traffic` is the ring the data plane records calls in (an empty one when not given)."""
     ctx = ApiContext(
         statefile=statefile,
         store=store,
@@ -70,6 +75,7 @@ def create_app(
         on_change=on_change,
         preview=preview,
         clock=clock or SystemClock(),
+        traffic=traffic or TrafficRing(),
     )
 
     @asynccontextmanager
@@ -79,7 +85,7 @@ def create_app(
         ctx.closing.set()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *ui.ROUTES],
         middleware=list(middleware),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

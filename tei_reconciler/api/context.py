@@ -21,6 +21,7 @@ from tei_reconciler.errors import SpecError
 from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.traffic import TrafficRing
 
 T = TypeVar("T")
 
@@ -46,6 +47,7 @@ class ApiContext:
     preview: Preview
     clock: Clock
     closing: anyio.Event | None = None  # set when the server starts shutting down
+    traffic: TrafficRing = field(default_factory=TrafficRing)  # fed by the data plane
     _cache: Snapshot | None = field(default=None, repr=False)
 
     async def snapshot(self) -> Snapshot:

@@ -28,6 +28,7 @@ from tei_reconciler.api.schemas import (
     ReadyResponse,
     StateWriteResponse,
 )
+from tei_reconciler.traffic import TrafficSnapshot
 
 REF = "#/components/schemas/{name}"
 TOML = "application/toml"
@@ -126,6 +127,23 @@ OPERATIONS: tuple[Op, ...] = (
         "The instance's own Prometheus metrics (TEI's), scraped through the API",
         {200: "text"},
         (404, 502, 503),
+    ),
+    Op(
+        "get",
+        f"{ONE}/traffic",
+        "The instance's router traffic over the last minutes, a point per step; "
+        "Accept: text/event-stream sends a new snapshot as each step ends",
+        {200: TrafficSnapshot},
+        (404,),
+        tags=("traffic",),
+    ),
+    Op(
+        "get",
+        "/traffic",
+        "Router traffic of every instance over the last minute; "
+        "Accept: text/event-stream sends a new snapshot as each step ends",
+        {200: TrafficSnapshot},
+        tags=("traffic",),
     ),
     Op(
         "get",

@@ -96,10 +96,15 @@ class ConditionOut(Response, frozen=True, kw_only=True):
 
 
 class ExitOut(Response, frozen=True, kw_only=True):
-    code: int | None
-    signal: int | None
+    """How the instance's last process ended (kubectl describe's Last State)."""
+
+    code: int | None  # exit status, when it exited
+    signal: int | None  # signal number, when a signal ended it
+    signal_name: str | None  # e.g. "SIGKILL"
     at: datetime
-    reason: str
+    reason: str  # Completed, Error, Killed (on its own) or the reconciler's stop reason
+    message: str  # the above in words, e.g. "exited with code 1"
+    last_lines: list[str]  # the last lines the process wrote (its log's end, secrets masked)
 
 
 class InstanceOut(Response, frozen=True, kw_only=True):
@@ -163,6 +168,10 @@ class PlanResponse(Response, frozen=True, kw_only=True):
     valid: bool  # false: the state file is invalid and the plan uses the last good state
     errors: list[ErrorDetail]
     actions: list[PlannedAction]
+    # The state file belongs to GitOps (a symlink, a read-only mount): every write answers
+    # 409 STATE_READ_ONLY. The dashboard disables its actions and shows the reason.
+    read_only: bool = False
+    read_only_reason: str | None = None
 
 
 class StateWriteResponse(Response, frozen=True, kw_only=True):

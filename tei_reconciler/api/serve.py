@@ -22,6 +22,8 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config, Sockets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger(__name__)
+
 
 class _Config(Config):
     """A hypercorn Config serving one socket we bound, with an SSLContext we built."""
@@ -114,6 +116,9 @@ async def serve_api(
             tg.start_soon(run)
             try:
                 await started.wait()
+                scheme = "https" if ssl is not None else "http"
+                where = f"[{host}]" if ":" in host else host
+                log.info("REST API listening on %s://%s:%d (dashboard: /ui/)", scheme, where, bound)
                 task_status.started(bound)
                 await (shutdown_trigger or anyio.sleep_forever)()
             finally:

@@ -99,10 +99,13 @@ async def get_plan(request: Request) -> Response:
     else:
         desired = ctx.last_good()
         errors = problem_details(snap.error.problems) if snap.error else []
+    read_only = await anyio.to_thread.run_sync(ctx.statefile.read_only_reason)
     body = PlanResponse(
         revision=desired.revision,
         valid=snap.desired is not None,
         errors=errors,
         actions=ctx.plan(desired),
+        read_only=read_only is not None,
+        read_only_reason=read_only,
     )
     return json_response(body)

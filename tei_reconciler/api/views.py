@@ -13,7 +13,15 @@ import msgspec
 
 from tei_reconciler.api.schemas import ConditionOut, EventOut, ExitOut, InstanceOut
 from tei_reconciler.desired.spec import DesiredRun, InstanceSpec
-from tei_reconciler.planner.status import ANCHOR_STATUS, Event, InstanceStatus, Phase
+from tei_reconciler.planner.status import (
+    ANCHOR_STATUS,
+    Event,
+    ExitInfo,
+    InstanceStatus,
+    Phase,
+    exit_summary,
+    signal_name,
+)
 
 
 def ts(epoch: float | None) -> datetime | None:
@@ -81,18 +89,21 @@ def instance_out(
             for c in (status.conditions if status else ())
         ],
         spec=msgspec.to_builtins(shown),
-        last_exit=(
-            ExitOut(
-                code=status.last_exit.code,
-                signal=status.last_exit.signal,
-                at=_ts(status.last_exit.at),
-                reason=status.last_exit.reason,
-            )
-            if status and status.last_exit
-            else None
-        ),
+        last_exit=exit_out(status.last_exit) if status and status.last_exit else None,
         backoff_until=ts(status.backoff_until) if status else None,
         events=f"/instances/{shown.name}/events",
+    )
+
+
+def exit_out(exit_: ExitInfo) -> ExitOut:
+    return ExitOut(
+        code=exit_.code,
+        signal=exit_.signal,
+        signal_name=signal_name(exit_.signal) if exit_.signal is not None else None,
+        at=_ts(exit_.at),
+        reason=exit_.reason,
+        message=exit_summary(exit_),
+        last_lines=list(exit_.last_lines),
     )
 
 

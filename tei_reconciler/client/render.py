@@ -104,18 +104,11 @@ def describe(item: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> st
         ("Health failures", item.get("health_check_failures", 0)),
         ("Last health check", item.get("last_health_check")),
     ]
-    last_exit = item.get("last_exit")
-    if last_exit:
-        how = (
-            f"signal {last_exit['signal']}"
-            if last_exit.get("signal") is not None
-            else f"code {last_exit.get('code')}"
-        )
-        fields.append(("Last exit", f"{last_exit.get('reason', '')}, {how}, at {last_exit['at']}"))
     if item.get("backoff_until"):
         fields.append(("Back-off until", item["backoff_until"]))
     width = max(len(k) for k, _ in fields) + 2
     out = [f"{(k + ':').ljust(width)}{_show(v)}" for k, v in fields]
+    out.extend(last_state(item.get("last_exit"), width))
 
     conditions = item.get("conditions") or []
     out.append("Conditions:")
@@ -156,6 +149,29 @@ def describe(item: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> st
     else:
         out.append("  <none>")
     return "\n".join(line.rstrip("\n") for line in out) + "\n"
+
+
+def last_state(last_exit: Mapping[str, Any] | None, width: int) -> list[str]:
+    """kubectl's Last State: how the last process ended and the last lines it wrote."""
+    if not last_exit:
+        return []
+    rows: list[tuple[str, object]] = [("Reason", last_exit.get("reason"))]
+    if last_exit.get("signal") is not None:
+        name = last_exit.get("signal_name") or "signal"
+        rows.append(("Signal", f"{name} ({last_exit['signal']})"))
+    else:
+        rows.append(("Exit code", last_exit.get("code")))
+    rows.append(("Finished", f"{last_exit.get('at')} ({age_since(last_exit.get('at'))} ago)"))
+    if last_exit.get("message"):
+        rows.append(("Message", last_exit["message"]))
+    inner = max(width - 2, max(len(k) for k, _ in rows) + 2)
+    out = [f"{'Last State:'.ljust(width)}Terminated"]
+    out.extend(f"  {(k + ':').ljust(inner)}{_show(v)}" for k, v in rows)
+    lines = last_exit.get("last_lines") or []
+    if lines:
+        out.append("  Last lines:")
+        out.extend(f"    {line}" for line in lines)
+    return out
 
 
 def _spec_value(value: object) -> str:

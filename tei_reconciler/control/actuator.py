@@ -20,6 +20,7 @@ from tei_reconciler._types import Clock
 from tei_reconciler.control.runtime import Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.gpus import cuda_visible_devices
+from tei_reconciler.drivers.logtail import last_lines, log_size
 from tei_reconciler.drivers.ports import PortBook
 from tei_reconciler.drivers.probe import ProbeOutcome, Prober, probe_forever
 from tei_reconciler.drivers.process import (
@@ -33,7 +34,7 @@ from tei_reconciler.errors import ActionError
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
 from tei_reconciler.planner.observed import Failure
 from tei_reconciler.planner.plan import Stop
-from tei_reconciler.planner.status import ExitInfo, ProbeResult
+from tei_reconciler.planner.status import ExitInfo, ProbeResult, exit_summary
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
@@ -90,6 +91,7 @@ class Actuator:
                 assignment = self.ports.assign(spec, explicit=explicit)
                 argv = self.argv_for(spec, port=assignment.port, prom=assignment.prometheus_port)
                 env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner)
+                log_offset = log_size(self.driver.log_path(spec.name))
                 with anyio.CancelScope(shield=True):  # a spawned child is never lost untracked
                     handle = await self.driver.spawn(
                         argv, env, name=spec.name, hash_=spec_hash(spec)
@@ -100,6 +102,7 @@ class Actuator:
             if rt.generation > 0:
                 rt.restarts += 1
             rt.attach(handle, spec=spec, now=self.clock.now(), wall=wall)
+            rt.log_offset = log_offset
             rt.port, rt.prometheus_port, rt.gpu_id = (
                 assignment.port,
                 assignment.prometheus_port,
@@ -143,6 +146,7 @@ class Actuator:
             await self._stop(rt, action)
         except Exception:  # the process may live on: the next pass plans the stop again
             log.exception("stopping %s failed", rt.name)
+            metrics.ACTIONS.labels("stop", "failed").inc()
             rt.stop_requested = False
             rt.busy = None
             self.changed()
@@ -157,7 +161,9 @@ class Actuator:
         rt.cancel_probes()
         healthy_for = rt.healthy_for(self.clock.now())
         exit_ = await self.driver.stop(handle, self.settings.stop_grace_secs)
-        rt.last_exit = msgspec.structs.replace(exit_, reason=action.reason)
+        rt.last_exit = msgspec.structs.replace(
+            exit_, reason=action.reason, last_lines=self._last_lines(rt)
+        )
         rt.detach()
         await self.prober.forget(rt.name)  # the next process may serve another model type
         if action.crash:
@@ -193,6 +199,7 @@ class Actuator:
         now = self.clock.now()
         healthy_for = rt.healthy_for(now)
         rt.cancel_probes()
+        exit_ = msgspec.structs.replace(exit_, last_lines=self._last_lines(rt))
         rt.last_exit = exit_
         rt.detach()
         rt.crash = record_crash(
@@ -203,19 +210,22 @@ class Actuator:
             policy=self.backoff,
         )
         metrics.RESTARTS.labels("Crashed").inc()
-        how = f"signal {exit_.signal}" if exit_.signal is not None else f"code {exit_.code}"
+        how = exit_summary(exit_)
+        last = f': "{exit_.last_lines[-1]}"' if exit_.last_lines else ""
         self.store.record_event(
             rt.name,
             "Warning",
             "BackOff",
-            f"pid {handle.pid} exited ({how}); restart in {rt.crash.delay:g}s",
+            f"pid {handle.pid} {how}{last}; restart in {rt.crash.delay:g}s",
             self.clock.wall(),
         )
-        log.warning(
-            "%s: pid %d exited (%s); restart in %gs", rt.name, handle.pid, how, rt.crash.delay
-        )
+        log.warning("%s: pid %d %s; restart in %gs", rt.name, handle.pid, how, rt.crash.delay)
         self.spawn(self.prober.forget, rt.name)
         self.changed()
+
+    def _last_lines(self, rt: Runtime) -> tuple[str, ...]:
+        """The end of what the process that just ended wrote (a bounded read of its log)."""
+        return last_lines(self.driver.log_path(rt.name), since=rt.log_offset)
 
     async def probe_loop(
         self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None

@@ -153,6 +153,7 @@ def publish(
     None while no valid state file has been read: the processes found are kept as they are."""
     counts = dict.fromkeys(Phase, 0)
     endpoints = []
+    rows = []
     for name in sorted((desired or {}).keys() | runtimes.keys()):
         spec = desired.get(name) if desired is not None else None
         rt = runtimes.get(name)
@@ -171,10 +172,12 @@ def publish(
         )
         store.put(status)
         counts[status.phase] += 1
+        rows.append((name, status.spec.model_id, status.phase.value, status.ready))
         endpoint = endpoint_of(status, host, rt)
         if endpoint is not None:
             endpoints.append(endpoint)
     for phase, count in counts.items():
         metrics.INSTANCES.labels(phase.value).set(count)
+    metrics.set_instances(rows)
     table.update(endpoints)
     store.first_pass_done = True

@@ -46,6 +46,7 @@ class Runtime:
         self.port: int | None = None
         self.prometheus_port: int | None = None
         self.gpu_id: str | None = None
+        self.log_offset = 0  # size of the instance log when the current process started
 
     def attach(
         self, handle: ProcessHandle, *, spec: InstanceSpec | None, now: float, wall: float

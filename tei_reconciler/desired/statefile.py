@@ -139,22 +139,28 @@ class StateFile:
         return parse_state(data, str(self.path), reserved_ports=self.reserved_ports)
 
     def is_read_only(self) -> bool:
-        """True when the file is GitOps-owned or cannot be replaced: a symlink, a read-only
-        mount, a file without write permission, or a directory we may not write in."""
+        """True when the file is GitOps-owned or cannot be replaced (see `read_only_reason`)."""
+        return self.read_only_reason() is not None
+
+    def read_only_reason(self) -> str | None:
+        """Why the file may not be written, in words (None when it may): a symlink, a
+        read-only mount, a file without write permission, or a directory we may not write in."""
         if self.path.is_symlink():
-            return True
+            return f"{self.path} is a symlink (a ConfigMap or git-sync checkout): edit its source"
         parent = self.path.parent
         exists = self.path.exists()
         try:
             if os.statvfs(self.path if exists else parent).f_flag & os.ST_RDONLY:
-                return True
+                return f"{self.path} is on a read-only mount"
             if exists and (
                 not self.path.stat().st_mode & 0o222 or not os.access(self.path, os.W_OK)
             ):
-                return True
-        except OSError:
-            return True
-        return not os.access(parent, os.W_OK)
+                return f"{self.path} is not writable (file permissions)"
+        except OSError as exc:
+            return f"{self.path} cannot be inspected: {exc.strerror or exc}"
+        if not os.access(parent, os.W_OK):
+            return f"the directory {parent} is not writable"
+        return None
 
     # --- edits ---
 
@@ -269,8 +275,9 @@ class StateFile:
         return parse_state(text.encode("utf-8"), str(self.path), reserved_ports=self.reserved_ports)
 
     def _edit(self, edit: Callable[[bytes], bytes], expected_revision: str | None) -> DesiredState:
-        if self.is_read_only():
-            raise StateReadOnly(f"{self.path} is managed outside the reconciler (read-only)")
+        reason = self.read_only_reason()
+        if reason is not None:
+            raise StateReadOnly(reason)
         with self._locked():
             self._remove_orphans()
             data, revision = self.read()

@@ -8,6 +8,7 @@ store that holds them lives in `store.py`.
 from __future__ import annotations
 
 import enum
+import signal
 
 import msgspec
 
@@ -54,7 +55,42 @@ class ExitInfo(msgspec.Struct, frozen=True, kw_only=True):
     code: int | None  # exit status when it exited
     signal: int | None  # signal number when it was killed
     at: float  # epoch seconds
-    reason: str  # "Completed", "Error", "Killed", "Stopped", ...
+    reason: str  # "Completed", "Error", "Killed" (on its own), or the reconciler's stop reason
+    last_lines: tuple[str, ...] = ()  # the end of what the process wrote, secrets masked
+
+
+#: Why the reconciler itself stopped a process (the planner's stop reasons), in words.
+STOPPED_BECAUSE: dict[str, str] = {
+    "StoppedByUser": 'its state was set to "stopped"',
+    "Removed": "it was removed from the state file",
+    "SpecChanged": "its spec changed (it is restarted with the new one)",
+    "StartupTimeout": "it was not Ready within startup_timeout_secs",
+    "LivenessFailed": "failure_threshold health checks in a row failed",
+}
+
+
+def signal_name(number: int) -> str:
+    """`SIGKILL` for 9; `signal 64` for a number without a name on this system."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_summary(exit_: ExitInfo) -> str:
+    """How the process ended, in words a person can act on."""
+    if exit_.signal is not None:
+        how = f"killed by {signal_name(exit_.signal)} (signal {exit_.signal})"
+    elif exit_.code is not None:
+        how = f"exited with code {exit_.code}"
+    else:
+        how = "ended (its exit status is unknown: it was not this reconciler's child)"
+    because = STOPPED_BECAUSE.get(exit_.reason)
+    if because is not None:
+        return f"stopped by the reconciler because {because}: {how}"
+    if exit_.signal is not None:
+        return f"{how}, a signal the reconciler did not send"
+    return how
 
 
 class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,6 +24,7 @@ from tei_reconciler import metrics
 from tei_reconciler.router.pool import ChannelPool, Connection
 from tei_reconciler.router.routes import Balancer, RouteError
 from tei_reconciler.routing import Endpoint, RoutingTable
+from tei_reconciler.traffic import TrafficSink
 
 Context = Any  # grpc.aio.ServicerContext (untyped)
 Metadata = tuple[tuple[str, str | bytes], ...]
@@ -62,12 +63,14 @@ class Relay:
         request_timeout_secs: float,
         default_instance: str | None,
         balancer: Balancer | None = None,
+        traffic: TrafficSink | None = None,
     ) -> None:
         self.table = table
         self.pool = pool
         self.balancer = balancer or Balancer()
         self.request_timeout_secs = request_timeout_secs
         self.default_instance = default_instance
+        self.traffic = traffic  # the dashboard's recent-traffic ring
 
     def timeout(self, context: Context) -> float | None:
         remaining: float | None = context.time_remaining()
@@ -88,8 +91,12 @@ class Relay:
         self.pool.release(conn)
         self.balancer.release(endpoint.name)
         metrics.ROUTER_IN_FLIGHT.labels(endpoint.name).dec()
+        seconds = time.perf_counter() - started
         metrics.ROUTER_REQUESTS.labels(endpoint.name, method, code).inc()
-        metrics.ROUTER_LATENCY.labels(method).observe(time.perf_counter() - started)
+        metrics.ROUTER_LATENCY.labels(method).observe(seconds)
+        metrics.ROUTER_INSTANCE_LATENCY.labels(endpoint.name).observe(seconds)
+        if self.traffic is not None:
+            self.traffic.record(endpoint.name, method, code, seconds)
 
     async def refuse(self, context: Context, method: str, error: RouteError) -> None:
         """Answer a call the router cannot route (always raises, through `context.abort`)."""

@@ -6,7 +6,8 @@ runs a maintenance task that mirrors the routing table into the health service a
 the channels of instances that left it or idled out. On cancellation it stops in uvicorn's
 order: health reports NOT_SERVING, the server stops accepting and gives running calls
 `stop_grace_secs`, then the instance channels close.
-Auth plugs in from outside: server interceptors and server credentials are parameters.
+Auth plugs in from outside: server interceptors and server credentials are parameters; so
+does `traffic`, the dashboard's ring that every finished call is recorded in.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tei_reconciler.router.pool import ChannelPool
 from tei_reconciler.router.relay import Relay
 from tei_reconciler.router.routes import Balancer
 from tei_reconciler.routing import RoutingTable
+from tei_reconciler.traffic import TrafficSink
 
 CHANNEL_CLOSE_GRACE_SECS = 5.0
 
@@ -47,6 +49,7 @@ async def serve_router(
     credentials: grpc.ServerCredentials | None = None,
     balancer: Balancer | None = None,
     bind: str | None = None,
+    traffic: TrafficSink | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     max_bytes = max_message_mb * 1024 * 1024
@@ -57,6 +60,7 @@ async def serve_router(
         request_timeout_secs=request_timeout_secs,
         default_instance=default_instance,
         balancer=balancer,
+        traffic=traffic,
     )
     health = HealthSync(table)
     server = grpc.aio.server(

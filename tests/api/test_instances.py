@@ -364,7 +364,11 @@ async def test_a_gitops_owned_state_file_refuses_writes_with_409(tmp_path: Path)
         assert_error(response, 409, "STATE_READ_ONLY")
         assert_error(await api.client.post("/instances/a/stop"), 409, "STATE_READ_ONLY")
         assert_error(await api.client.delete("/instances/a"), 409, "STATE_READ_ONLY")
+        assert "is a symlink" in response.json()["error"]
         assert (await api.client.get("/instances/a")).status_code == 200
+        plan = (await api.client.get("/plan")).json()
+        assert plan["read_only"] is True
+        assert "is a symlink" in plan["read_only_reason"]
     assert real.read_text() == '[instances.a]\nmodel_id = "m/x"\n'
 
 

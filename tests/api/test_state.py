@@ -108,6 +108,7 @@ async def test_the_plan_shows_what_the_controller_is_about_to_do(api: Api) -> No
     assert body["actions"] == [
         {"instance": "a", "action": "start", "reason": "desired running, no process"}
     ]
+    assert (body["read_only"], body["read_only_reason"]) == (False, None)
 
 
 @pytest.mark.anyio

@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tei_reconciler.api.errors import error_response
-from tei_reconciler.planner.status import Condition, Phase
+from tei_reconciler.planner.status import Condition, ExitInfo, Phase
 
 from .harness import argv, cli, client_env, instances, running, served
 
@@ -304,3 +304,25 @@ async def test_wait_for_deleted_returns_once_the_instance_is_gone(tmp_path: Path
             status = await waiter.finish()
     assert status == 0, waiter.errors
     assert waiter.output.rstrip().endswith("instance/alpha condition met (deleted)")
+
+
+async def test_describe_shows_the_last_state_with_the_last_lines_the_process_wrote(
+    tmp_path: Path,
+) -> None:
+    async with served(tmp_path, instances(["alpha"])) as server:
+        last = ExitInfo(
+            code=None,
+            signal=9,
+            at=1_700_000_000.0,
+            reason="Killed",
+            last_lines=("INFO Warming up model", "ERROR CUDA out of memory"),
+        )
+        server.observe("alpha", Phase.CRASH_LOOP_BACK_OFF, last_exit=last)
+        done = await cli("describe", "alpha", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Last State:" in out
+    assert "Signal:" in out
+    assert "SIGKILL (9)" in out
+    assert "killed by SIGKILL (signal 9), a signal the reconciler did not send" in out
+    assert "    ERROR CUDA out of memory" in out

@@ -68,7 +68,9 @@ def test_every_manifest_parses_and_names_its_kind() -> None:
             assert doc.get("kind"), path
 
 
-@pytest.mark.parametrize("directory", [BASE, *(MANIFESTS / "overlays" / o for o in OVERLAYS)])
+@pytest.mark.parametrize(
+    "directory", [BASE, *(MANIFESTS / "overlays" / o for o in OVERLAYS), MANIFESTS / "monitoring"]
+)
 def test_each_kustomization_names_files_that_exist(directory: Path) -> None:
     kustomization = one(directory / "kustomization.yaml")
     assert kustomization["kind"] == "Kustomization"

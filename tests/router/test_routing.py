@@ -5,14 +5,16 @@ from __future__ import annotations
 import grpc
 import msgspec
 import pytest
+from conftest import ManualClock
 from prometheus_client import REGISTRY
 
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.routing import RoutingTable
+from tei_reconciler.traffic import TrafficRing
 
 from .fake_backend import fake_backend, vector
-from .harness import Serve, endpoint, mux_client, to
+from .harness import Serve, endpoint, mux_client, running_router, to
 
 pytestmark = pytest.mark.anyio
 
@@ -178,6 +180,26 @@ async def test_router_metrics_count_calls_by_instance_method_and_code(serve: Ser
         )
         == 0
     )
+
+
+async def test_every_routed_call_lands_in_the_dashboards_traffic_ring(
+    manual_clock: ManualClock,
+) -> None:
+    traffic = TrafficRing(step_secs=10.0, clock=manual_clock)
+    async with fake_backend() as (a_port, _):
+        table = RoutingTable()
+        table.update([endpoint("charted", a_port)])
+        async with running_router(table, traffic=traffic) as port, mux_client(port) as stub:
+            await stub.Embed(embed(to("charted")))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Embed(embed(to("charted"), "fail: x"))  # RESOURCE_EXHAUSTED
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Embed(embed(to("nobody")))  # refused before routing: no instance
+    manual_clock.t += 10
+    (charted,) = traffic.snapshot().instances
+    assert (charted.instance, charted.requests, charted.errors) == ("charted", 2, 1)
+    assert charted.p50_ms is not None
+    assert charted.methods == {"/tei_multiplexer.v1.TeiMultiplexer/Embed": 2}
 
 
 async def test_an_instance_listening_on_an_ipv6_address_is_reachable_through_the_router(

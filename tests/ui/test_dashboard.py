@@ -1,0 +1,225 @@
+"""The dashboard in a real headless Chromium against a real `tei-reconciler run`: live
+updates, actions, the state-file editor, a read-only file, the last exit, and 100 instances."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reconciler_process import Reconciler, poll
+
+REASON = "selenium is not installed (pip install -e '.[dev]')"
+By = pytest.importorskip("selenium.webdriver.common.by", reason=REASON).By
+Keys = pytest.importorskip("selenium.webdriver.common.keys", reason=REASON).Keys
+
+
+def cell(page: Any, name: str, column: str) -> str:
+    """The text of one cell of an instance's row ("" while the row is absent), read in one
+    step in the page: rows are replaced as updates arrive."""
+    script = """
+        const [name, column] = arguments;
+        const row = document.querySelector(`tr[data-name="${name}"]`);
+        if (!row) return "";
+        const heads = [...document.querySelectorAll("table.instances thead th")]
+            .map((h) => h.textContent.trim().toLowerCase());
+        return row.children[heads.indexOf(column)].innerText.trim();
+    """
+    return str(page.execute_script(script, name, column))
+
+
+def phase(page: Any, name: str) -> str:
+    text = cell(page, name, "phase")
+    return text.splitlines()[0] if text else ""
+
+
+def text_of(page: Any, selector: str) -> str:
+    script = (
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText).join('\\n')"
+    )
+    return str(page.execute_script(script, selector))
+
+
+def click(page: Any, label: str) -> Any:
+    """Click the button showing `label` once it is there."""
+    xpath = f"//button[normalize-space()='{label}']"
+    button = poll(lambda: page.find_elements(By.XPATH, xpath), what=f"the {label} button")[0]
+    button.click()
+    return button
+
+
+def screenshot(page: Any, path: Path) -> None:
+    page.save_screenshot(str(path))
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 10_000  # a rendered page, not a blank image
+
+
+def test_an_instance_created_meanwhile_appears_and_goes_ready_without_a_reload(
+    page: Any, reconciler: Reconciler, tmp_path: Path
+) -> None:
+    poll(lambda: page.find_element(By.ID, "live").text == "live", what="the live watch")
+    reconciler.create("live-a")
+    poll(lambda: cell(page, "live-a", "model") == "hash/384", what="the new row")
+    poll(lambda: phase(page, "live-a") == "Running", what="live-a Running on the page")
+    assert cell(page, "live-a", "ready") == "1/1"
+    assert page.current_url.endswith("/ui/")  # "/" led here
+    screenshot(page, tmp_path / "ready.png")
+
+
+def test_the_stop_button_stops_the_instance_from_the_keyboard_and_the_phase_follows(
+    page: Any, reconciler: Reconciler
+) -> None:
+    reconciler.create("stop-a")
+    poll(lambda: phase(page, "stop-a") == "Running", what="stop-a Running on the page")
+    page.find_element(By.CSS_SELECTOR, 'button[aria-label="Stop stop-a"]').send_keys(Keys.ENTER)
+    poll(lambda: phase(page, "stop-a") in {"Stopping", "Stopped"}, what="the stop to show")
+    poll(lambda: phase(page, "stop-a") == "Stopped", what="stop-a Stopped on the page")
+    # The row was redrawn under the keyboard user: focus is on its first action, now Start.
+    focused = page.switch_to.active_element
+    assert focused.get_attribute("aria-label") == "Start stop-a"
+    assert 'state = "stopped"' in reconciler.state_file.read_text()
+    assert "stop-a: set to stopped" in text_of(page, ".toast")
+
+
+def test_the_create_form_shows_the_apis_error_beside_the_field_then_creates(
+    page: Any, reconciler: Reconciler
+) -> None:
+    page.find_element(By.LINK_TEXT, "New instance").click()
+    name = poll(lambda: page.find_elements(By.ID, "f-name"), what="the form")[0]
+    name.send_keys("Bad_Name")
+    page.find_element(By.ID, "f-model_id").send_keys("hash/384")
+    page.find_element(By.ID, "f-state").send_keys("stopped")
+    click(page, "Create")
+    summary = poll(lambda: text_of(page, "form .banner.error"), what="the API's error")
+    assert summary.startswith("VALIDATION_ERROR: invalid instance name 'Bad_Name'")
+    assert "DNS-1123" in page.find_element(By.ID, "f-name-error").text
+    assert name.get_attribute("aria-invalid") == "true"
+    name.clear()
+    name.send_keys("formed")
+    click(page, "Create")
+    poll(lambda: page.current_url.endswith("#/instances/formed"), what="the instance page")
+    assert reconciler.instance("formed")["desired_state"] == "stopped"  # type: ignore[index]
+
+
+def test_the_state_editor_shows_problems_inline_previews_the_plan_and_saves(
+    page: Any, reconciler: Reconciler
+) -> None:
+    page.find_element(By.LINK_TEXT, "State file").click()
+    click(page, "Edit")
+    editor = page.find_element(By.ID, "state-text")
+    editor.send_keys(Keys.CONTROL, Keys.END)
+    editor.send_keys('\n[instances.edited]\nmodel_id = "hash/384"\nprot = 8080\n')
+    problems: str = poll(
+        lambda: t if "unknown key 'prot'" in (t := text_of(page, "#state-problems")) else None,
+        what="the problem to show",
+    )
+    bad_line = len(page.find_element(By.ID, "state-text").get_property("value").splitlines())
+    assert f"line {bad_line}:1" in problems
+    assert "instances.edited.prot" in problems
+    assert page.find_elements(By.CSS_SELECTOR, ".gutter span.err")[0].text == str(bad_line)
+    assert "No plan while the file has problems" in text_of(page, ".plan")
+    assert "[instances.edited]" in text_of(page, "pre.painted .t-table")  # highlighted as typed
+    assert '"hash/384"' in text_of(page, "pre.painted .t-string")
+
+    editor.send_keys(Keys.BACK_SPACE * len("prot = 8080\n"), "max_batch_tokens = 8192\n")
+    poll(lambda: "No problems" in text_of(page, "#state-problems"), what="the fix to validate")
+    poll(lambda: "start edited" in text_of(page, ".plan"), what="the plan of the edit")
+    click(page, "Save")
+    poll(lambda: "[instances.edited]" in reconciler.state_file.read_text(), what="the save")
+    poll(lambda: page.find_elements(By.XPATH, "//button[text()='Edit']"), what="view mode")
+
+
+def test_a_save_over_someone_elses_edit_is_shown_as_a_conflict(
+    page: Any, reconciler: Reconciler
+) -> None:
+    page.find_element(By.LINK_TEXT, "State file").click()
+    click(page, "Edit")
+    editor = page.find_element(By.ID, "state-text")
+    poll(lambda: editor.get_property("value"), what="the file to load")
+    hand_edit = reconciler.state_file.read_text() + "# a hand edit made meanwhile\n"
+    reconciler.state_file.write_text(hand_edit)
+    editor.send_keys(Keys.CONTROL, Keys.END, "\n# mine\n")
+    click(page, "Save")
+    banner = poll(lambda: text_of(page, ".banner.error"), what="the conflict")
+    assert "Someone else changed the state file" in banner
+    assert "REVISION_MISMATCH" in banner
+    assert reconciler.state_file.read_text() == hand_edit  # nothing was overwritten
+
+
+def test_a_read_only_state_file_disables_every_action_and_says_why(
+    page: Any, reconciler: Reconciler
+) -> None:
+    reconciler.create("ro-a", state="stopped")
+    real = reconciler.state_file.with_name("from-git.toml")
+    real.write_text(reconciler.state_file.read_text())
+    os.replace(reconciler.state_file, reconciler.state_file.with_name("saved.toml"))
+    reconciler.state_file.symlink_to(real)
+    try:
+        page.refresh()
+        banner = poll(lambda: page.find_element(By.ID, "readonly").text, what="the banner")
+        assert "read-only" in banner
+        assert "symlink" in banner
+        start = poll(
+            lambda: page.find_elements(By.CSS_SELECTOR, 'button[aria-label="Start ro-a"]'),
+            what="the row",
+        )[0]
+        assert start.get_attribute("aria-disabled") == "true"
+        for link in page.find_elements(By.LINK_TEXT, "New instance"):
+            assert link.get_attribute("aria-disabled") == "true"
+        assert "symlink" in start.get_attribute("title")
+        start.click()
+        poll(lambda: "Read-only" in text_of(page, ".toast"), what="the refusal")
+        assert reconciler.instance("ro-a")["desired_state"] == "stopped"  # type: ignore[index]
+    finally:
+        reconciler.state_file.unlink()
+        os.replace(reconciler.state_file.with_name("saved.toml"), reconciler.state_file)
+
+
+def test_the_instance_page_shows_why_the_last_process_ended_and_what_it_wrote(
+    page: Any, reconciler: Reconciler
+) -> None:
+    reconciler.create("ghost", "org/missing-model")
+    poll(
+        lambda: (i := reconciler.instance("ghost")) is not None and i["last_exit"],
+        what="the engine to exit",
+    )
+    page.get(f"{reconciler.url}/ui/#/instances/ghost")
+    last = poll(lambda: text_of(page, ".last-exit"), what="the last exit")
+    assert "exited with code 1" in last
+    assert "is not available" in last
+    charts = page.find_elements(By.CSS_SELECTOR, "figure.chart svg[role=img]")
+    assert len(charts) == 4
+    follow = click(page, "Follow")
+    assert follow.get_attribute("aria-pressed") == "true"
+    poll(
+        lambda: "is not available" in page.find_element(By.CSS_SELECTOR, "pre.log").text,
+        what="the log",
+    )
+
+
+def test_a_hundred_instances_fit_one_table_with_counts_and_a_filter(
+    page: Any, reconciler: Reconciler, tmp_path: Path
+) -> None:
+    before = reconciler.state_file.read_text()
+    tables = [
+        f'[instances.emb-{i:03d}]\nmodel_id = "org/model-{i % 7}"\nstate = "stopped"\n'
+        for i in range(100)
+    ]
+    reconciler.state_file.write_text(before + "\n" + "\n".join(tables))
+    try:
+        poll(
+            lambda: len(page.find_elements(By.CSS_SELECTOR, 'tr[data-name^="emb-"]')) == 100,
+            what="100 rows",
+        )
+        poll(lambda: phase(page, "emb-099") == "Stopped", what="the last row observed")
+        assert "Stopped" in page.find_element(By.CSS_SELECTOR, ".chips").text
+        screenshot(page, tmp_path / "hundred.png")
+        page.find_element(By.ID, "filter").send_keys("emb-09")
+        script = """return [...document.querySelectorAll('tbody tr')]
+            .filter((r) => !r.hidden).map((r) => r.dataset.name)"""
+        assert page.execute_script(script) == [f"emb-{i:03d}" for i in range(90, 100)]
+        assert page.find_element(By.ID, "shown").text.startswith("10 of ")
+    finally:
+        reconciler.state_file.write_text(before)
