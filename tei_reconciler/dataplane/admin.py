@@ -83,6 +83,11 @@ class Admin:
         with contextlib.suppress(httpx.HTTPError):
             await self._async().post("/drain_listeners?graceful")
 
+    async def cluster_stats(self) -> str | None:
+        """Cluster statistics in Prometheus text form."""
+        response = await self._get("/stats/prometheus?filter=%5Ecluster%5C.")
+        return response.text if response is not None and response.status_code == 200 else None
+
     def stats(self) -> str | None:
         """Cluster statistics in Prometheus text form (blocking; called at scrape time)."""
         transport = httpx.HTTPTransport(uds=self.socket_path)

@@ -33,7 +33,7 @@ from tei_reconciler.dataplane import bootstrap as boot
 from tei_reconciler.dataplane.admin import Admin
 from tei_reconciler.dataplane.ads import Snapshot
 from tei_reconciler.dataplane.files import EnvoyFiles
-from tei_reconciler.dataplane.stats import router_metrics
+from tei_reconciler.dataplane.stats import TrafficFeed, parse, router_metrics
 from tei_reconciler.dataplane.supervisor import EnvoySupervisor
 from tei_reconciler.dataplane.translate import AuthContext, Plan, translate
 from tei_reconciler.dataplane.xds import ControlPlane, serve_xds
@@ -41,10 +41,12 @@ from tei_reconciler.drivers.process import ProcessDriver, owner_digest
 from tei_reconciler.routing import DataPlaneStatus, RoutingTable
 from tei_reconciler.settings import AuthSettings, Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.traffic import TrafficSink
 
 log = logging.getLogger(__name__)
 
 TOKENS_POLL_SECS = 1.0  # how soon a tokens file change reaches Envoy
+TRAFFIC_POLL_SECS = 2.0  # how often Envoy's counters feed the dashboard's traffic ring
 _POLL = 0.05  # seconds between checks of Envoy's in-flight counters during a drain
 
 
@@ -95,6 +97,7 @@ class EnvoyDataPlane:
         store: StatusStore,
         clock: Clock,
         router_in_flight: Callable[[str], int] = lambda name: 0,
+        traffic: TrafficSink | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
@@ -103,6 +106,7 @@ class EnvoyDataPlane:
         self.store = store
         self.clock = clock
         self.router_in_flight = router_in_flight
+        self.traffic = traffic
         self.control = ControlPlane(on_rejected=self._rejected)
         self.admin = Admin(files.admin_socket)
         self.owner = owner_digest(Path(settings.state_file))
@@ -215,17 +219,23 @@ class EnvoyDataPlane:
             if applied is not None:
                 metrics.DATA_PLANE_CONFIG_VERSION.labels("applied").set(applied.version)
 
-    def _router_metrics(self) -> list[Metric]:
-        if not self._up():
-            return []
-        text = self.admin.stats()
-        if text is None:
-            return []
+    def _cluster_labels(self) -> dict[str, str]:
         labels: dict[str, str] = {}
         for snapshot in (self.control.applied, self.control.snapshot):
             if snapshot is not None:
                 labels.update(snapshot.resources.cluster_labels)
-        return router_metrics(text, labels)
+        return labels
+
+    def _router_metrics(self) -> list[Metric]:
+        text = self.admin.stats() if self._up() else None
+        return [] if text is None else router_metrics(parse(text, self._cluster_labels()))
+
+    async def _follow_traffic(self, feed: TrafficFeed) -> None:
+        while True:
+            await anyio.sleep(TRAFFIC_POLL_SECS)
+            text = await self.admin.cluster_stats() if self._up() else None
+            if text is not None:
+                feed.update(parse(text, self._cluster_labels()))
 
     # ---- running -----------------------------------------------------------------------
     def _write_bootstrap(self, port: int) -> str:
@@ -276,6 +286,8 @@ class EnvoyDataPlane:
                 tg.start_soon(self._follow_applied)
                 if self.tokens is not None:
                     tg.start_soon(self._follow_tokens, self.tokens)
+                if self.traffic is not None:
+                    tg.start_soon(self._follow_traffic, TrafficFeed(self.traffic))
                 task_status.started(self.port)
         finally:
             remove_source()

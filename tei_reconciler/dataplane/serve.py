@@ -30,6 +30,7 @@ from tei_reconciler.router.traffic import GrpcioDataPlane
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.traffic import TrafficSink
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,12 @@ class DataPlaneRunner:
         store: StatusStore,
         clock: Clock,
         choice: Choice,
+        traffic: TrafficSink | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
         self.choice = choice
+        self.traffic = traffic
         self.balancer = Balancer()
         self.interceptors, self.credentials = build_grpc_auth(settings)
         self.grpcio = GrpcioDataPlane(table, self.balancer, detail=choice.reason)
@@ -64,6 +67,7 @@ class DataPlaneRunner:
                 store=store,
                 clock=clock,
                 router_in_flight=self.grpcio.in_flight,
+                traffic=traffic,
             )
 
     async def _router(
@@ -83,6 +87,7 @@ class DataPlaneRunner:
             interceptors=None if behind_envoy else self.interceptors,
             credentials=None if behind_envoy else self.credentials,
             balancer=self.balancer,
+            traffic=self.traffic,
             stop_grace_secs=min(s.stop_grace_secs, 5.0),
             task_status=task_status,
         )
