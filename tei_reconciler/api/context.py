@@ -19,6 +19,7 @@ from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 from tei_reconciler.desired.statefile import StateFile, parse_state
 from tei_reconciler.errors import SpecError
 from tei_reconciler.planner.status import InstanceStatus
+from tei_reconciler.routing import DataPlane
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 from tei_reconciler.traffic import TrafficRing
@@ -48,6 +49,7 @@ class ApiContext:
     clock: Clock
     closing: anyio.Event | None = None  # set when the server starts shutting down
     traffic: TrafficRing = field(default_factory=TrafficRing)  # fed by the data plane
+    data_plane: DataPlane | None = None  # what carries the gRPC traffic, when there is one
     _cache: Snapshot | None = field(default=None, repr=False)
 
     async def snapshot(self) -> Snapshot:
@@ -93,6 +95,11 @@ class ApiContext:
         """The desired spec (None when not in the file) and observed status of `name`."""
         desired = await self.effective()
         return desired.instances.get(name), self.store.get(name)
+
+    def routed_by(self, name: str) -> str | None:
+        """The data plane that sends new calls to instance `name` now, if any does."""
+        plane = self.data_plane
+        return plane.kind if plane is not None and plane.routes_to(name) else None
 
     def plan(self, desired: DesiredState) -> list[PlannedAction]:
         return [planned(a) for a in self.preview(desired)]

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from tei_reconciler.routing import DataPlaneStatus
+
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535, description="0 or omitted: auto-assigned")]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -134,6 +136,7 @@ class InstanceOut(Response, frozen=True, kw_only=True):
     last_exit: ExitOut | None
     backoff_until: datetime | None
     events: str  # URL of this instance's event log
+    routed_by: str | None = None  # the data plane sending new calls to it now (envoy, grpcio)
 
 
 class EventOut(Response, frozen=True, kw_only=True):
@@ -186,6 +189,7 @@ class StateWriteResponse(Response, frozen=True, kw_only=True):
 class HealthResponse(Response, frozen=True, kw_only=True):
     status: Literal["healthy"]
     timestamp: datetime
+    data_plane: DataPlaneStatus | None = None  # what carries the gRPC port
 
 
 class ReadyResponse(Response, frozen=True, kw_only=True):
@@ -193,3 +197,4 @@ class ReadyResponse(Response, frozen=True, kw_only=True):
     timestamp: datetime
     revision: str
     instances: int
+    data_plane: DataPlaneStatus | None = None

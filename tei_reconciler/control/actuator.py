@@ -10,7 +10,7 @@ controller for another pass.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import msgspec
@@ -40,10 +40,15 @@ from tei_reconciler.store import StatusStore
 
 log = logging.getLogger(__name__)
 
+#: The data plane's drain: returns once no new call reaches the instance and its calls in
+#: flight have ended (routing.DataPlane.drain).
+Drain = Callable[[str], Awaitable[None]]
+
 
 class Actuator:
     """Acts for the controller. `changed` asks for a pass, `spawn` runs a task in the
-    controller's task group, `forget` drops an instance the controller no longer tracks."""
+    controller's task group, `forget` drops an instance the controller no longer tracks,
+    `drain` (when a data plane is there) waits for an instance's calls before it is stopped."""
 
     def __init__(
         self,
@@ -61,6 +66,7 @@ class Actuator:
         changed: Callable[[], None],
         spawn: Callable[..., None],
         forget: Callable[[str], None],
+        drain: Drain | None = None,
     ) -> None:
         self.settings = settings
         self.driver = driver
@@ -75,6 +81,7 @@ class Actuator:
         self.changed = changed
         self.spawn = spawn
         self.forget = forget
+        self.drain = drain
         self._starts = anyio.CapacityLimiter(max(1, settings.max_concurrent_starts))
 
     def follow(self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None) -> None:
@@ -160,6 +167,11 @@ class Actuator:
         rt.stop_requested = True
         rt.cancel_probes()
         healthy_for = rt.healthy_for(self.clock.now())
+        if self.drain is not None and not action.crash:
+            # The instance has left routing: let the calls it serves finish (a process that
+            # failed its probes is replaced at once, as Kubernetes does).
+            with anyio.move_on_after(self.settings.stop_grace_secs):
+                await self.drain(rt.name)
         exit_ = await self.driver.stop(handle, self.settings.stop_grace_secs)
         rt.last_exit = msgspec.structs.replace(
             exit_, reason=action.reason, last_lines=self._last_lines(rt)

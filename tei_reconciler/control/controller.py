@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock, SystemClock
-from tei_reconciler.control.actuator import Actuator
+from tei_reconciler.control.actuator import Actuator, Drain
 from tei_reconciler.control.publish import publish
 from tei_reconciler.control.runtime import Runtime
 from tei_reconciler.control.source import DesiredSource, Loader, file_loader
@@ -67,6 +67,7 @@ class Controller:
         prober: Prober | None = None,
         gpus: tuple[int, ...] | None = None,
         base_env: Mapping[str, str] | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -121,6 +122,7 @@ class Controller:
             changed=self.mark_dirty,
             spawn=self._spawn_task,
             forget=self._forget,
+            drain=drain,
         )
         self.runtimes: dict[str, Runtime] = {}
         self._found_at_boot = False
