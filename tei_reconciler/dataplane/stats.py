@@ -19,7 +19,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import grpc
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,7 +35,29 @@ REQUESTS = "tei_reconciler_router_requests"
 LATENCY = "tei_reconciler_router_request_duration_seconds"
 INSTANCE_LATENCY = "tei_reconciler_router_instance_request_duration_seconds"
 IN_FLIGHT = "tei_reconciler_router_in_flight_requests"
-_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
+_CODES = dict(  # gRPC status codes by number (grpc.StatusCode, without importing grpc)
+    enumerate(
+        (
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        )
+    )
+)
 _GRPC = "envoy_cluster_grpc_"
 _INF = math.inf
 
@@ -117,9 +138,15 @@ def _histogram(
 ) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, "", labels=[label])
     for key, counts in sorted(series.items()):
-        cumulative = [(floatToGoString(b), counts.get(float(b), 0.0)) for b in (*bounds, _INF)]
+        cumulative = [(_le(b), counts.get(float(b), 0.0)) for b in (*bounds, _INF)]
         family.add_metric([key], cumulative, sums.get(key, 0.0))
     return family
+
+
+def _le(bound: float) -> str:
+    """A bucket bound written as prometheus_client writes its own ("0.005", "1.0", "+Inf")."""
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
 
 
 def router_metrics(stats: EnvoyStats) -> list[Metric]:

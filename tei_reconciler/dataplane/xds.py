@@ -132,7 +132,7 @@ class ControlPlane:
         self._progress = anyio.Event()
 
 
-class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, control: ControlPlane) -> None:
         self.control = control
 
@@ -150,7 +150,7 @@ async def serve_xds(
 ) -> None:
     """Serve ADS on `socket_path` (a Unix socket only this user can open) until cancelled."""
     server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(control), server)  # type: ignore[no-untyped-call]
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(control), server)
     if not server.add_insecure_port(f"unix:{socket_path}"):
         raise OSError(f"cannot listen on {socket_path}")
     await server.start()

@@ -227,7 +227,8 @@ async def test_a_tokens_file_change_takes_effect_without_a_restart(
         tokens.write_text("second-token\n")
 
         async def first_refused() -> bool:
-            return await info(channel, metadata=first) == grpc.StatusCode.UNAUTHENTICATED
+            code: grpc.StatusCode = await info(channel, metadata=first)
+            return bool(code == grpc.StatusCode.UNAUTHENTICATED)
 
         await eventually(first_refused, what="the removed token to be refused")
         after = await info(channel, metadata=second)

@@ -39,7 +39,7 @@ async def embed(port: int, **keys: str) -> str:
                 tei_pb2.EmbedRequest(inputs="x"), metadata=metadata, timeout=10
             )
         except grpc.aio.AioRpcError as exc:
-            return exc.code().name
+            return str(exc.code().name)
     return "OK"
 
 

@@ -30,7 +30,7 @@ async def embed(stub: tei_pb2_grpc.EmbedStub, text: str, **keys: str) -> str:
     try:
         await stub.Embed(tei_pb2.EmbedRequest(inputs=text), metadata=metadata, timeout=DEADLINE)
     except grpc.aio.AioRpcError as exc:
-        return exc.code().name
+        return str(exc.code().name)
     return "OK"
 
 
@@ -114,12 +114,17 @@ async def test_instances_that_stay_ready_see_no_failed_call_while_others_come_an
                 for step in changes:
                     table.update(step)
                     b_routed = any(e.name == "b" and e.ready for e in step)
-                    await eventually(
-                        lambda b_routed=b_routed: plane.routes_to("b") == b_routed,
-                        what="the data plane to apply the change",
-                    )
+
+                    def applied(b_routed: bool = b_routed) -> bool:
+                        return plane.routes_to("b") == b_routed
+
+                    await eventually(applied, what="the data plane to apply the change")
                     seen = len(codes)
-                    await eventually(lambda seen=seen: len(codes) > seen + 20, what="calls")
+
+                    def more_calls(seen: int = seen) -> bool:
+                        return len(codes) > seen + 20
+
+                    await eventually(more_calls, what="calls")
                 tg.cancel_scope.cancel()
     assert len(codes) > 100
     assert set(codes) == {"OK"}
