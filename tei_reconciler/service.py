@@ -213,6 +213,14 @@ def settings_from_args(argv: list[str]) -> Settings:
     return load_settings(cli, os.environ, args.config)
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside nested task groups' exception groups."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
@@ -235,7 +243,7 @@ def main(argv: list[str]) -> int:
     try:
         anyio.run(partial(serve, settings, front=front), backend="asyncio")
     except* (AlreadyRunning, DataPlaneError, OSError) as group:  # nothing was changed
-        failure = "; ".join(str(exc) for exc in group.exceptions)
+        failure = "; ".join(str(exc) for exc in _leaves(group))
     if failure is not None:
         sys.stderr.write(f"error: {failure}\n")
         return 1

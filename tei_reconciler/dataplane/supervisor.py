@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,6 +41,8 @@ MARKER_DATA_PLANE = "TEI_RECONCILER_DATA_PLANE"
 LOG_NAME = "dataplane.envoy"  # never an instance's log: instance names have no "."
 START_DEADLINE_SECS = 60.0
 RESTART_BACKOFF = BackoffPolicy(initial=0.25, maximum=30.0, reset_after=60.0)
+#: "[2026-01-01 00:00:00.000][123][critical][main] [source/server/server.cc:449] "
+_ENVOY_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[\w+\]\[\w+\] \[[^\]]*\] ")
 _POLL = 0.05  # seconds between admin checks while Envoy starts or drains
 _ROTATE_EVERY = 5.0
 
@@ -271,13 +274,18 @@ class EnvoySupervisor:
     def _event(self, type_: str, reason: str, message: str) -> None:
         self.store.record_event("", type_, reason, message, self.clock.wall())
 
-    def _log_tail(self, lines: int = 5) -> str:
+    def _log_tail(self) -> str:
+        """Why Envoy stopped, from its log: its last critical line (else its last error or
+        last line), without Envoy's timestamp and source prefix."""
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return f"see {self.log_path}"
-        errors = [line for line in text if "critical" in line or "error" in line] or text
-        return " | ".join(line.strip() for line in errors[-lines:]) or f"see {self.log_path}"
+        for level in ("critical", "error"):
+            found = [line for line in text if f"][{level}][" in line]
+            if found:
+                return _ENVOY_PREFIX.sub("", found[-1]).strip()
+        return _ENVOY_PREFIX.sub("", text[-1]).strip() if text else f"see {self.log_path}"
 
 
 def _how(exit_: ExitInfo) -> str:

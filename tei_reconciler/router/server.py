@@ -81,10 +81,13 @@ async def serve_router(
     health.add_to(server)
     add_reflection(server, [MULTIPLEXER_SERVICE, *TEI_SERVICES, HEALTH_SERVICE])
     address = bind or f"{host}:{port}"
-    if credentials is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpcio raises this for a port that is taken
+        raise OSError(f"gRPC router cannot bind {address}: the address is in use") from exc
     if not bound:
         raise OSError(f"gRPC router cannot bind {address}")
     await health.apply()
