@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 DEADLINE = 45.0  # a loaded 2-core machine starts Python children slowly
 _LISTENING = re.compile(r"REST API listening on (http://\S+?:\d+)")
-_ROUTER = re.compile(r"gRPC router listening on \S+?:(\d+)")
+_ROUTER = re.compile(r"data plane \w+ listening on \S+?:(\d+)")
 
 
 def poll(check: Callable[[], T | None], *, within: float = DEADLINE, what: str) -> T:

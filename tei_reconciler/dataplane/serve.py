@@ -107,6 +107,12 @@ class DataPlaneRunner:
                 self.grpcio.up = True
                 if self.choice.kind == "grpcio":
                     metrics.DATA_PLANE_UP.labels("grpcio").set(1)
+                log.info(
+                    "data plane %s listening on %s:%d",
+                    self.choice.kind,
+                    self.settings.grpc_host,
+                    port,
+                )
                 task_status.started(port)
         finally:
             self.grpcio.up = False
