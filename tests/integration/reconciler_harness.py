@@ -100,13 +100,18 @@ async def passes(controller: Controller, count: int) -> None:
     await eventually(lambda: controller.passes >= target, what=f"{count} passes")
 
 
-def children(owner: str, instance: str | None = None) -> list[psutil.Process]:
-    """Live processes carrying this reconciler's owner marker (optionally one instance's)."""
+def children(
+    owner: str, instance: str | None = None, *, data_plane: bool = False
+) -> list[psutil.Process]:
+    """Live instance processes carrying this reconciler's owner marker (optionally one
+    instance's); with `data_plane`, its Envoy too."""
     found = []
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
             if env.get(MARKER_OWNER) != owner or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if MARKER_INSTANCE not in env and not (data_plane and instance is None):
                 continue
             if instance is None or env.get(MARKER_INSTANCE) == instance:
                 found.append(proc)
@@ -174,7 +179,9 @@ async def reconciler(settings: Settings, state: str | None = None) -> AsyncItera
                 tg.cancel_scope.cancel()
     finally:
         leftovers = (
-            children(Controller.owner_of(settings)) if settings.on_shutdown == "stop" else []
+            children(Controller.owner_of(settings), data_plane=True)
+            if settings.on_shutdown == "stop"
+            else []
         )
         for proc in leftovers:
             proc.kill()
