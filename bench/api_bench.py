@@ -24,7 +24,8 @@ import httpx
 
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.desired.statefile import StateFile
-from tei_reconciler.planner.status import InstanceStatus, Phase
+from tei_reconciler.planner.phase import Phase
+from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 

@@ -34,6 +34,7 @@ from tei_reconciler._types import SystemClock
 from tei_reconciler.dataplane.binary import Choice, find_envoy
 from tei_reconciler.dataplane.envoy import EnvoyDataPlane
 from tei_reconciler.dataplane.serve import DataPlaneRunner
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.routing import Endpoint, RoutingTable
 from tei_reconciler.settings import Settings
@@ -45,7 +46,7 @@ MODEL = "hash/384"
 def ep(name: str, port: int, *, ready: bool = True, generation: int = 0) -> Endpoint:
     return Endpoint(
         name=name, model_id=MODEL, host="127.0.0.1", port=port, ready=ready,
-        phase="Running" if ready else "Stopping", generation=generation,
+        phase=Phase.RUNNING if ready else Phase.STOPPING, generation=generation,
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ import psutil
 from tei_reconciler._types import SystemClock
 from tei_reconciler.dataplane.binary import Choice, find_envoy
 from tei_reconciler.dataplane.serve import DataPlaneRunner
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.routing import Endpoint, RoutingTable
 from tei_reconciler.settings import Settings
@@ -88,7 +89,7 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], secs: float = 120.0)
 def endpoint(engine_port: int, model: str) -> Endpoint:
     return Endpoint(
         name=INSTANCE, model_id=model, host="127.0.0.1", port=engine_port, ready=True,
-        phase="Running",
+        phase=Phase.RUNNING,
     )  # fmt: skip
 
 

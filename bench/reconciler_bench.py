@@ -31,7 +31,8 @@ import psutil
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.planner.backoff import CrashLoop
 from tei_reconciler.planner.observed import ObservedInstance, ProcessView
-from tei_reconciler.planner.plan import Policy, plan
+from tei_reconciler.planner.plan import plan
+from tei_reconciler.planner.policy import Policy
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
@@ -142,7 +143,7 @@ def _plan_cost(n: int) -> dict[str, Any]:
         )
         for i, (name, spec) in enumerate(specs.items())
     }
-    policy = Policy(max_instances=n + 1)
+    policy = Policy.of(Settings(max_instances=n + 1))
     number = max(1, 20_000 // n)
     steady_s = (
         min(

@@ -3,7 +3,29 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from collections.abc import Iterable
+from typing import NamedTuple, Protocol
+
+
+class PortRange(NamedTuple):
+    """A half-open range of ports [start, end), as `instance_port_range` is written."""
+
+    start: int
+    end: int
+
+    def __str__(self) -> str:
+        return f"[{self.start}, {self.end})"
+
+    def covers(self, port: int) -> bool:
+        return self.start <= port < self.end
+
+    def ports(self) -> range:
+        """Every port of the range, lowest first (the order automatic ones are given in)."""
+        return range(self.start, self.end)
+
+    def left_for_automatic(self, explicit: Iterable[int]) -> int:
+        """How many ports of the range remain to assign when `explicit` ones are named."""
+        return len(self.ports()) - len({p for p in explicit if self.covers(p)})
 
 
 class Clock(Protocol):

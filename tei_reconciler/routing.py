@@ -16,6 +16,8 @@ from typing import Literal, Protocol
 import anyio
 import msgspec
 
+from tei_reconciler.planner.phase import Phase
+
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     """One instance as the router sees it."""
@@ -25,7 +27,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     host: str
     port: int
     ready: bool
-    phase: str  # the status Phase value, for "instance X is not ready (phase ...)" errors
+    phase: Phase  # for "instance X is not ready (phase ...)" errors
     generation: int = 0  # bumps when the process is replaced (restart, new port)
 
     @property

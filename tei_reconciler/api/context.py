@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+from starlette.requests import Request
 
 from tei_reconciler._types import Clock
 from tei_reconciler.api.schemas import PlannedAction
@@ -103,6 +104,12 @@ class ApiContext:
 
     def plan(self, desired: DesiredState) -> list[PlannedAction]:
         return [planned(a) for a in self.preview(desired)]
+
+
+def ctx_of(request: Request) -> ApiContext:
+    """The context every handler works with (one per app, set by `create_app`)."""
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
 
 
 def planned(action: object) -> PlannedAction:

@@ -12,8 +12,8 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tei_reconciler.api.context import ctx_of
 from tei_reconciler.api.errors import ApiError
-from tei_reconciler.api.instances import ctx_of
 from tei_reconciler.api.streams import known_instance
 
 SCRAPE_TIMEOUT_SECS = 5.0

@@ -9,7 +9,6 @@ until the instance is Ready with this very spec", like `kubectl wait`.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,54 +17,44 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tei_reconciler._types import PortRange
 from tei_reconciler.api._http import decode_json, query_float
-from tei_reconciler.api.context import ApiContext
+from tei_reconciler.api.context import ApiContext, ctx_of
 from tei_reconciler.api.errors import ApiError, api_error_for, json_response
 from tei_reconciler.api.schemas import (
     ApplyInstanceRequest,
     CreateInstanceRequest,
     ErrorDetail,
-    InstanceFields,
 )
 from tei_reconciler.api.views import instance_out
-from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
+from tei_reconciler.desired.fields import ASSIGNED, same_spec
+from tei_reconciler.desired.spec import NAME_RULE, DesiredState, InstanceSpec, is_instance_name
 from tei_reconciler.planner.status import InstanceStatus
 
-NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-NAME_MAX = 63
 DEFAULT_WAIT_SECS = 300.0
-
-
-def ctx_of(request: Request) -> ApiContext:
-    ctx: ApiContext = request.app.state.ctx
-    return ctx
 
 
 def check_name(name: str) -> None:
     """DNS-1123 label: also what keeps names out of paths (`../x`, `a/b`)."""
-    if len(name) > NAME_MAX or NAME.fullmatch(name) is None:
-        message = (
-            "must be a DNS-1123 label: lowercase letters, digits and '-', starting and "
-            f"ending with a letter or digit, at most {NAME_MAX} characters"
-        )
+    if not is_instance_name(name):
         raise ApiError(
             400,
             "VALIDATION_ERROR",
-            f"invalid instance name {name!r}: {message}",
-            [ErrorDetail(field="name", message=message)],
+            f"invalid instance name {name!r}: {NAME_RULE}",
+            [ErrorDetail(field="name", message=NAME_RULE)],
         )
 
 
-def state_fields(body: InstanceFields) -> dict[str, Any]:
-    """Request fields as state-file keys: `gpu_id` becomes `gpu`, `port: 0` means "assign one"."""
-    fields: dict[str, Any] = {}
-    for key in body.__struct_fields__:
-        value = getattr(body, key)
-        if key == "name" or value is None:
-            continue
-        if key in {"port", "prometheus_port"} and value == 0:
-            continue
-        fields[key] = value
+def split_body(body: msgspec.Struct) -> tuple[str | None, dict[str, Any]]:
+    """A request body as its `name` and the fields it gives (None: not given)."""
+    given = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+    return given.pop("name", None), given
+
+
+def state_fields(given: dict[str, Any]) -> dict[str, Any]:
+    """Given request fields as state-file keys: `gpu_id` becomes `gpu`, a port of 0 means
+    "assign one"."""
+    fields = {k: v for k, v in given.items() if not (k in ASSIGNED and v == 0)}
     if "gpu_id" in fields:
         if "gpu" in fields:
             raise ApiError(
@@ -85,28 +74,15 @@ def check_capacity(
     by the StateFile under its lock, so concurrent creates cannot together pass it.)"""
     if name in desired.instances or "port" in fields:
         return
-    lo, hi = ctx.settings.instance_port_range
-    explicit = {s.port for s in desired.instances.values() if s.port is not None}
-    free = (hi - lo) - sum(1 for p in explicit if lo <= p < hi)
+    span = PortRange(*ctx.settings.instance_port_range)
+    explicit = [s.port for s in desired.instances.values() if s.port is not None]
     automatic = sum(1 for s in desired.instances.values() if s.port is None)
-    if automatic + 1 > free:
+    if automatic + 1 > span.left_for_automatic(explicit):
         raise ApiError(
             422,
             "PORT_ALLOCATION_FAILED",
-            f"no free port left in instance_port_range [{lo}, {hi}) for an automatic port",
+            f"no free port left in instance_port_range {span} for an automatic port",
         )
-
-
-def _same_spec(observed: InstanceSpec, desired: InstanceSpec) -> bool:
-    """Whether the controller's status is about this spec (ports it filled in aside)."""
-    if observed == desired:
-        return True
-    aligned = msgspec.structs.replace(
-        observed,
-        port=observed.port if desired.port is not None else None,
-        prometheus_port=observed.prometheus_port if desired.prometheus_port is not None else None,
-    )
-    return spec_hash(aligned) == spec_hash(desired) and aligned.state == desired.state
 
 
 def wait_timeout(request: Request) -> float | None:
@@ -141,8 +117,14 @@ async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> Non
 
 
 async def _store_ready(ctx: ApiContext, spec: InstanceSpec) -> None:
+    wanted = msgspec.to_builtins(spec)
+
     def ready(status: InstanceStatus | None) -> bool:
-        return status is not None and status.ready and _same_spec(status.spec, spec)
+        return (
+            status is not None
+            and status.ready
+            and (status.spec == spec or same_spec(msgspec.to_builtins(status.spec), wanted))
+        )
 
     with ctx.store.subscribe() as changes:
         if ready(ctx.store.get(spec.name)):
@@ -193,18 +175,20 @@ async def create_instance(request: Request) -> Response:
     ctx = ctx_of(request)
     wait = wait_timeout(request)
     body = await decode_json(request, CreateInstanceRequest, ctx.settings.max_body_bytes)
-    check_name(body.name)
-    fields = state_fields(body)
+    name, given = split_body(body)
+    assert name is not None  # a required field of this body
+    check_name(name)
+    fields = state_fields(given)
     snap = await ctx.snapshot()
     if snap.desired is not None:
-        if body.name in snap.desired.instances:
-            raise ApiError(409, "INSTANCE_EXISTS", f"instance {body.name!r} already exists")
-        check_capacity(ctx, snap.desired, body.name, fields)
+        if name in snap.desired.instances:
+            raise ApiError(409, "INSTANCE_EXISTS", f"instance {name!r} already exists")
+        check_capacity(ctx, snap.desired, name, fields)
     try:
-        desired = await ctx.write(ctx.statefile.add_instance, body.name, fields)
+        desired = await ctx.write(ctx.statefile.add_instance, name, fields)
     except Exception as exc:
-        raise api_error_for(exc, prefix=f"instances.{body.name}.") from exc
-    return await _answer(ctx, desired, body.name, wait, 201)
+        raise api_error_for(exc, prefix=f"instances.{name}.") from exc
+    return await _answer(ctx, desired, name, wait, 201)
 
 
 async def get_instance(request: Request) -> Response:
@@ -222,14 +206,15 @@ async def apply_instance(request: Request) -> Response:
     check_name(name)
     wait = wait_timeout(request)
     body = await decode_json(request, ApplyInstanceRequest, ctx.settings.max_body_bytes)
-    if body.name is not None and body.name != name:
+    named, given = split_body(body)
+    if named is not None and named != name:
         raise ApiError(
             400,
             "VALIDATION_ERROR",
-            f"body name {body.name!r} differs from the path's {name!r}",
+            f"body name {named!r} differs from the path's {name!r}",
             [ErrorDetail(field="name", message="must match the name in the path")],
         )
-    fields = state_fields(body)
+    fields = state_fields(given)
     snap = await ctx.snapshot()
     if snap.desired is not None:
         check_capacity(ctx, snap.desired, name, fields)

@@ -23,10 +23,6 @@ from tei_reconciler.api.schemas import LogsResponse
 CHUNK = 64 * 1024
 
 
-def log_path(runtime_dir: Path, name: str) -> Path:
-    return runtime_dir / "logs" / f"{name}.log"
-
-
 def normalise(total: int, start: int | None, end: int | None) -> tuple[int, int]:
     """`slice(start, end).indices(total)` for step 1, as tei-manager echoes them back."""
     lo = 0 if start is None else (max(total + start, 0) if start < 0 else min(start, total))

@@ -4,9 +4,10 @@ The same Structs decode requests (validation once, at the edge), encode response
 `openapi.py`, so the published schema can never drift from what the handlers accept and send.
 
 Request bodies use tei-manager's field names (`gpu_id`, `port: 0` for "pick one") so its
-scripts keep working, plus the state file's own fields. They forbid unknown fields: a typo in a
-request is an error, exactly as it is in the state file. Responses carry the anchor's flat
-instance fields first, then the Kubernetes-style status (phase, conditions, ...).
+scripts keep working, plus the state file's own fields, taken from the field table
+(`tei_reconciler.desired.fields`). They forbid unknown fields: a typo in a request is an error,
+exactly as it is in the state file. Responses carry the anchor's flat instance fields first,
+then the Kubernetes-style status (phase, conditions, ...).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from tei_reconciler.desired.fields import FIELDS
+from tei_reconciler.desired.spec import DesiredRun, InstanceSpec
+from tei_reconciler.planner.phase import AnchorStatus, Phase
 from tei_reconciler.routing import DataPlaneStatus
 
-Port = Annotated[int, msgspec.Meta(ge=0, le=65535, description="0 or omitted: auto-assigned")]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 GpuIndex = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -33,43 +34,49 @@ class Response(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # ---- requests ------------------------------------------------------------------------------
-class InstanceFields(Request, frozen=True, kw_only=True):
-    """The fields of one instance, as in a `[instances.<name>]` table of the state file."""
-
-    model_id: str
-    revision: str | None = None
-    state: Literal["running", "stopped"] | None = None
-    gpu: int | list[int] | Literal["all", "none"] | None = None
-    gpu_id: GpuIndex | None = msgspec.field(default=None)  # tei-manager's name for one `gpu`
-    port: Port | None = None
-    prometheus_port: Port | None = None
-    max_batch_tokens: PositiveInt | None = None
-    max_concurrent_requests: PositiveInt | None = None
-    max_client_batch_size: PositiveInt | None = None
-    max_batch_requests: PositiveInt | None = None
-    pooling: Literal["cls", "mean", "splade", "last-token"] | None = None
-    dtype: Literal["float16", "float32", "bfloat16"] | None = None
-    auto_truncate: bool | None = None
-    served_model_name: str | None = None
-    tokenization_workers: PositiveInt | None = None
-    extra_args: list[str] | None = None
-    env: dict[str, str] | None = None
-    startup_timeout_secs: PositiveFloat | None = None
-    health_interval_secs: PositiveFloat | None = None
-    health_timeout_secs: PositiveFloat | None = None
-    failure_threshold: PositiveInt | None = None
+def _optional(type_: Any) -> tuple[Any, None]:
+    """An optional body field: None (or left out) means "not given"."""
+    return type_ | None, None
 
 
-class CreateInstanceRequest(InstanceFields, frozen=True, kw_only=True):
-    """`POST /instances`: tei-manager's CreateInstanceRequest."""
+def _instance_fields() -> list[tuple[Any, ...]]:
+    """Each field of the table a REST body may set, in the order of `InstanceSpec`, typed by
+    its rule; optional unless every instance needs it."""
+    fields: list[tuple[Any, ...]] = []
+    for info in msgspec.structs.fields(InstanceSpec):
+        field = FIELDS[info.name]
+        if field.rule is None or not field.rest:
+            continue
+        rest = field.rule.rest
+        fields.append((info.name, rest) if info.required else (info.name, *_optional(rest)))
+        if info.name == "gpu":
+            fields.append(("gpu_id", *_optional(GpuIndex)))  # tei-manager's name for one `gpu`
+    return fields
 
-    name: str
 
-
-class ApplyInstanceRequest(InstanceFields, frozen=True, kw_only=True):
-    """`PUT /instances/{name}`: the whole instance; `name`, when given, must match the path."""
-
-    name: str | None = None
+#: The fields of one instance, as in a `[instances.<name>]` table of the state file.
+InstanceFields = msgspec.defstruct(
+    "InstanceFields", _instance_fields(), bases=(Request,), frozen=True, kw_only=True
+)
+CreateInstanceRequest = msgspec.defstruct(
+    "CreateInstanceRequest",
+    [("name", str)],
+    bases=(InstanceFields,),
+    namespace={"__doc__": "`POST /instances`: tei-manager's CreateInstanceRequest."},
+    frozen=True,
+    kw_only=True,
+)
+ApplyInstanceRequest = msgspec.defstruct(
+    "ApplyInstanceRequest",
+    [("name", *_optional(str))],
+    bases=(InstanceFields,),
+    namespace={
+        "__doc__": "`PUT /instances/{name}`: the whole instance; `name`, when given, must "
+        "match the path."
+    },
+    frozen=True,
+    kw_only=True,
+)
 
 
 # ---- responses -----------------------------------------------------------------------------
@@ -115,7 +122,7 @@ class InstanceOut(Response, frozen=True, kw_only=True):
     name: str
     model_id: str
     port: int | None
-    status: Literal["starting", "running", "stopping", "stopped", "failed"]
+    status: AnchorStatus
     pid: int | None
     created_at: datetime | None
     uptime_secs: int | None
@@ -124,13 +131,11 @@ class InstanceOut(Response, frozen=True, kw_only=True):
     last_health_check: datetime | None
     gpu_id: int | None
     prometheus_port: int | None
-    phase: Literal[
-        "Pending", "Starting", "Running", "Stopping", "Stopped", "CrashLoopBackOff", "Failed"
-    ]
+    phase: Phase
     ready: bool
     reason: str
     message: str
-    desired_state: Literal["running", "stopped"]
+    desired_state: DesiredRun
     conditions: list[ConditionOut]
     spec: dict[str, Any]  # the desired spec, as the state file holds it after defaults
     last_exit: ExitOut | None

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tei_reconciler.api._http import media_type, query_bool, read_body
+from tei_reconciler.api.context import ctx_of
 from tei_reconciler.api.errors import ApiError, api_error_for, json_response, problem_details
-from tei_reconciler.api.instances import ctx_of
 from tei_reconciler.api.schemas import PlanResponse, StateWriteResponse
 from tei_reconciler.desired.statefile import parse_state
 from tei_reconciler.errors import SpecError

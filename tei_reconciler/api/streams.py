@@ -20,11 +20,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from tei_reconciler.api._http import query_bool, query_int
-from tei_reconciler.api.context import ApiContext
+from tei_reconciler.api.context import ApiContext, ctx_of
 from tei_reconciler.api.errors import ApiError, json_response
-from tei_reconciler.api.instances import NAME, ctx_of
-from tei_reconciler.api.logs import count_lines, follow, log_path, normalise, read_slice
+from tei_reconciler.api.logs import count_lines, follow, normalise, read_slice
 from tei_reconciler.api.views import event_out, instance_out
+from tei_reconciler.desired.spec import is_instance_name
+from tei_reconciler.paths import RuntimeDir
 
 HEARTBEAT_SECS = 15.0
 
@@ -87,7 +88,7 @@ def wants_stream(request: Request) -> bool:
 async def known_instance(ctx: ApiContext, name: str) -> None:
     """404 unless `name` is in the state file or the status store."""
     spec, status = await ctx.lookup(name)
-    if (spec is None and status is None) or NAME.fullmatch(name) is None:
+    if (spec is None and status is None) or not is_instance_name(name):
         raise ApiError(404, "INSTANCE_NOT_FOUND", f"instance {name!r} not found")
 
 
@@ -96,7 +97,7 @@ async def get_logs(request: Request) -> Response | EventStream:
     name = request.path_params["name"]
     await known_instance(ctx, name)
     start, end = query_int(request, "start"), query_int(request, "end")
-    path = log_path(Path(ctx.settings.runtime_dir), name)
+    path = RuntimeDir(Path(ctx.settings.runtime_dir)).log(name)
     if not query_bool(request, "follow"):
         return json_response(await anyio.to_thread.run_sync(read_slice, path, start, end))
 

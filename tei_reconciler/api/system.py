@@ -16,8 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tei_reconciler.api.context import ctx_of
 from tei_reconciler.api.errors import ApiError, json_response
-from tei_reconciler.api.instances import ctx_of
 from tei_reconciler.api.openapi import openapi_document
 from tei_reconciler.api.schemas import HealthResponse, ReadyResponse
 

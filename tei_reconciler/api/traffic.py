@@ -13,8 +13,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tei_reconciler.api.context import ctx_of
 from tei_reconciler.api.errors import json_response
-from tei_reconciler.api.instances import ctx_of
 from tei_reconciler.api.streams import EventStream, known_instance, sse, wants_stream
 from tei_reconciler.traffic import TrafficSnapshot, until_next_step
 

@@ -13,12 +13,11 @@ import msgspec
 
 from tei_reconciler.api.schemas import ConditionOut, EventOut, ExitOut, InstanceOut
 from tei_reconciler.desired.spec import DesiredRun, InstanceSpec
+from tei_reconciler.planner.phase import ANCHOR_STATUS, Phase
 from tei_reconciler.planner.status import (
-    ANCHOR_STATUS,
     Event,
     ExitInfo,
     InstanceStatus,
-    Phase,
     exit_summary,
     signal_name,
 )
@@ -62,7 +61,7 @@ def instance_out(
         name=shown.name,
         model_id=shown.model_id,
         port=(status.port if status and status.port is not None else shown.port),
-        status=ANCHOR_STATUS[phase],  # type: ignore[arg-type]
+        status=ANCHOR_STATUS[phase],
         pid=status.pid if status else None,
         created_at=ts(status.created_at) if status else None,
         uptime_secs=uptime,
@@ -75,13 +74,11 @@ def instance_out(
             if status and status.prometheus_port is not None
             else shown.prometheus_port
         ),
-        phase=phase.value,
+        phase=phase,
         ready=status.ready if status else False,
         reason=status.reason if status else "NotObserved",
         message=status.message if status else "the controller has not acted on it yet",
-        desired_state=(
-            "stopped" if shown.state is DesiredRun.STOPPED or spec is None else "running"
-        ),
+        desired_state=DesiredRun.STOPPED if spec is None else shown.state,
         conditions=[
             ConditionOut(
                 type=c.type,

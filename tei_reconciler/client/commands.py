@@ -20,6 +20,7 @@ import anyio
 
 from tei_reconciler.client import render
 from tei_reconciler.client.http import Client, ServerError
+from tei_reconciler.desired.fields import same_spec
 
 TOML = {"Content-Type": "application/toml"}
 
@@ -188,14 +189,6 @@ async def delete(api: Client, args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(f"instance/{args.name} deleted\n")
     return 0
-
-
-def same_spec(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether a status is about the desired spec; ports the controller assigned aside."""
-    ignore = {k for k in ("port", "prometheus_port") if desired.get(k) is None}
-    return {k: v for k, v in observed.items() if k not in ignore} == {
-        k: v for k, v in desired.items() if k not in ignore
-    }
 
 
 def _met(condition: str, item: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:

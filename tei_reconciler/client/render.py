@@ -113,21 +113,17 @@ def describe(item: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> st
     out.extend(last_state(item.get("last_exit"), width))
 
     conditions = item.get("conditions") or []
-    out.append("Conditions:")
-    if conditions:
-        rows = [
-            [
-                str(c["type"]),
-                str(c["status"]),
-                str(c.get("reason", "")),
-                age_since(c.get("last_transition_time")),
-                str(c.get("message", "")),
-            ]
-            for c in conditions
+    rows = [
+        [
+            str(c["type"]),
+            str(c["status"]),
+            str(c.get("reason", "")),
+            age_since(c.get("last_transition_time")),
+            str(c.get("message", "")),
         ]
-        out.append(_indent(table(("TYPE", "STATUS", "REASON", "AGE", "MESSAGE"), rows)))
-    else:
-        out.append("  <none>")
+        for c in conditions
+    ]
+    out += _section("Conditions", ("TYPE", "STATUS", "REASON", "AGE", "MESSAGE"), rows)
 
     spec = {
         k: v for k, v in (item.get("spec") or {}).items() if k != "name" and v not in (None, [], {})
@@ -135,21 +131,17 @@ def describe(item: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> st
     out.append("Spec:")
     out.extend(f"  {k} = {_spec_value(v)}" for k, v in sorted(spec.items()))
 
-    out.append("Events:")
-    if events:
-        rows = [
-            [
-                str(e["type"]),
-                str(e["reason"]),
-                str(e.get("count", 1)),
-                age_since(e.get("last_time")),
-                str(e.get("message", "")),
-            ]
-            for e in events
+    rows = [
+        [
+            str(e["type"]),
+            str(e["reason"]),
+            str(e.get("count", 1)),
+            age_since(e.get("last_time")),
+            str(e.get("message", "")),
         ]
-        out.append(_indent(table(("TYPE", "REASON", "COUNT", "LAST SEEN", "MESSAGE"), rows)))
-    else:
-        out.append("  <none>")
+        for e in events
+    ]
+    out += _section("Events", ("TYPE", "REASON", "COUNT", "LAST SEEN", "MESSAGE"), rows)
     return "\n".join(line.rstrip("\n") for line in out) + "\n"
 
 
@@ -186,6 +178,11 @@ def _spec_value(value: object) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_spec_value(v)}" for k, v in value.items()) + " }"
     return str(value)
+
+
+def _section(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A titled table of `describe`, or `<none>` under its title."""
+    return [f"{title}:", _indent(table(header, rows)) if rows else "  <none>"]
 
 
 def _indent(text: str) -> str:

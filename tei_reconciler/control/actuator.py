@@ -17,7 +17,7 @@ import msgspec
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
-from tei_reconciler.control.runtime import Runtime
+from tei_reconciler.control.runtime import Placement, Probed, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.logtail import last_lines, log_size
@@ -34,6 +34,7 @@ from tei_reconciler.errors import ActionError
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
 from tei_reconciler.planner.observed import Failure
 from tei_reconciler.planner.plan import Stop
+from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import ExitInfo, ProbeResult, exit_summary
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
@@ -45,10 +46,15 @@ log = logging.getLogger(__name__)
 Drain = Callable[[str], Awaitable[None]]
 
 
+def _unbound(*args: object) -> None:
+    raise RuntimeError("the actuator acts only for a controller (Actuator.bind)")
+
+
 class Actuator:
-    """Acts for the controller. `changed` asks for a pass, `spawn` runs a task in the
-    controller's task group, `forget` drops an instance the controller no longer tracks,
-    `drain` (when a data plane is there) waits for an instance's calls before it is stopped."""
+    """Acts for the controller, which binds itself on creation (`bind`): `changed` asks for a
+    pass, `spawn` runs a task in the controller's task group, `forget` drops an instance the
+    controller no longer tracks. `drain` (when a data plane is there) waits for an instance's
+    calls before it is stopped."""
 
     def __init__(
         self,
@@ -59,13 +65,11 @@ class Actuator:
         ports: PortBook,
         store: StatusStore,
         clock: Clock,
+        policy: Policy,
         backoff: BackoffPolicy,
         gpus: tuple[int, ...],
         base_env: Mapping[str, str],
         owner: str,
-        changed: Callable[[], None],
-        spawn: Callable[..., None],
-        forget: Callable[[str], None],
         drain: Drain | None = None,
     ) -> None:
         self.settings = settings
@@ -74,15 +78,25 @@ class Actuator:
         self.ports = ports
         self.store = store
         self.clock = clock
+        self.policy = policy
         self.backoff = backoff
         self.gpus = gpus
         self.base_env = dict(base_env)
         self.owner = owner
-        self.changed = changed
-        self.spawn = spawn
-        self.forget = forget
+        self.changed: Callable[[], None] = _unbound
+        self.spawn: Callable[..., None] = _unbound
+        self.forget: Callable[[str], None] = _unbound
         self.drain = drain
         self._starts = anyio.CapacityLimiter(max(1, settings.max_concurrent_starts))
+
+    def bind(
+        self,
+        *,
+        changed: Callable[[], None],
+        spawn: Callable[..., None],
+        forget: Callable[[str], None],
+    ) -> None:
+        self.changed, self.spawn, self.forget = changed, spawn, forget
 
     def follow(self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None) -> None:
         """Watch a new (spawned or adopted) process: its exit and its health."""
@@ -106,16 +120,14 @@ class Actuator:
         except Exception as exc:  # the one boundary: every failure to start is an outcome
             self._start_failed(rt, spec, exc, wall)
         else:
-            if rt.generation > 0:
-                rt.restarts += 1
-            rt.attach(handle, spec=spec, now=self.clock.now(), wall=wall)
-            rt.log_offset = log_offset
-            rt.port, rt.prometheus_port, rt.gpu_id = (
-                assignment.port,
-                assignment.prometheus_port,
-                cuda,
+            rt.started(
+                handle,
+                spec=spec,
+                placement=Placement(assignment.port, assignment.prometheus_port, cuda),
+                log_offset=log_offset,
+                now=self.clock.now(),
+                wall=wall,
             )
-            rt.failure, rt.failures = None, 0
             metrics.ACTIONS.labels("start", "ok").inc()
             self.store.record_event(
                 spec.name,
@@ -173,10 +185,9 @@ class Actuator:
             with anyio.move_on_after(self.settings.stop_grace_secs):
                 await self.drain(rt.name)
         exit_ = await self.driver.stop(handle, self.settings.stop_grace_secs)
-        rt.last_exit = msgspec.structs.replace(
-            exit_, reason=action.reason, last_lines=self._last_lines(rt)
+        rt.ended(
+            msgspec.structs.replace(exit_, reason=action.reason, last_lines=self._last_lines(rt))
         )
-        rt.detach()
         await self.prober.forget(rt.name)  # the next process may serve another model type
         if action.crash:
             rt.crash = record_crash(
@@ -210,10 +221,8 @@ class Actuator:
     def on_crash(self, rt: Runtime, handle: ProcessHandle, exit_: ExitInfo) -> None:
         now = self.clock.now()
         healthy_for = rt.healthy_for(now)
-        rt.cancel_probes()
         exit_ = msgspec.structs.replace(exit_, last_lines=self._last_lines(rt))
-        rt.last_exit = exit_
-        rt.detach()
+        rt.ended(exit_)
         rt.crash = record_crash(
             rt.crash,
             now=now,
@@ -243,8 +252,10 @@ class Actuator:
         self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None
     ) -> None:
         """Probe `handle` until it is replaced; results go into `rt` and may mark dirty."""
-        if rt.port is None or rt.handle is not handle:
+        port = rt.placement.port
+        if port is None or rt.handle is not handle:
             return  # it exited (or was replaced) before this task began: nothing to cancel us
+        policy = self.policy.for_instance(spec)
 
         def report(outcome: ProbeOutcome) -> None:
             if rt.handle is not handle:
@@ -264,52 +275,33 @@ class Actuator:
                 self.prober,
                 rt.name,
                 self.settings.instance_host,
-                rt.port,
-                interval=(spec.health_interval_secs if spec else None)
-                or self.settings.health_interval_secs,
-                within=(spec.health_timeout_secs if spec else None)
-                or self.settings.health_timeout_secs,
+                port,
+                interval=policy.health_interval_secs,
+                within=policy.health_timeout_secs,
                 started=lambda: rt.startup_ok,
                 report=report,
             )
 
     def on_probe(self, rt: Runtime, ok: bool, message: str, wall: float) -> bool:
         """Fold one probe result into the runtime; True when a pass should look."""
-        if not rt.startup_ok:
-            if not ok:
-                metrics.PROBE_FAILURES.labels("startup").inc()
-                return False
-            rt.startup_ok = True
-            rt.mark_ready(self.clock.now(), wall)
+        threshold = self.policy.for_instance(rt.spec).failure_threshold
+        verdict = rt.probed(ok, threshold=threshold, now=self.clock.now(), wall=wall)
+        if verdict is Probed.STARTUP_FAILED:
+            metrics.PROBE_FAILURES.labels("startup").inc()
+        elif verdict is Probed.STARTED:
             self.store.record_event(rt.name, "Normal", "Ready", "startup probe succeeded", wall)
-            return True
-        if ok:
-            recovered = rt.consecutive_failures > 0 or not rt.ready
-            rt.consecutive_failures = 0
-            if not rt.ready:
-                rt.mark_ready(self.clock.now(), wall)
-            return recovered  # a pass publishes the recovery (failure count back to 0)
-        metrics.PROBE_FAILURES.labels("liveness").inc()
-        rt.consecutive_failures += 1
-        # One slow health check under load must not cut an instance's traffic: like a
-        # Kubernetes readiness probe, Ready is lost after `failure_threshold` failures in a
-        # row, which is also when the planner restarts the instance.
-        if rt.consecutive_failures >= self._failure_threshold(rt):
-            rt.ready = False
-        self.store.record_event(
-            rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
-        )
-        return True
+        elif verdict is Probed.FAILED:
+            metrics.PROBE_FAILURES.labels("liveness").inc()
+            self.store.record_event(
+                rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
+            )
+        # A recovery needs a pass too: it publishes the failure count back at 0.
+        return verdict in (Probed.STARTED, Probed.RECOVERED, Probed.FAILED)
 
     def argv_for(self, spec: InstanceSpec, *, port: int, prom: int) -> list[str]:
         """The command line this reconciler launches `spec` with on these ports."""
         prefix = resolve_binary(self.settings.tei_binary, self.settings.tei_protocol)
         return build_argv(prefix, spec, host=self.settings.instance_host, port=port, prom=prom)
-
-    def _failure_threshold(self, rt: Runtime) -> int:
-        if rt.spec is not None and rt.spec.failure_threshold is not None:
-            return rt.spec.failure_threshold
-        return self.settings.failure_threshold
 
     async def reap(self, handle: ProcessHandle) -> None:
         async with anyio.create_task_group() as tg:

@@ -14,9 +14,8 @@ force and the errors are reported (`SpecValid=False`, status store, event, metri
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -24,25 +23,19 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from tei_reconciler import metrics
-from tei_reconciler._types import Clock, SystemClock
-from tei_reconciler.control.actuator import Actuator, Drain
+from tei_reconciler._types import Clock
+from tei_reconciler.control.actuator import Actuator
+from tei_reconciler.control.adoption import adopt
 from tei_reconciler.control.publish import publish
 from tei_reconciler.control.runtime import Runtime
-from tei_reconciler.control.source import DesiredSource, Loader, file_loader
-from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
-from tei_reconciler.drivers.gpus import detect_gpus
-from tei_reconciler.drivers.ports import Assignment, PortBook
-from tei_reconciler.drivers.probe import Prober, make_prober
-from tei_reconciler.drivers.process import (
-    Driver,
-    Found,
-    ProcessDriver,
-    owner_digest,
-    rotate_log,
-)
-from tei_reconciler.planner.backoff import BackoffPolicy
+from tei_reconciler.control.source import DesiredSource
+from tei_reconciler.desired.spec import DesiredState
+from tei_reconciler.drivers.ports import PortBook
+from tei_reconciler.drivers.probe import Prober
+from tei_reconciler.drivers.process import Driver, Found, owner_digest, rotate_log
 from tei_reconciler.planner.observed import Busy, ObservedInstance
-from tei_reconciler.planner.plan import Action, Forget, Policy, Start, Stop, plan
+from tei_reconciler.planner.plan import Action, Forget, Start, Stop, plan
+from tei_reconciler.planner.policy import Policy
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
@@ -53,7 +46,9 @@ _ROTATE_EVERY = 5.0  # seconds between log size checks
 
 
 class Controller:
-    """Owns every instance process of one state file."""
+    """Owns every instance process of one state file. Built with its parts by the
+    composition root (`tei_reconciler.build`); it binds the actuator and the desired source to
+    itself, and constructs nothing."""
 
     def __init__(
         self,
@@ -61,69 +56,26 @@ class Controller:
         *,
         store: StatusStore,
         table: RoutingTable,
-        clock: Clock | None = None,
-        loader: Loader | None = None,
-        driver: Driver | None = None,
-        prober: Prober | None = None,
-        gpus: tuple[int, ...] | None = None,
-        base_env: Mapping[str, str] | None = None,
-        drain: Drain | None = None,
+        clock: Clock,
+        source: DesiredSource,
+        driver: Driver,
+        prober: Prober,
+        ports: PortBook,
+        policy: Policy,
+        actuator: Actuator,
     ) -> None:
         self.settings = settings
         self.store = store
         self.table = table
-        self.clock = clock or SystemClock()
-        self.state_file = Path(settings.state_file)
-        runtime_dir = Path(settings.runtime_dir)
-        reserved = settings.reserved_ports
-        self.source = DesiredSource(
-            self.state_file,
-            loader or file_loader(reserved),
-            store=store,
-            clock=self.clock,
-            running=self._running,
-        )
-        self.owner = owner_digest(self.state_file)
-        self.driver: Driver = driver or ProcessDriver(
-            runtime_dir=runtime_dir, owner=self.owner, clock=self.clock
-        )
-        self.prober: Prober = prober or make_prober(settings.tei_protocol)
-        self.ports = PortBook(
-            runtime_dir / "ports.json",
-            host=settings.instance_host,
-            instance_range=(settings.instance_port_range[0], settings.instance_port_range[1]),
-            prometheus_range=(
-                settings.prometheus_port_range[0],
-                settings.prometheus_port_range[1],
-            ),
-            reserved=reserved,
-        )
-        self.policy = Policy(
-            startup_timeout_secs=settings.startup_timeout_secs,
-            failure_threshold=settings.failure_threshold,
-            max_instances=settings.max_instances,
-        )
-        self.backoff = BackoffPolicy(
-            initial=settings.backoff_initial_secs,
-            maximum=settings.backoff_max_secs,
-            reset_after=settings.backoff_reset_secs,
-        )
-        self.actuator = Actuator(
-            settings,
-            driver=self.driver,
-            prober=self.prober,
-            ports=self.ports,
-            store=store,
-            clock=self.clock,
-            backoff=self.backoff,
-            gpus=detect_gpus() if gpus is None else gpus,
-            base_env=os.environ if base_env is None else base_env,
-            owner=self.owner,
-            changed=self.mark_dirty,
-            spawn=self._spawn_task,
-            forget=self._forget,
-            drain=drain,
-        )
+        self.clock = clock
+        self.source = source
+        self.driver = driver
+        self.prober = prober
+        self.ports = ports
+        self.policy = policy
+        self.actuator = actuator
+        source.bind(running=self._running)
+        actuator.bind(changed=self.mark_dirty, spawn=self._spawn_task, forget=self._forget)
         self.runtimes: dict[str, Runtime] = {}
         self._found_at_boot = False
         self._dirty = anyio.Event()
@@ -209,56 +161,16 @@ class Controller:
 
     def _adopt(self, found: list[Found]) -> None:
         """Take over this owner's children left by a previous reconciler; stop duplicates."""
-        wanted = self.desired.instances if self.desired is not None else {}
-        by_name: dict[str, list[Found]] = {}
-        for one in found:
-            by_name.setdefault(one.instance, []).append(one)
-        for name, candidates in by_name.items():
-            spec = wanted.get(name)
-            candidates.sort(key=lambda f: (spec is None or f.spec_hash != spec_hash(spec), f.pid))
-            keep, extra = candidates[0], candidates[1:]
-            for dup in extra:
-                handle = self.driver.adopt(dup)
-                if handle is not None:
-                    self._spawn_task(self.actuator.reap, handle)
-            handle = self.driver.adopt(keep)
-            if handle is None:
-                continue
-            if spec is not None and not self._launched_as_now(keep, spec):
-                # Same spec, other binary, protocol or host (a TEI upgrade): replace it.
-                log.info("%s (pid %d) runs another command than configured now", name, keep.pid)
-                handle.spec_hash = f"{keep.spec_hash}/stale-launch"
-            rt = self._runtime(name)
-            rt.attach(
-                handle,
-                spec=spec if spec is not None and handle.spec_hash == spec_hash(spec) else None,
-                now=self.clock.now(),
-                wall=self.clock.wall(),
-            )
-            rt.port, rt.prometheus_port, rt.gpu_id = keep.port, keep.prometheus_port, keep.gpu_id
-            if handle.started_wall is not None:
-                rt.created_at = handle.started_wall
-            if keep.port is not None and keep.prometheus_port is not None:
-                self.ports.record(
-                    name, Assignment(port=keep.port, prometheus_port=keep.prometheus_port)
-                )
-            self.store.record_event(
-                name,
-                "Normal",
-                "Adopted",
-                f"adopted running process {handle.pid}",
-                self.clock.wall(),
-            )
-            log.info("adopted %s (pid %d)", name, handle.pid)
-            self.actuator.follow(rt, handle, rt.spec or spec)
-
-    def _launched_as_now(self, found: Found, spec: InstanceSpec) -> bool:
-        """Whether `found` runs the argv this reconciler would launch for `spec` on its ports
-        (True when the kernel does not show the command line)."""
-        if not found.argv or found.port is None or found.prometheus_port is None:
-            return True
-        expected = self.actuator.argv_for(spec, port=found.port, prom=found.prometheus_port)
-        return list(found.argv) == expected
+        adopt(
+            found,
+            self.desired.instances if self.desired is not None else {},
+            runtime=self._runtime,
+            driver=self.driver,
+            actuator=self.actuator,
+            ports=self.ports,
+            store=self.store,
+            clock=self.clock,
+        )
 
     # ---- act ---------------------------------------------------------------------------
     def _spawn_task(self, func: Callable[..., object], *args: object) -> None:

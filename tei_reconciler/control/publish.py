@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tei_reconciler import metrics
-from tei_reconciler.control.runtime import Runtime
+from tei_reconciler.control.runtime import Placement, Runtime
 from tei_reconciler.desired.spec import InstanceSpec
-from tei_reconciler.planner.plan import Assessment, Policy, assess
-from tei_reconciler.planner.status import Condition, InstanceStatus, Phase
+from tei_reconciler.planner.phase import Phase
+from tei_reconciler.planner.plan import Assessment, assess
+from tei_reconciler.planner.policy import Policy
+from tei_reconciler.planner.status import Condition, InstanceStatus
 from tei_reconciler.routing import Endpoint, RoutingTable
 from tei_reconciler.store import StatusStore
 
@@ -43,7 +45,7 @@ def build_status(
     wall: float,
     spec_errors: tuple[str, ...],
 ) -> InstanceStatus:
-    phase = Phase(verdict.phase)
+    phase = verdict.phase
     shown_spec = (
         spec
         or (rt.spec if rt is not None else None)
@@ -83,6 +85,7 @@ def build_status(
         crash_until = wall + (rt.crash.until - now)
     if rt is not None and phase is Phase.FAILED and rt.failure is not None:
         crash_until = wall + (rt.failure.retry_at - now)
+    placed = rt.placement if rt is not None else Placement()
     return InstanceStatus(
         name=name,
         spec=shown_spec,
@@ -90,9 +93,9 @@ def build_status(
         reason=verdict.reason,
         message=verdict.message,
         pid=rt.handle.pid if rt is not None and rt.handle is not None else None,
-        port=rt.port if rt is not None and rt.port is not None else shown_spec.port,
-        prometheus_port=rt.prometheus_port if rt is not None else shown_spec.prometheus_port,
-        gpu_id=rt.gpu_id if rt is not None else None,
+        port=placed.port if placed.port is not None else shown_spec.port,
+        prometheus_port=placed.prometheus_port if rt is not None else shown_spec.prometheus_port,
+        gpu_id=placed.gpu_id,
         created_at=rt.created_at if rt is not None and rt.handle is not None else None,
         ready_since=rt.ready_since if ready and rt is not None else None,
         restarts=rt.restarts if rt is not None else 0,
@@ -115,7 +118,7 @@ def endpoint_of(status: InstanceStatus, host: str, rt: Runtime | None) -> Endpoi
         host=host,
         port=status.port,
         ready=status.ready,
-        phase=status.phase.value,
+        phase=status.phase,
         generation=rt.generation if rt is not None else 0,
     )
 
@@ -127,12 +130,12 @@ def _unknown_desire(rt: Runtime) -> Assessment | None:
         return None
     if not rt.startup_ok:
         return Assessment(
-            phase="Starting",
+            phase=Phase.STARTING,
             reason="SpecUnknown",
             message="no valid state file read yet; waiting for the first healthy probe",
         )
     return Assessment(
-        phase="Running",
+        phase=Phase.RUNNING,
         reason="Healthy" if rt.ready else "Unhealthy",
         message="no valid state file read yet; the process is kept as found",
     )

@@ -1,12 +1,16 @@
 """The controller's mutable record of one instance.
 
 `Runtime` holds the current process handle, probe state, crash history and ports of one
-instance; `observe()` freezes what the planner needs into an `ObservedInstance`.
+instance; `observe()` freezes what the planner needs into an `ObservedInstance`. The
+controller and the actuator change it through its methods, one per event (a process
+started, adopted or ended; a probe passed), so each event's writes stay together.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
+from typing import NamedTuple
 
 import anyio
 
@@ -17,6 +21,24 @@ from tei_reconciler.planner.observed import Busy, Failure, ObservedInstance, Pro
 from tei_reconciler.planner.status import ExitInfo, ProbeResult
 
 PROBE_HISTORY = 20  # probe results kept per instance
+
+
+class Placement(NamedTuple):
+    """Where a process runs: its ports and the GPUs it sees (CUDA_VISIBLE_DEVICES)."""
+
+    port: int | None = None
+    prometheus_port: int | None = None
+    gpu_id: str | None = None
+
+
+class Probed(enum.Enum):
+    """What one probe result changed (`Runtime.probed`)."""
+
+    STARTUP_FAILED = "startup failed"  # still starting
+    STARTED = "started"  # the startup probe passed: Ready
+    HEALTHY = "healthy"  # nothing changed
+    RECOVERED = "recovered"  # healthy again after failures: Ready again, count back at 0
+    FAILED = "failed"  # a liveness probe failed (Ready lost at the threshold)
 
 
 class Runtime:
@@ -43,24 +65,54 @@ class Runtime:
         self.created_at: float | None = None  # wall
         self.ready_since: float | None = None  # wall
         self.ready_since_mono: float | None = None
-        self.port: int | None = None
-        self.prometheus_port: int | None = None
-        self.gpu_id: str | None = None
+        self.placement = Placement()  # of the current (or last) process
         self.log_offset = 0  # size of the instance log when the current process started
 
     def attach(
-        self, handle: ProcessHandle, *, spec: InstanceSpec | None, now: float, wall: float
+        self,
+        handle: ProcessHandle,
+        *,
+        spec: InstanceSpec | None,
+        placement: Placement,
+        now: float,
+        created_at: float,
     ) -> None:
         """A new process (spawned or adopted) now represents the instance."""
         self.handle = handle
         self.spec = spec
+        self.placement = placement
         self.generation += 1
         self.stop_requested = False
         self.startup_ok = self.ready = False
         self.consecutive_failures = 0
         self.started_at = now
-        self.created_at = wall
+        self.created_at = created_at
         self.ready_since = self.ready_since_mono = None
+
+    def started(
+        self,
+        handle: ProcessHandle,
+        *,
+        spec: InstanceSpec,
+        placement: Placement,
+        log_offset: int,
+        now: float,
+        wall: float,
+    ) -> None:
+        """A process this reconciler spawned now represents the instance: a restart when
+        one ran before, and the end of any start failure. Its output starts at `log_offset`
+        in the instance's log."""
+        if self.generation > 0:
+            self.restarts += 1
+        self.attach(handle, spec=spec, placement=placement, now=now, created_at=wall)
+        self.log_offset = log_offset
+        self.failure, self.failures = None, 0
+
+    def ended(self, exit_: ExitInfo) -> None:
+        """The process is gone: how it ended is kept, its probes stop."""
+        self.cancel_probes()
+        self.last_exit = exit_
+        self.detach()
 
     def detach(self) -> None:
         self.handle = None
@@ -79,6 +131,27 @@ class Runtime:
         if self.ready_since_mono is None:
             self.ready_since_mono = now
         self.ready_since = wall
+
+    def probed(self, ok: bool, *, threshold: int, now: float, wall: float) -> Probed:
+        """Fold one probe result in. Like a Kubernetes readiness probe, one slow health check
+        under load does not cut the instance's traffic: Ready is lost after `threshold`
+        failures in a row, which is also when the planner restarts the instance."""
+        if not self.startup_ok:
+            if not ok:
+                return Probed.STARTUP_FAILED
+            self.startup_ok = True
+            self.mark_ready(now, wall)
+            return Probed.STARTED
+        if ok:
+            recovered = self.consecutive_failures > 0 or not self.ready
+            self.consecutive_failures = 0
+            if not self.ready:
+                self.mark_ready(now, wall)
+            return Probed.RECOVERED if recovered else Probed.HEALTHY
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= threshold:
+            self.ready = False
+        return Probed.FAILED
 
     def healthy_for(self, now: float) -> float:
         """How long the current process has been Ready (for the backoff reset)."""

@@ -45,15 +45,18 @@ class DesiredSource:
         *,
         store: StatusStore,
         clock: Clock,
-        running: Callable[[], bool] = lambda: False,
     ) -> None:
         self.path = path
         self.loader = loader
-        self.running = running  # whether instance processes run (adopted ones included)
+        self.running: Callable[[], bool] = lambda: False  # whether instance processes run
         self.store = store
         self.clock = clock
         self.desired: DesiredState | None = None  # None until a valid file was read
         self._seen: bytes | None = None
+
+    def bind(self, *, running: Callable[[], bool]) -> None:
+        """Learn from the controller whether instance processes run (adopted ones too)."""
+        self.running = running
 
     def refresh(self) -> DesiredState | None:
         """Re-read the file if its bytes changed; return the last good desired state."""

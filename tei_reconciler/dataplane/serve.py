@@ -73,22 +73,15 @@ class DataPlaneRunner:
     async def _router(
         self, bind: str | None, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        s = self.settings
         behind_envoy = bind is not None
         await serve_router(
             self.table,
-            host=s.grpc_host,
-            port=s.grpc_port,
+            self.settings,
             bind=bind,
-            request_timeout_secs=s.request_timeout_secs,
-            max_message_mb=s.max_message_mb,
-            idle_channel_secs=s.idle_channel_secs,
-            default_instance=s.default_instance,
             interceptors=None if behind_envoy else self.interceptors,
             credentials=None if behind_envoy else self.credentials,
             balancer=self.balancer,
             traffic=self.traffic,
-            stop_grace_secs=min(s.stop_grace_secs, 5.0),
             task_status=task_status,
         )
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from tei_reconciler.atomic import write_atomically
-from tei_reconciler.desired.spec import DesiredState, check_state
+from tei_reconciler.desired.check import check_state
+from tei_reconciler.desired.spec import DesiredState
 from tei_reconciler.desired.tomledit import Fields, plain, rewrite_instance
 from tei_reconciler.desired.tomlpositions import scan
 from tei_reconciler.errors import (

@@ -23,6 +23,7 @@ import tomlkit.exceptions
 from tomlkit.container import Container
 from tomlkit.items import Item, Table
 
+from tei_reconciler.desired.fields import DATE_TIMES
 from tei_reconciler.desired.tomlpositions import scan
 
 Fields = dict[str, Any]
@@ -30,15 +31,15 @@ _LONE_LF = re.compile(r"(?<!\r)\n")
 
 
 def plain(field: str, value: object) -> object:
-    """A caller's value as TOML data: enums as their text, tuples as lists, `restarted_at`
-    text (as JSON carries it) as a date-time."""
+    """A caller's value as TOML data: enums as their text, tuples as lists, and the text of a
+    date-time field (as JSON carries it) as a date-time."""
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, list | tuple):
         return [plain(field, v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): plain(field, v) for k, v in value.items()}
-    if field == "restarted_at" and isinstance(value, str):
+    if field in DATE_TIMES and isinstance(value, str):
         try:
             return datetime.fromisoformat(value)
         except ValueError:

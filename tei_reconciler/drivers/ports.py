@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 import psutil
 
+from tei_reconciler._types import PortRange
 from tei_reconciler.atomic import write_atomically
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.errors import PermanentError
@@ -74,8 +75,8 @@ class PortBook:
     ) -> None:
         self.path = path
         self.host = host
-        self.instance_range = instance_range
-        self.prometheus_range = prometheus_range
+        self.instance_range = PortRange(*instance_range)
+        self.prometheus_range = PortRange(*prometheus_range)
         self.reserved = frozenset(reserved)
         self._book: dict[str, Assignment] = {}
         self._load()
@@ -130,7 +131,7 @@ class PortBook:
         kind: str,
         explicit: int | None,
         sticky: int | None,
-        span: tuple[int, int],
+        span: PortRange,
         taken: set[int],
         *,
         name: str,
@@ -149,10 +150,10 @@ class PortBook:
             return explicit
         if sticky is not None and sticky not in taken and port_is_free(self.host, sticky):
             return sticky
-        for candidate in range(*span):
+        for candidate in span.ports():
             if candidate not in taken and port_is_free(self.host, candidate):
                 return candidate
-        raise PermanentError("PortAllocationFailed", f"no free {kind} in [{span[0]}, {span[1]})")
+        raise PermanentError("PortAllocationFailed", f"no free {kind} in {span}")
 
     def assign(self, spec: InstanceSpec, *, explicit: Iterable[int] = ()) -> Assignment:
         """Ports for starting `spec` now. `explicit`: ports other desired instances name.
@@ -162,23 +163,16 @@ class PortBook:
         previous = self._book.get(spec.name)
         others = {p for p in explicit if p not in (spec.port, spec.prometheus_port)}
         taken = self._taken_by_others(spec.name, others)
-        port = self._pick(
-            "port",
-            spec.port,
-            previous.port if previous else None,
-            self.instance_range,
-            taken,
-            name=spec.name,
-        )
-        taken.add(port)
-        prometheus_port = self._pick(
-            "prometheus port",
-            spec.prometheus_port,
-            previous.prometheus_port if previous else None,
-            self.prometheus_range,
-            taken,
-            name=spec.name,
-        )
-        assignment = Assignment(port=port, prometheus_port=prometheus_port)
+        picked: dict[str, int] = {}
+        for field, kind, span in (
+            ("port", "port", self.instance_range),
+            ("prometheus_port", "prometheus port", self.prometheus_range),
+        ):
+            sticky = getattr(previous, field) if previous is not None else None
+            picked[field] = self._pick(
+                kind, getattr(spec, field), sticky, span, taken, name=spec.name
+            )
+            taken.add(picked[field])
+        assignment = Assignment(**picked)
         self.record(spec.name, assignment)
         return assignment

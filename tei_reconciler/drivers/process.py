@@ -34,6 +34,7 @@ import psutil
 from anyio.abc import Process
 
 from tei_reconciler._types import Clock
+from tei_reconciler.desired.fields import FIELDS
 from tei_reconciler.desired.spec import (
     MARKER_INSTANCE,
     MARKER_OWNER,
@@ -42,6 +43,7 @@ from tei_reconciler.desired.spec import (
     spec_hash,
 )
 from tei_reconciler.errors import PermanentError
+from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.planner.status import ExitInfo
 
 #: TEI reads each of its flags from an env var with a generic name (tei-wire.md section 4):
@@ -98,22 +100,19 @@ def resolve_binary(tei_binary: str, protocol: str) -> list[str]:
 def build_argv(
     prefix: list[str], spec: InstanceSpec, *, host: str, port: int, prom: int
 ) -> list[str]:
-    """DESIGN.md section 5: every managed flag explicit, `extra_args` last."""
-    argv = [*prefix, "--model-id", spec.model_id, "--port", str(port), "--hostname", host]
-    argv += ["--prometheus-port", str(prom), "--max-batch-tokens", str(spec.max_batch_tokens)]
-    argv += ["--max-concurrent-requests", str(spec.max_concurrent_requests)]
-    argv += ["--max-client-batch-size", str(spec.max_client_batch_size)]
-    optional: list[tuple[str, object]] = [
-        ("--revision", spec.revision),
-        ("--max-batch-requests", spec.max_batch_requests),
-        ("--pooling", spec.pooling),
-        ("--dtype", spec.dtype),
-        ("--served-model-name", spec.served_model_name),
-        ("--tokenization-workers", spec.tokenization_workers),
-    ]
-    argv += [a for flag, value in optional if value is not None for a in (flag, str(value))]
-    if spec.auto_truncate is not None:
-        argv += ["--auto-truncate", "true" if spec.auto_truncate else "false"]
+    """DESIGN.md section 5: every field that has a TEI flag (in the field table's order, each
+    when set; the ports as assigned), `--hostname` after the port, `--json-output`, then
+    `extra_args`."""
+    assigned = {"port": port, "prometheus_port": prom}
+    argv = [*prefix]
+    for name, field in FIELDS.items():
+        if field.flag is None:
+            continue
+        value = assigned[name] if field.assigned else getattr(spec, name)
+        if value is not None:
+            argv += [field.flag, field.render(value)]
+        if name == "port":
+            argv += ["--hostname", host]
     return [*argv, "--json-output", *spec.extra_args]
 
 
@@ -266,12 +265,12 @@ class ProcessDriver:
     """Spawns and stops instance process groups; finds this owner's children."""
 
     def __init__(self, *, runtime_dir: Path, owner: str, clock: Clock) -> None:
-        self.log_dir = runtime_dir / "logs"
+        self.runtime_dir = RuntimeDir(runtime_dir)
         self.owner = owner
         self.clock = clock
 
     def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
+        return self.runtime_dir.log(name)
 
     async def spawn(
         self, argv: list[str], env: dict[str, str], *, name: str, hash_: str
@@ -280,7 +279,7 @@ class ProcessDriver:
 
         Raises PermanentError("BinaryNotFound") when the program cannot be executed.
         """
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime_dir.logs.mkdir(parents=True, exist_ok=True)
         log_fd = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             process = await anyio.open_process(

@@ -127,35 +127,32 @@ class InfoService(tei_pb2_grpc.InfoServicer):
         return self._info
 
 
+def _text_options(r: Any) -> dict[str, Any]:
+    """How an embed request's text is prepared: truncation, its side, the prompt."""
+    return {
+        "truncate": r.truncate,
+        "left": r.truncation_direction == LEFT,
+        "prompt_name": r.prompt_name if r.HasField("prompt_name") else None,
+    }
+
+
 class EmbedService(tei_pb2_grpc.EmbedServicer, _Frontend):
     async def _embed(self, r: Any) -> tuple[tei_pb2.EmbedResponse, Meta]:
         vector, meta = await self.infer.embed(
             r.inputs,
-            truncate=r.truncate,
-            left=r.truncation_direction == LEFT,
             normalize=r.normalize if r.HasField("normalize") else True,
             dimensions=r.dimensions if r.HasField("dimensions") else None,
-            prompt_name=r.prompt_name if r.HasField("prompt_name") else None,
+            **_text_options(r),
         )
         return tei_pb2.EmbedResponse(embeddings=vector, metadata=meta_pb(meta)), meta
 
     async def _sparse(self, r: Any) -> tuple[tei_pb2.EmbedSparseResponse, Meta]:
-        values, meta = await self.infer.embed_sparse(
-            r.inputs,
-            truncate=r.truncate,
-            left=r.truncation_direction == LEFT,
-            prompt_name=r.prompt_name if r.HasField("prompt_name") else None,
-        )
+        values, meta = await self.infer.embed_sparse(r.inputs, **_text_options(r))
         sparse = [tei_pb2.SparseValue(index=i, value=v) for i, v in values]
         return tei_pb2.EmbedSparseResponse(sparse_embeddings=sparse, metadata=meta_pb(meta)), meta
 
     async def _all(self, r: Any) -> tuple[tei_pb2.EmbedAllResponse, Meta]:
-        tokens, meta = await self.infer.embed_all(
-            r.inputs,
-            truncate=r.truncate,
-            left=r.truncation_direction == LEFT,
-            prompt_name=r.prompt_name if r.HasField("prompt_name") else None,
-        )
+        tokens, meta = await self.infer.embed_all(r.inputs, **_text_options(r))
         rows = [tei_pb2.TokenEmbedding(embeddings=t) for t in tokens]
         return tei_pb2.EmbedAllResponse(token_embeddings=rows, metadata=meta_pb(meta)), meta
 

@@ -126,45 +126,37 @@ class HttpApi:
         value: bool = get(data, "truncate", bool, self.args.auto_truncate)
         return value
 
+    def _text_options(self, data: dict[str, Any]) -> dict[str, Any]:
+        """How a request's texts are prepared: truncation, its side, the prompt."""
+        return {
+            "truncate": self._truncate(data),
+            "left": direction_left(data),
+            "prompt_name": get(data, "prompt_name", str, None),
+        }
+
     # -- routes --------------------------------------------------------------------------
 
     async def embed(self, data: dict[str, Any]) -> tuple[Any, Meta, str]:
         texts, batch = self._texts(data)
-        truncate, left = self._truncate(data), direction_left(data)
+        options = self._text_options(data)
         normalize = get(data, "normalize", bool, True)
         dimensions = get(data, "dimensions", int, None)
-        prompt = get(data, "prompt_name", str, None)
         vectors, meta = await self._each(
             texts,
-            lambda t: self.infer.embed(
-                t,
-                truncate=truncate,
-                left=left,
-                normalize=normalize,
-                dimensions=dimensions,
-                prompt_name=prompt,
-            ),
+            lambda t: self.infer.embed(t, normalize=normalize, dimensions=dimensions, **options),
         )
         return vectors, meta, "batch" if batch else "single"
 
     async def embed_all(self, data: dict[str, Any]) -> tuple[Any, Meta, str]:
         texts, batch = self._texts(data)
-        truncate, left = self._truncate(data), direction_left(data)
-        prompt = get(data, "prompt_name", str, None)
-        rows, meta = await self._each(
-            texts,
-            lambda t: self.infer.embed_all(t, truncate=truncate, left=left, prompt_name=prompt),
-        )
+        options = self._text_options(data)
+        rows, meta = await self._each(texts, lambda t: self.infer.embed_all(t, **options))
         return rows, meta, "batch" if batch else "single"
 
     async def embed_sparse(self, data: dict[str, Any]) -> tuple[Any, Meta, str]:
         texts, batch = self._texts(data)
-        truncate, left = self._truncate(data), direction_left(data)
-        prompt = get(data, "prompt_name", str, None)
-        rows, meta = await self._each(
-            texts,
-            lambda t: self.infer.embed_sparse(t, truncate=truncate, left=left, prompt_name=prompt),
-        )
+        options = self._text_options(data)
+        rows, meta = await self._each(texts, lambda t: self.infer.embed_sparse(t, **options))
         body = [[{"index": i, "value": v} for i, v in row] for row in rows]
         return body, meta, "batch" if batch else "single"
 

@@ -24,21 +24,10 @@ import msgspec
 from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.planner.backoff import waiting
 from tei_reconciler.planner.observed import Busy, ObservedInstance
-
-#: Values of `status.Phase` (that module holds the enum; the pure layer cannot import it).
-PhaseName = Literal[
-    "Pending", "Starting", "Running", "Stopping", "Stopped", "CrashLoopBackOff", "Failed"
-]
+from tei_reconciler.planner.phase import Phase
+from tei_reconciler.planner.policy import Policy
 
 StopReason = Literal["Removed", "StoppedByUser", "SpecChanged", "StartupTimeout", "LivenessFailed"]
-
-
-class Policy(msgspec.Struct, frozen=True, kw_only=True):
-    """Manager-wide defaults the planner needs; an instance's own fields override them."""
-
-    startup_timeout_secs: float = 600.0
-    failure_threshold: int = 3
-    max_instances: int = 32
 
 
 class Start(msgspec.Struct, frozen=True, kw_only=True, tag="start"):
@@ -68,21 +57,9 @@ Action = Start | Stop | Forget
 
 
 class Assessment(msgspec.Struct, frozen=True, kw_only=True):
-    phase: PhaseName
+    phase: Phase
     reason: str
     message: str
-
-
-def _startup_timeout(spec: InstanceSpec, policy: Policy) -> float:
-    if spec.startup_timeout_secs is not None:
-        return spec.startup_timeout_secs
-    return policy.startup_timeout_secs
-
-
-def _threshold(spec: InstanceSpec, policy: Policy) -> int:
-    return (
-        spec.failure_threshold if spec.failure_threshold is not None else policy.failure_threshold
-    )
 
 
 def _soonest(a: float | None, b: float | None) -> float | None:
@@ -115,11 +92,11 @@ def plan_one(
         if process.spec_hash != wanted:
             return Stop(name=name, reason="SpecChanged"), None
         if not obs.startup_ok:
-            deadline = process.started_at + _startup_timeout(spec, policy)
+            deadline = process.started_at + policy.for_instance(spec).startup_timeout_secs
             if now >= deadline:
                 return Stop(name=name, reason="StartupTimeout", crash=True), None
             return None, deadline
-        if obs.consecutive_failures >= _threshold(spec, policy):
+        if obs.consecutive_failures >= policy.for_instance(spec).failure_threshold:
             return Stop(name=name, reason="LivenessFailed", crash=True), None
         return None, None
     if obs is not None:
@@ -136,14 +113,13 @@ def plan(
     observed: Mapping[str, ObservedInstance],
     now: float,
     *,
-    policy: Policy | None = None,
+    policy: Policy,
 ) -> tuple[list[Action], float | None]:
     """Actions that move the world toward `desired`, and the monotonic time at which the
     answer may change without any trigger (a backoff or startup deadline), or None.
 
     Starts beyond `max_instances` live processes wait (in name order) until a slot frees.
     """
-    policy = policy or Policy()
     actions: list[Action] = []
     requeue: float | None = None
     live = sum(1 for o in observed.values() if o.process is not None or o.busy is Busy.STARTING)
@@ -166,43 +142,43 @@ def assess(
     process = obs.process if obs is not None else None
     if obs is not None and obs.busy is Busy.STOPPING:
         reason = "Removed" if spec is None else "Stopping"
-        return Assessment(phase="Stopping", reason=reason, message="stopping the process group")
+        return Assessment(phase=Phase.STOPPING, reason=reason, message="stopping the process group")
     if spec is None:
         if process is not None:
-            return Assessment(phase="Stopping", reason="Removed", message="removed from state")
-        return Assessment(phase="Stopped", reason="Removed", message="removed from state")
+            return Assessment(phase=Phase.STOPPING, reason="Removed", message="removed from state")
+        return Assessment(phase=Phase.STOPPED, reason="Removed", message="removed from state")
     if obs is not None and obs.busy is Busy.STARTING:
-        return Assessment(phase="Starting", reason="Spawning", message="starting the process")
+        return Assessment(phase=Phase.STARTING, reason="Spawning", message="starting the process")
     if process is not None:
         assert obs is not None
         if spec.state is DesiredRun.STOPPED or process.spec_hash != spec_hash(spec):
-            return Assessment(phase="Stopping", reason="Stopping", message="")
+            return Assessment(phase=Phase.STOPPING, reason="Stopping", message="")
         if not obs.startup_ok:
             return Assessment(
-                phase="Starting",
+                phase=Phase.STARTING,
                 reason="StartupProbe",
                 message="waiting for the first healthy probe",
             )
         if not obs.ready:
             return Assessment(
-                phase="Running",
+                phase=Phase.RUNNING,
                 reason="Unhealthy",
                 message=f"{obs.consecutive_failures} liveness probe(s) failed in a row",
             )
-        return Assessment(phase="Running", reason="Healthy", message="")
+        return Assessment(phase=Phase.RUNNING, reason="Healthy", message="")
     if spec.state is DesiredRun.STOPPED:
-        return Assessment(phase="Stopped", reason="StoppedByUser", message='state = "stopped"')
+        return Assessment(phase=Phase.STOPPED, reason="StoppedByUser", message='state = "stopped"')
     wanted = spec_hash(spec)
     if obs is not None:
         failure = obs.failure
         if failure is not None and failure.spec_hash == wanted:
-            return Assessment(phase="Failed", reason=failure.reason, message=failure.message)
+            return Assessment(phase=Phase.FAILED, reason=failure.reason, message=failure.message)
         if waiting(obs.crash, now=now, spec_hash=wanted):
             until = obs.crash.until or now
             return Assessment(
-                phase="CrashLoopBackOff",
+                phase=Phase.CRASH_LOOP_BACK_OFF,
                 reason="BackOff",
                 message=f"back-off {obs.crash.delay:g}s restarting failed instance "
                 f"(restart in {max(0.0, until - now):.1f}s)",
             )
-    return Assessment(phase="Pending", reason="Scheduled", message="waiting to start")
+    return Assessment(phase=Phase.PENDING, reason="Scheduled", message="waiting to start")

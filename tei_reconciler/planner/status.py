@@ -1,42 +1,18 @@
 """Status records: what the controller observed and did, as immutable Structs.
 
-The phase enum, conditions, exits, probe results, events and the per-instance status the REST
-API, the metrics and the CLI read. Pure: the planner imports the phase from here; the mutable
-store that holds them lives in `store.py`.
+Conditions, exits, probe results, events and the per-instance status the REST API, the
+metrics and the CLI read (the phase enum is in `phase.py`). Pure; the mutable store that holds
+them lives in `store.py`.
 """
 
 from __future__ import annotations
 
-import enum
 import signal
 
 import msgspec
 
 from tei_reconciler.desired.spec import InstanceSpec
-
-
-class Phase(enum.StrEnum):
-    """Where an instance is in its lifecycle. Only the planner decides transitions."""
-
-    PENDING = "Pending"  # desired running, no process yet (waiting for a start slot or a port)
-    STARTING = "Starting"  # process spawned, startup probe not yet passed
-    RUNNING = "Running"  # startup probe passed; liveness probing
-    STOPPING = "Stopping"  # SIGTERM sent, waiting for the group to exit
-    STOPPED = "Stopped"  # desired stopped and no process
-    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"  # died or failed liveness; waiting before restart
-    FAILED = "Failed"  # no restart fixes it (binary missing, GPU absent, port held): retried slowly
-
-
-#: DESIGN.md section 6: tei-manager's `status` vocabulary for each phase.
-ANCHOR_STATUS: dict[Phase, str] = {
-    Phase.PENDING: "starting",
-    Phase.STARTING: "starting",
-    Phase.RUNNING: "running",
-    Phase.STOPPING: "stopping",
-    Phase.STOPPED: "stopped",
-    Phase.CRASH_LOOP_BACK_OFF: "failed",
-    Phase.FAILED: "failed",
-}
+from tei_reconciler.planner.phase import Phase
 
 
 class Condition(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,6 +7,12 @@ services, so the two can never disagree on which backend method a call reaches.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+Handler = Callable[..., Any]
 
 
 class Kind(enum.Enum):
@@ -48,3 +54,14 @@ TEI_METHODS: tuple[Method, ...] = (
 
 TEI_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(f"tei.v1.{m.service}" for m in TEI_METHODS))
 MULTIPLEXER_SERVICE = "tei_multiplexer.v1.TeiMultiplexer"
+
+
+def method_handler(
+    method: Method, unary: Callable[[Method], Handler], streaming: Callable[[Method], Handler]
+) -> grpc.RpcMethodHandler:
+    """grpc's handler for `method`, around `unary(method)` or `streaming(method)` by its kind."""
+    if method.kind is Kind.UNARY:
+        return grpc.unary_unary_rpc_method_handler(unary(method))
+    if method.kind is Kind.BIDI:
+        return grpc.stream_stream_rpc_method_handler(streaming(method))
+    return grpc.stream_unary_rpc_method_handler(streaming(method))

@@ -7,17 +7,23 @@ instance's answer comes back untouched.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import grpc
 
-from tei_reconciler.router.methods import TEI_METHODS, TEI_SERVICES, Kind, Method
+from tei_reconciler.router.methods import (
+    TEI_METHODS,
+    TEI_SERVICES,
+    Handler,
+    Kind,
+    Method,
+    method_handler,
+)
 from tei_reconciler.router.relay import Context, Relay, split_metadata
 from tei_reconciler.router.routes import RouteError, from_metadata
 from tei_reconciler.routing import Endpoint
-
-Handler = Callable[..., Any]
 
 
 async def _route(relay: Relay, context: Context, label: str) -> tuple[Endpoint, Any]:
@@ -69,12 +75,9 @@ def generic_handlers(relay: Relay) -> list[grpc.GenericRpcHandler]:
     by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {s: {} for s in TEI_SERVICES}
     for method in TEI_METHODS:
         handlers = by_service[f"tei.v1.{method.service}"]
-        if method.kind is Kind.UNARY:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(relay, method))
-        elif method.kind is Kind.BIDI:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(_streaming(relay, method))
-        else:
-            handlers[method.name] = grpc.stream_unary_rpc_method_handler(_streaming(relay, method))
+        handlers[method.name] = method_handler(
+            method, partial(_unary, relay), partial(_streaming, relay)
+        )
     return [
         grpc.method_handlers_generic_handler(service, handlers)
         for service, handlers in by_service.items()

@@ -7,13 +7,16 @@ the channels of instances that left it or idled out. On cancellation it stops in
 order: health reports NOT_SERVING, the server stops accepting and gives running calls
 `stop_grace_secs`, then the instance channels close.
 Auth plugs in from outside: server interceptors and server credentials are parameters; so
-does `traffic`, the dashboard's ring that every finished call is recorded in.
+does `traffic`, the dashboard's ring that every finished call is recorded in. The router is
+handed the manager's settings whole, as the REST API is; `RouterSettings` says what it reads
+of them (the router imports nothing of the desired state, so not `Settings` itself).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 import anyio
 import grpc
@@ -31,20 +34,34 @@ from tei_reconciler.routing import RoutingTable
 from tei_reconciler.traffic import TrafficSink
 
 CHANNEL_CLOSE_GRACE_SECS = 5.0
+STOP_GRACE_MAX_SECS = 5.0  # calls get at most this long to finish when the router stops
 
 log = logging.getLogger(__name__)
 
 
+class RouterSettings(Protocol):
+    """The settings the router reads (`tei_reconciler.settings.Settings` has them all)."""
+
+    @property
+    def grpc_host(self) -> str: ...
+    @property
+    def grpc_port(self) -> int: ...  # 0: any free port
+    @property
+    def request_timeout_secs(self) -> float: ...  # for calls without a client deadline
+    @property
+    def max_message_mb(self) -> int: ...
+    @property
+    def idle_channel_secs(self) -> float: ...
+    @property
+    def default_instance(self) -> str | None: ...
+    @property
+    def stop_grace_secs(self) -> float: ...
+
+
 async def serve_router(
     table: RoutingTable,
+    settings: RouterSettings,
     *,
-    host: str,
-    port: int,
-    request_timeout_secs: float = 30.0,
-    max_message_mb: int = 40,
-    idle_channel_secs: float = 600.0,
-    default_instance: str | None = None,
-    stop_grace_secs: float = 5.0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
     credentials: grpc.ServerCredentials | None = None,
     balancer: Balancer | None = None,
@@ -52,13 +69,13 @@ async def serve_router(
     traffic: TrafficSink | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    max_bytes = max_message_mb * 1024 * 1024
-    pool = ChannelPool(max_message_bytes=max_bytes, idle_secs=idle_channel_secs)
+    max_bytes = settings.max_message_mb * 1024 * 1024
+    pool = ChannelPool(max_message_bytes=max_bytes, idle_secs=settings.idle_channel_secs)
     relay = Relay(
         table,
         pool,
-        request_timeout_secs=request_timeout_secs,
-        default_instance=default_instance,
+        request_timeout_secs=settings.request_timeout_secs,
+        default_instance=settings.default_instance,
         balancer=balancer,
         traffic=traffic,
     )
@@ -80,7 +97,8 @@ async def serve_router(
     server.add_generic_rpc_handlers(tuple(generic_handlers(relay)))
     health.add_to(server)
     add_reflection(server, [MULTIPLEXER_SERVICE, *TEI_SERVICES, HEALTH_SERVICE])
-    address = bind or f"{host}:{port}"
+    host = settings.grpc_host
+    address = bind or f"{host}:{settings.grpc_port}"
     try:
         if credentials is None:
             bound = server.add_insecure_port(address)
@@ -101,7 +119,7 @@ async def serve_router(
     finally:
         with anyio.CancelScope(shield=True):
             await health.servicer.enter_graceful_shutdown()
-            await server.stop(stop_grace_secs)
+            await server.stop(min(settings.stop_grace_secs, STOP_GRACE_MAX_SECS))
             for channel in pool.drain():
                 await channel.close()
 

@@ -14,7 +14,8 @@ from starlette.middleware import Middleware
 from tei_reconciler.api import PlannedAction, create_app
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 from tei_reconciler.desired.statefile import StateFile
-from tei_reconciler.planner.status import InstanceStatus, Phase
+from tei_reconciler.planner.phase import Phase
+from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 

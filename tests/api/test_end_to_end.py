@@ -3,7 +3,6 @@ real engine child."""
 
 from __future__ import annotations
 
-import socket
 from functools import partial
 from pathlib import Path
 
@@ -21,14 +20,8 @@ from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
-DEADLINE = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from support.net import free_port
+from support.waiting import DEADLINE
 
 
 @pytest.mark.anyio

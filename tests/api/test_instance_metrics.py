@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -14,47 +11,39 @@ import httpx
 import pytest
 
 from tei_reconciler.desired.spec import InstanceSpec
-from tei_reconciler.planner.status import Phase
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
 from .harness import build, make_settings, observed
+from support.engines import running
+from support.net import free_port
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+@contextmanager
+def counted_engine(host: str = "127.0.0.1") -> Iterator[int]:
+    """A real engine on `host` that has served one request; yields its --prometheus-port
+    once that answers."""
+    with running("hash/8", host=host) as engine:
+
+        def answers() -> bool:
+            try:
+                return httpx.get(engine.metrics_url).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, "the engine's metrics")
+        with grpc.insecure_channel(engine.target) as channel:  # traffic to count
+            tei_pb2_grpc.EmbedStub(channel).Embed(tei_pb2.EmbedRequest(inputs="x"), timeout=30)
+        yield engine.prom_port
 
 
 @pytest.fixture(scope="module")
 def engine_metrics_port() -> Iterator[int]:
-    """A real engine; yields its --prometheus-port once that answers."""
-    port, metrics_port = free_port(), free_port()
-    flags = ["--model-id", "hash/8", "--port", str(port), "--prometheus-port", str(metrics_port)]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tei_reconciler", "engine", *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or child.poll() is not None:
-                    raise
-            time.sleep(0.05)  # poll interval of a deadline loop, not a wait for an event
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # traffic to count
-            tei_pb2_grpc.EmbedStub(channel).Embed(tei_pb2.EmbedRequest(inputs="x"), timeout=30)
-        yield metrics_port
-    finally:
-        child.kill()
-        child.wait()
+    with counted_engine() as port:
+        yield port
 
 
 async def test_an_instances_metrics_are_its_own_tei_metrics(
@@ -96,26 +85,9 @@ async def test_metrics_of_an_instance_that_does_not_answer_are_502(tmp_path: Pat
 
 @pytest.fixture
 def ipv6_engine_metrics_port() -> Iterator[int]:
-    """A real engine listening on ::1 only; yields its --prometheus-port after one request."""
-    with socket.socket(socket.AF_INET6) as sock:
-        sock.bind(("::1", 0))
-        metrics_port: int = sock.getsockname()[1]
-    grpc_port = free_port()
-    flags = ["--model-id", "hash/8", "--hostname", "::1", "--port", str(grpc_port)]
-    flags += ["--prometheus-port", str(metrics_port)]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tei_reconciler", "engine", *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with grpc.insecure_channel(f"[::1]:{grpc_port}") as channel:  # traffic to count
-            request = tei_pb2.EmbedRequest(inputs="x")
-            tei_pb2_grpc.EmbedStub(channel).Embed(request, timeout=60, wait_for_ready=True)
-        yield metrics_port
-    finally:
-        child.kill()
-        child.wait()
+    """A real engine listening on ::1 only."""
+    with counted_engine("::1") as port:
+        yield port
 
 
 async def test_metrics_of_an_instance_on_an_ipv6_instance_host_are_scraped(

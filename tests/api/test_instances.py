@@ -13,7 +13,8 @@ import pytest
 
 from tei_reconciler.api.schemas import CreateInstanceRequest
 from tei_reconciler.desired.spec import InstanceSpec
-from tei_reconciler.planner.status import Condition, ExitInfo, Phase
+from tei_reconciler.planner.phase import Phase
+from tei_reconciler.planner.status import Condition, ExitInfo
 
 from .harness import Api, build, make_settings, observed
 

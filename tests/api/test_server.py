@@ -18,11 +18,10 @@ from starlette.applications import Starlette
 
 from tei_reconciler.api import serve_api
 from tei_reconciler.desired.spec import InstanceSpec
-from tei_reconciler.planner.status import Phase
+from tei_reconciler.planner.phase import Phase
 
 from .harness import Api, build, observed
-
-DEADLINE = 30
+from support.waiting import DEADLINE
 
 
 @asynccontextmanager

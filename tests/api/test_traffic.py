@@ -8,7 +8,6 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import ManualClock
 from starlette.applications import Starlette
 
 from tei_reconciler.api import create_app
@@ -17,6 +16,7 @@ from tei_reconciler.traffic import TrafficRing
 from .harness import build
 from .test_server import served as on_a_real_server
 from .test_server import sse_events
+from support.clock import FakeClock
 
 EMBED = "/tei.v1.Embed/Embed"
 
@@ -37,9 +37,9 @@ def app_with(tmp_path: Path, ring: TrafficRing) -> Starlette:
 
 @pytest.fixture
 async def served(
-    tmp_path: Path, manual_clock: ManualClock
+    tmp_path: Path, fake_clock: FakeClock
 ) -> AsyncIterator[tuple[httpx.AsyncClient, TrafficRing]]:
-    ring = TrafficRing(step_secs=10.0, clock=manual_clock)
+    ring = TrafficRing(step_secs=10.0, clock=fake_clock)
     app = app_with(tmp_path, ring)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -48,13 +48,13 @@ async def served(
 
 @pytest.mark.anyio
 async def test_traffic_lists_each_instance_over_the_last_minute(
-    served: tuple[httpx.AsyncClient, TrafficRing], manual_clock: ManualClock
+    served: tuple[httpx.AsyncClient, TrafficRing], fake_clock: FakeClock
 ) -> None:
     client, ring = served
     for _ in range(30):
         ring.record("a", EMBED, "OK", 0.004)
     ring.record("a", EMBED, "INTERNAL", 0.004)
-    manual_clock.t += 10
+    fake_clock.advance(10)
     body = (await client.get("/traffic")).json()
     assert body["span_secs"] == 60
     (a,) = body["instances"]

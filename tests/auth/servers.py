@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from tei_reconciler._types import SystemClock
 from tei_reconciler.api import create_app
@@ -67,7 +68,11 @@ async def grpc_router(settings: Settings, data_plane: str = "grpcio") -> AsyncIt
     if data_plane == "grpcio":
         choice = Choice(kind="grpcio", binary=None, reason="test")
     runner = DataPlaneRunner(
-        settings, RoutingTable(), store=StatusStore(), clock=SystemClock(), choice=choice
+        msgspec.structs.replace(settings, grpc_host="127.0.0.1", grpc_port=0, stop_grace_secs=1.0),
+        RoutingTable(),
+        store=StatusStore(),
+        clock=SystemClock(),
+        choice=choice,
     )
     async with anyio.create_task_group() as tg:
         port: int = await tg.start(runner.serve)

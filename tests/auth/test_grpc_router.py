@@ -13,13 +13,13 @@ import grpc
 import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from integration.reconciler_harness import eventually
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.settings import AuthSettings, TokenSettings
 
 from .pki import Pki
 from .servers import grpc_router, settings_with
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

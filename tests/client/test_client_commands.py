@@ -14,7 +14,8 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tei_reconciler.api.errors import error_response
-from tei_reconciler.planner.status import Condition, ExitInfo, Phase
+from tei_reconciler.planner.phase import Phase
+from tei_reconciler.planner.status import Condition, ExitInfo
 
 from .harness import argv, cli, client_env, instances, running, served
 

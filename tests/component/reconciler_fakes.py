@@ -4,7 +4,6 @@ of lifecycle decisions: no processes, no sockets, time moved by hand."""
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from tei_reconciler.control.controller import Controller
+from tei_reconciler.build import build_controller
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.drivers.probe import ProbeOutcome
 from tei_reconciler.drivers.process import Found, ProcessHandle, exit_info
@@ -20,6 +19,10 @@ from tei_reconciler.planner.status import ExitInfo, InstanceStatus
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+
+from support.clock import FakeClock
+from support.net import port_ranges
+from support.waiting import eventually
 
 _pids = itertools.count(100_000)
 
@@ -34,20 +37,6 @@ def found(spec: InstanceSpec, *, pid: int = 4242, spec_hash_: str | None = None)
         prometheus_port=9100,
         gpu_id="",
     )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + self.t
-
-    def advance(self, secs: float) -> None:
-        self.t += secs
 
 
 class FakeHandle(ProcessHandle):
@@ -138,12 +127,10 @@ class World:
     """A controller wired to fakes, plus the knobs a test turns."""
 
     def __init__(self, tmp: Path, **overrides: Any) -> None:
-        base = random.randrange(20000, 50000, 400)
         values: dict[str, Any] = {
             "state_file": str(tmp / "state.toml"),
             "runtime_dir": str(tmp / "runtime"),
-            "instance_port_range": (base, base + 200),
-            "prometheus_port_range": (base + 200, base + 400),
+            **port_ranges(),
             "resync_interval_secs": 3600.0,
             "health_interval_secs": 0.01,
             "health_timeout_secs": 0.05,
@@ -164,7 +151,7 @@ class World:
         self.desired = DesiredState()
         self._version = 0
         Path(self.settings.state_file).write_text("# version 0\n")
-        self.controller = Controller(
+        self.controller = build_controller(
             self.settings,
             store=self.store,
             table=self.table,
@@ -185,13 +172,8 @@ class World:
     def status(self, name: str) -> InstanceStatus | None:
         return self.store.get(name)
 
-    async def until(self, check: Any, what: str = "condition", within: float = 10.0) -> Any:
-        with anyio.fail_after(within):
-            while True:
-                result = check()
-                if result:
-                    return result
-                await anyio.sleep(0.005)
+    async def until(self, check: Any, what: str = "condition") -> Any:
+        return await eventually(check, what=what)
 
     async def phase(self, name: str, phase: str) -> InstanceStatus:
         result: InstanceStatus = await self.until(

@@ -8,6 +8,8 @@ import msgspec
 import pytest
 
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec
+from tei_reconciler.planner.observed import Busy
+from tei_reconciler.planner.plan import Stop
 
 from .reconciler_fakes import World, running
 
@@ -45,3 +47,22 @@ async def test_preview_lists_what_a_pass_would_do_without_doing_it(tmp_path: Pat
         assert [(type(a).__name__, a.name) for a in actions] == [("Stop", "a"), ("Start", "b")]
         await world.passes(2)
         assert len(world.driver.spawned) == 1  # nothing was done
+
+
+async def test_a_stop_that_finds_the_process_already_gone_still_triggers_the_next_pass(
+    tmp_path: Path,
+) -> None:
+    # Resync an hour, back-off five minutes: only a trigger can make the next pass.
+    world = World(tmp_path, backoff_initial_secs=300.0)
+    async with running(world):
+        world.set_desired(SPEC)
+        await world.phase("a", "Running")
+        world.driver.spawns_of("a")[0].die(1)
+        await world.phase("a", "CrashLoopBackOff")
+        # A removal planned just before the exit was noticed: the stop finds no process.
+        rt = world.controller.runtimes["a"]
+        rt.busy = Busy.STOPPING
+        before = world.controller.passes
+        await world.controller.actuator.stop(rt, Stop(name="a", reason="Removed", forget=True))
+        assert rt.busy is None
+        await world.until(lambda: world.controller.passes > before, "a pass")

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from tei_reconciler.control.source import DesiredSource, file_loader
-from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 from tei_reconciler.store import StatusStore
 
-from .reconciler_fakes import FakeClock, World, running
+from .reconciler_fakes import World, running
+from support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 SPEC = InstanceSpec(name="a", model_id="hash/8")
@@ -50,3 +51,28 @@ def test_a_first_start_without_a_state_file_is_valid_and_desires_nothing(tmp_pat
     path.unlink()  # a file that vanishes later is an error: the last good state stays
     assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
     assert "no such file" in store.spec_errors[0]
+
+
+def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_instance(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.toml"
+    path.write_text('[instances.a]\nmodel_id = "o/m"\n')
+    store = StatusStore()
+    real = file_loader(frozenset())
+    source = DesiredSource(path, real, store=store, clock=FakeClock())
+    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+
+    def editor_truncates_meanwhile(p: Path) -> DesiredState:
+        p.write_bytes(b"")  # an in-place save: truncate first, write later
+        return real(p)
+
+    path.write_text('[instances.a]\nmodel_id = "o/m"\n[instances.b]\nmodel_id = "o/m"\n')
+    source.loader = editor_truncates_meanwhile
+    desired = source.refresh()
+    assert desired is not None
+    assert set(desired.instances) == {"a"}  # the last good state, not "nothing"
+    assert "empty" in store.spec_errors[0]
+    source.loader = real
+    path.write_text('[instances.a]\nmodel_id = "o/m"\n[instances.b]\nmodel_id = "o/m"\n')
+    assert set(source.refresh().instances) == {"a", "b"}  # type: ignore[union-attr]

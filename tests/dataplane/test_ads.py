@@ -11,12 +11,15 @@ from google.rpc import status_pb2
 
 from tei_reconciler.dataplane.ads import CDS, EDS, RDS, Ack, AdsSession, Nack, Snapshot
 from tei_reconciler.dataplane.translate import Plan, model_cluster, translate
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.routing import Endpoint
 
 
 def snapshot(version: int, *names: str) -> Snapshot:
     endpoints = [
-        Endpoint(name=n, model_id="m", host="127.0.0.1", port=8000 + i, ready=True, phase="Running")
+        Endpoint(
+            name=n, model_id="m", host="127.0.0.1", port=8000 + i, ready=True, phase=Phase.RUNNING
+        )
         for i, n in enumerate(names)
     ]
     resources = translate(endpoints, Plan(request_timeout_secs=30))

@@ -15,7 +15,6 @@ import grpc
 import msgspec
 import psutil
 import pytest
-from integration.reconciler_harness import eventually
 from prometheus_client import REGISTRY
 from router.fake_backend import fake_backend
 from router.harness import endpoint, running_data_plane
@@ -27,6 +26,8 @@ from tei_reconciler.drivers.process import owner_digest
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.store import StatusStore
+
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

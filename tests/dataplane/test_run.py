@@ -9,9 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from reconciler_process import Reconciler, poll
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
+
+from support.reconciler import Reconciler
+from support.waiting import wait_until
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def test_wait_ready_answers_once_calls_through_the_grpc_port_reach_the_instance(
     assert ready["data_plane"]["kind"] == data_plane
     assert [i["routed_by"] for i in listed] == [data_plane]
     assert stopped["name"] == "e2e"
-    poll(lambda: embed(running.grpc_port, "e2e") == "UNAVAILABLE", what="e2e out of routing")
+    wait_until(lambda: embed(running.grpc_port, "e2e") == "UNAVAILABLE", "e2e out of routing")
 
 
 def test_metrics_name_the_data_plane_and_count_its_calls(
@@ -83,4 +85,4 @@ def test_metrics_name_the_data_plane_and_count_its_calls(
                 and f'tei_reconciler_data_plane_up{{data_plane="{data_plane}"}} 1.0' in text
             )
 
-        poll(counted, what="the call in /metrics")
+        wait_until(counted, "the call in /metrics")

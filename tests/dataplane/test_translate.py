@@ -16,6 +16,7 @@ from tei_reconciler.dataplane.translate import (
     model_cluster,
     translate,
 )
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.routing import Endpoint
 
 PLAN = Plan(request_timeout_secs=30)
@@ -28,7 +29,7 @@ def ep(name: str, model: str = "org/m", *, ready: bool = True, port: int = 8080)
         host="127.0.0.1",
         port=port,
         ready=ready,
-        phase="Running" if ready else "Starting",
+        phase=Phase.RUNNING if ready else Phase.STARTING,
     )
 
 

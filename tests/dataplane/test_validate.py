@@ -12,13 +12,16 @@ import trustme
 
 from tei_reconciler.dataplane.bootstrap import Spec, Tls, bootstrap, inline, to_json
 from tei_reconciler.dataplane.translate import AuthContext, Plan, translate
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.routing import Endpoint
 
 
 def ep(
     name: str, model: str, port: int, *, ready: bool = True, host: str = "127.0.0.1"
 ) -> Endpoint:
-    return Endpoint(name=name, model_id=model, host=host, port=port, ready=ready, phase="Running")
+    return Endpoint(
+        name=name, model_id=model, host=host, port=port, ready=ready, phase=Phase.RUNNING
+    )
 
 
 TABLE = [

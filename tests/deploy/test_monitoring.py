@@ -16,10 +16,12 @@ import httpx
 import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
-from reconciler_process import Reconciler, poll
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.traffic import SERVER_ERROR_CODES
+
+from support.reconciler import Reconciler
+from support.waiting import wait_until
 
 MONITORING = Path(__file__).resolve().parents[2] / "manifests" / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
@@ -95,7 +97,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
     running.state_file.write_text('[instances.metered]\nmodel_id = "hash/8"\ngpu = "none"\n')
     running.start()
     try:
-        poll(
+        wait_until(
             lambda: (i := running.instance("metered")) is not None and i["ready"],
             what="metered Ready",
         )

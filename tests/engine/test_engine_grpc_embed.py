@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from .harness import Engine, running
+from support.engines import Engine, running
 
 X_HEADERS = {
     "x-compute-type", "x-compute-time", "x-compute-characters", "x-compute-tokens",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -13,7 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from .harness import Engine, running
+from support.engines import Engine, running
+from support.waiting import wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -104,13 +104,17 @@ def test_classifier_answers_embed_and_rerank_with_failed_precondition(
     assert rerank.value.details() == "model is not a re-ranker model"
 
 
-def test_classifier_health_serves_predict_only(classifier: grpc.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(classifier)
-    status = {
+def health_by_service(channel: grpc.Channel) -> dict[str, int]:
+    """The health status of each model service of an engine."""
+    health = health_pb2_grpc.HealthStub(channel)
+    return {
         s: health.Check(health_pb2.HealthCheckRequest(service=s)).status
         for s in ("tei.v1.Embed", "tei.v1.Predict", "tei.v1.Rerank")
     }
-    assert status == {
+
+
+def test_classifier_health_serves_predict_only(classifier: grpc.Channel) -> None:
+    assert health_by_service(classifier) == {
         "tei.v1.Embed": NOT_SERVING,
         "tei.v1.Predict": SERVING,
         "tei.v1.Rerank": NOT_SERVING,
@@ -162,12 +166,7 @@ def test_rerank_stream_indexes_by_stream_position_without_a_batch_limit(
 
 
 def test_reranker_health_serves_predict_and_rerank(reranker: grpc.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(reranker)
-    status = {
-        s: health.Check(health_pb2.HealthCheckRequest(service=s)).status
-        for s in ("tei.v1.Embed", "tei.v1.Predict", "tei.v1.Rerank")
-    }
-    assert status == {
+    assert health_by_service(reranker) == {
         "tei.v1.Embed": NOT_SERVING,
         "tei.v1.Predict": SERVING,
         "tei.v1.Rerank": SERVING,
@@ -207,10 +206,7 @@ def test_unary_calls_beyond_max_concurrent_requests_are_overloaded() -> None:
         )
         slow.start()
         metrics = f"http://127.0.0.1:{engine.prom_port}/metrics"
-        deadline = time.monotonic() + 30
-        while "te_embed_count 1" not in httpx.get(metrics).text:
-            assert time.monotonic() < deadline, "the first request never started"
-            time.sleep(0.02)  # polling interval, bounded by the deadline
+        wait_until(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the first request")
         with pytest.raises(grpc.RpcError) as overloaded:
             stub.Embed(tei_pb2.EmbedRequest(inputs="second"))
         assert overloaded.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

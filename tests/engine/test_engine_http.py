@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .harness import running
+from support.engines import running
 
 KEY = {"authorization": "Bearer k3y"}
 EMPTY = "Input validation error: `inputs` cannot be empty"

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -19,24 +19,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from .harness import DEADLINE_S, free_port, port_open, running, spawn
-
-
-def wait_for(predicate: object, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)  # polling interval, bounded by the deadline
+from support.engines import Engine, running, spawn
+from support.net import free_port, port_open
+from support.waiting import DEADLINE, wait_until
 
 
 def test_port_stays_closed_until_the_engine_is_ready() -> None:
     engine = spawn("hash/8", "--json-output", faults="ready_delay=3")
     try:
-        wait_for(lambda: "Warming up model" in engine.log(), "the model to load")
+        wait_until(lambda: "Warming up model" in engine.log(), "the model to load")
         assert not port_open(engine.port)
         assert "Ready" not in engine.log()
         engine.wait_ready()
-        wait_for(lambda: '"message":"Ready"' in engine.log(), "the Ready line")
+        wait_until(lambda: '"message":"Ready"' in engine.log(), "the Ready line")
         ready = next(json.loads(line) for line in engine.log().splitlines() if "Ready" in line)
         assert ready["level"] == "INFO"
         assert {"timestamp", "target", "filename", "line_number"} <= ready.keys()
@@ -44,55 +39,51 @@ def test_port_stays_closed_until_the_engine_is_ready() -> None:
         engine.stop()
 
 
+def sigterm_during(engine: Engine, request: Callable[[], object], metrics: str) -> list[object]:
+    """SIGTERM `engine` once `request`, run in a thread, has reached it (its `metrics` count
+    it); asserts a zero exit status and returns what the request got (answer or error)."""
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            results.append(request())
+        except (grpc.RpcError, httpx.HTTPError) as error:
+            results.append(error)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    wait_until(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
+    engine.proc.send_signal(signal.SIGTERM)
+    assert engine.wait_exit() == 0
+    worker.join(timeout=DEADLINE)
+    return results
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_zero() -> None:
-    engine = spawn("hash/8", faults="slow_ms=1500")
-    try:
-        engine.wait_ready()
-        results: list[object] = []
+    with running("hash/8", faults="slow_ms=1500") as engine:
         with grpc.insecure_channel(engine.target) as channel:
             stub = tei_pb2_grpc.EmbedStub(channel)
-
-            def call() -> None:
-                try:
-                    results.append(stub.Embed(tei_pb2.EmbedRequest(inputs="in flight")))
-                except grpc.RpcError as error:
-                    results.append(error)
-
-            worker = threading.Thread(target=call, daemon=True)
-            worker.start()
-            metrics = f"http://127.0.0.1:{engine.prom_port}/metrics"
-            wait_for(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
-            engine.proc.send_signal(signal.SIGTERM)
-            assert engine.wait_exit() == 0
-            worker.join(timeout=DEADLINE_S)
+            results = sigterm_during(
+                engine,
+                lambda: stub.Embed(tei_pb2.EmbedRequest(inputs="in flight")),
+                engine.metrics_url,
+            )
         assert len(results) == 1
         assert isinstance(results[0], tei_pb2.EmbedResponse)
         assert "signal received, starting graceful shutdown" in engine.log()
-    finally:
-        engine.stop()
 
 
 def test_sigterm_lets_an_in_flight_http_request_finish_and_exits_zero() -> None:
-    engine = spawn("hash/8", http=True, faults="slow_ms=1500")
-    try:
-        engine.wait_ready()
-        results: list[httpx.Response] = []
-        worker = threading.Thread(
-            target=lambda: results.append(
-                httpx.post(f"{engine.url}/embed", json={"inputs": "in flight"}, timeout=30)
-            ),
-            daemon=True,
+    with running("hash/8", http=True, faults="slow_ms=1500") as engine:
+        results = sigterm_during(
+            engine,
+            lambda: httpx.post(f"{engine.url}/embed", json={"inputs": "in flight"}, timeout=30),
+            f"{engine.url}/metrics",  # the HTTP build serves its metrics on its own port
         )
-        worker.start()
-        metrics = f"{engine.url}/metrics"
-        wait_for(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
-        engine.proc.send_signal(signal.SIGTERM)
-        assert engine.wait_exit() == 0
-        worker.join(timeout=DEADLINE_S)
-        assert [r.status_code for r in results] == [200]
-        assert len(results[0].json()[0]) == 8
-    finally:
-        engine.stop()
+        (response,) = results
+        assert isinstance(response, httpx.Response)
+        assert response.status_code == 200
+        assert len(response.json()[0]) == 8
 
 
 def run_engine(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -100,7 +91,7 @@ def run_engine(*argv: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "tei_reconciler", "engine", *argv],
         capture_output=True,
         text=True,
-        timeout=DEADLINE_S,
+        timeout=DEADLINE,
         check=False,
     )
 
@@ -143,7 +134,7 @@ def test_a_missing_packaged_model_names_the_pip_extra(tmp_path: Path) -> None:
          "--model-id", "sentence-transformers/all-MiniLM-L6-v2"],
         capture_output=True,
         text=True,
-        timeout=DEADLINE_S,
+        timeout=DEADLINE,
         check=False,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )  # fmt: skip
@@ -163,7 +154,7 @@ def test_tei_environment_variables_are_not_read() -> None:
         "PORT": str(free_port()), "HOSTNAME": "container-id", "API_KEY": "leaked",
         "MAX_CLIENT_BATCH_SIZE": "1", "MODEL_ID": "hash/4",
     }  # fmt: skip
-    engine = spawn("hash/8", env_extra=leaked)
+    engine = spawn("hash/8", env=leaked)
     try:
         engine.wait_ready()
         assert not port_open(int(leaked["PORT"]))
@@ -186,7 +177,7 @@ def test_bad_fault_specs_fail_loudly() -> None:
         [sys.executable, "-m", "tei_reconciler", "engine", "--model-id", "hash/8"],
         capture_output=True,
         text=True,
-        timeout=DEADLINE_S,
+        timeout=DEADLINE,
         check=False,
         env={"TEI_ENGINE_FAULTS": "explode=1", "PATH": "/usr/bin:/bin"},
     )

@@ -11,7 +11,7 @@ import pytest
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from .harness import Engine, running
+from support.engines import Engine, running
 
 pytestmark = pytest.mark.slow
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from .harness import DEADLINE_S, running
+from support.engines import running
+from support.waiting import DEADLINE
 
 # find_spec, not importorskip: importing tei_client here would clash with the project's stubs
 pytestmark = pytest.mark.skipif(
@@ -25,7 +26,7 @@ def probe(mode: str, address: str) -> dict[str, Any]:
         [sys.executable, str(PROBE), mode, address],
         capture_output=True,
         text=True,
-        timeout=DEADLINE_S,
+        timeout=DEADLINE,
         check=False,
     )
     assert done.returncode == 0, done.stderr

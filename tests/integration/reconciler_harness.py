@@ -3,13 +3,11 @@ probes; helpers to write state files the ways editors and GitOps tools do."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import random
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,20 +23,19 @@ from tei_reconciler.service import serve
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
-DEADLINE = 30.0  # generous: a loaded 2-core machine starts Python slowly
+from support.net import port_ranges
+from support.waiting import DEADLINE, eventually
 
 
 def fast_settings(tmp: Path, **overrides: Any) -> Settings:
     """Settings for tests: small probe periods, backoffs and grace; a random port range."""
-    base = random.randrange(20000, 50000, 400)
     values: dict[str, Any] = {
         "api_port": 0,
         "grpc_port": 0,
         "state_file": str(tmp / "state" / "state.toml"),
         "runtime_dir": str(tmp / "runtime"),
         "tei_binary": "builtin",
-        "instance_port_range": (base, base + 200),
-        "prometheus_port_range": (base + 200, base + 400),
+        **port_ranges(),
         "resync_interval_secs": 1.0,
         "health_interval_secs": 0.2,
         "health_timeout_secs": 2.0,
@@ -77,23 +74,6 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def eventually(
-    check: Callable[[], object], *, within: float = DEADLINE, what: str = "condition"
-) -> Any:
-    """Poll `check` (a function, or a coroutine function) until it returns something
-    truthy (no sleep-to-wait: a deadline)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
-        await anyio.sleep(0.05)
-
-
 async def passes(controller: Controller, count: int) -> None:
     """Wait until `count` more reconcile passes have completed."""
     target = controller.passes + count
@@ -128,7 +108,7 @@ class Harness:
 
     @property
     def state_file(self) -> Path:
-        return self.controller.state_file
+        return self.controller.source.path
 
     def status(self, name: str) -> InstanceStatus | None:
         return self.store.get(name)

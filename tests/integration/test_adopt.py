@@ -21,12 +21,13 @@ from tei_reconciler.settings import Settings
 
 from .reconciler_harness import (
     children,
-    eventually,
     fast_settings,
     instance_toml,
     reconciler,
+    script,
     write_atomic,
 )
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -202,3 +203,34 @@ async def test_sigterm_to_the_reconciler_stops_its_instances_and_exits_cleanly(
     assert code == 0
     assert not psutil.pid_exists(instance.pid)
     assert children(owner, data_plane=True) == []  # its Envoy, if it ran one, is gone too
+
+
+WRAPPER = """
+import subprocess, sys
+sys.exit(subprocess.call([sys.executable, "-m", "tei_reconciler", "engine", *sys.argv[1:]]))
+"""
+
+
+async def test_an_instance_running_a_binary_other_than_configured_now_is_replaced_on_adoption(
+    tmp_path: Path,
+) -> None:
+    """Upgrading TEI means pointing tei_binary elsewhere: kept processes of the old binary
+    must not be adopted as if nothing changed."""
+    owner = Controller.owner_of(fast_settings(tmp_path))
+    try:
+        async with reconciler(fast_settings(tmp_path, on_shutdown="keep"), instance_toml("a")) as h:
+            old = await h.ready("a")
+        assert old.pid is not None
+        assert psutil.pid_exists(old.pid)
+        new_binary = script(tmp_path, "tei-v2", WRAPPER)
+        async with reconciler(fast_settings(tmp_path, tei_binary=str(new_binary))) as h:
+            new = await eventually(
+                lambda: (s := h.status("a")) is not None and s.ready and s.pid != old.pid and s,
+                what="a Ready process of the new binary",
+            )
+            assert new.pid is not None
+            assert str(new_binary) in psutil.Process(new.pid).cmdline()
+            assert not psutil.pid_exists(old.pid) or psutil.Process(old.pid).status() == "zombie"
+    finally:
+        for proc in children(owner):
+            proc.kill()

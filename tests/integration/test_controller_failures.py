@@ -13,7 +13,6 @@ import pytest
 
 from .reconciler_harness import (
     children,
-    eventually,
     fast_settings,
     instance_toml,
     passes,
@@ -21,6 +20,7 @@ from .reconciler_harness import (
     script,
     write_atomic,
 )
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -116,7 +116,7 @@ async def test_a_gpu_the_host_lacks_fails_only_that_instance(tmp_path: Path) -> 
         ready = await h.ready("beta")
         assert ready.pid is not None
         assert psutil.Process(ready.pid).environ()["CUDA_VISIBLE_DEVICES"] == ""
-        assert not children(h.controller.owner, "alpha")
+        assert not children(h.controller.actuator.owner, "alpha")
 
 
 async def test_a_missing_binary_is_a_clear_failure_retried_slowly(tmp_path: Path) -> None:
@@ -164,4 +164,23 @@ async def test_an_invalid_file_at_boot_starts_nothing_and_stops_nothing(tmp_path
         await passes(h.controller, 2)
         assert h.store.spec_errors
         assert h.status("alpha") is None
-        assert not children(h.controller.owner)
+        assert not children(h.controller.actuator.owner)
+
+
+def _not_a_program(tmp: Path) -> Path:
+    """An executable file that the kernel cannot run (no shebang, not a binary)."""
+    path = tmp / "tei-garbage"
+    path.write_bytes(b"\x00\x01\x02 not a program\n")
+    path.chmod(0o755)
+    return path
+
+
+async def test_a_binary_the_kernel_cannot_execute_is_a_clear_binary_failure(
+    tmp_path: Path,
+) -> None:
+    settings = fast_settings(tmp_path, tei_binary=str(_not_a_program(tmp_path)))
+    async with reconciler(settings, instance_toml("alpha")) as h:
+        failed = await h.phase_is("alpha", "Failed")
+        assert failed.reason == "BinaryNotFound"
+        assert "tei-garbage" in failed.message
+        assert "Exec format error" in failed.message

@@ -13,13 +13,13 @@ from tei_reconciler.control.controller import Controller
 
 from .reconciler_harness import (
     children,
-    eventually,
     fast_settings,
     instance_toml,
     passes,
     reconciler,
     write_atomic,
 )
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -74,11 +74,11 @@ async def test_a_stopped_instance_stops_and_stays_stopped(tmp_path: Path) -> Non
         stopped = await h.phase_is("alpha", "Stopped")
         assert stopped.pid is None
         assert stopped.last_exit is not None
-        assert not children(h.controller.owner, "alpha")
+        assert not children(h.controller.actuator.owner, "alpha")
         # Many resyncs and probe periods later (tei-manager restarted it after 3 checks):
         await passes(h.controller, 15)
         assert h.phase("alpha") == "Stopped"
-        assert not children(h.controller.owner, "alpha")
+        assert not children(h.controller.actuator.owner, "alpha")
         assert running.pid is not None
         assert not psutil.pid_exists(running.pid)
 

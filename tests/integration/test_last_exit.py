@@ -9,7 +9,8 @@ import pytest
 
 from tei_reconciler.planner.status import InstanceStatus
 
-from .reconciler_harness import eventually, fast_settings, instance_toml, reconciler, write_atomic
+from .reconciler_harness import fast_settings, instance_toml, reconciler, write_atomic
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

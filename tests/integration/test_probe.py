@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import anyio
@@ -13,32 +10,16 @@ import pytest
 
 from tei_reconciler.drivers.probe import GrpcProber
 
+from support.engines import running
+
 pytestmark = pytest.mark.anyio
-
-
-def free_port(family: socket.AddressFamily, host: str) -> int:
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 def ipv6_engine() -> Iterator[int]:
     """A hash engine listening on ::1 only; yields its gRPC port."""
-    port = free_port(socket.AF_INET6, "::1")
-    flags = ["--model-id", "hash/8", "--hostname", "::1", "--port", str(port)]
-    flags += ["--prometheus-port", str(free_port(socket.AF_INET, "127.0.0.1"))]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tei_reconciler", "engine", *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield port
-    finally:
-        child.kill()
-        child.wait()
+    with running("hash/8", host="::1") as engine:
+        yield engine.port
 
 
 async def test_an_instance_on_an_ipv6_host_passes_its_grpc_probe(ipv6_engine: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tei_reconciler.desired.spec import accepts
+from tei_reconciler.desired.check import accepts
 from tei_reconciler.desired.statefile import StateFile
 
 INPUT = Path(__file__).parent.parent / "golden" / "statefile_input.toml"

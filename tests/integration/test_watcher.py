@@ -12,7 +12,8 @@ import pytest
 
 from tei_reconciler.control.watcher import watch_dirs, watch_state_file
 
-from .reconciler_harness import eventually, fast_settings, instance_toml, reconciler, write_atomic
+from .reconciler_harness import fast_settings, instance_toml, reconciler, write_atomic
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

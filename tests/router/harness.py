@@ -1,16 +1,18 @@
 """Run a data plane on port 0 inside a test, and build multiplexer requests.
 
-`running_router` serves a routing table with the data plane a test names: "grpcio" (the
-Python router alone, exactly as `serve_router` runs it) or "envoy" (Envoy in front, the
-Python router behind it on a private socket, as `tei-reconciler run` composes them). Envoy
-needs a directory of its own per test (`runtime`), which also keeps each test's Envoy apart
-from every other test's.
+`running_router` serves a routing table with a data plane: "grpcio" (the Python router alone,
+exactly as `serve_router` runs it) or "envoy" (Envoy in front, the Python router behind it
+on a private socket, as `tei-reconciler run` composes them, in a directory of the test's
+own). Which one, when a test does not say, is `DataPlaneUnderTest`'s: the router's behaviour
+tests set it once per data plane (the `each_data_plane` fixture), so every helper here runs
+them against both.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import grpc
 from tei_reconciler._types import SystemClock
 from tei_reconciler.dataplane.binary import Choice, find_envoy
 from tei_reconciler.dataplane.serve import DataPlaneRunner
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2, multiplexer_pb2_grpc
 from tei_reconciler.router import serve_router
 from tei_reconciler.router.routes import Balancer
@@ -27,9 +30,9 @@ from tei_reconciler.router.traffic import GrpcioDataPlane
 from tei_reconciler.routing import DataPlane, Endpoint, RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.traffic import TrafficSink
 
-#: `serve(table, **options)`: a running data plane for `table`, yielding its port.
-Serve = Callable[..., AbstractAsyncContextManager[int]]
+from .fake_backend import Recorder, fake_backend
 
 
 def endpoint(
@@ -38,7 +41,7 @@ def endpoint(
     *,
     model_id: str = "fake/model",
     ready: bool = True,
-    phase: str = "Running",
+    phase: Phase = Phase.RUNNING,
     generation: int = 0,
 ) -> Endpoint:
     return Endpoint(
@@ -47,9 +50,21 @@ def endpoint(
         host="127.0.0.1",
         port=port,
         ready=ready,
-        phase=phase if ready or phase != "Running" else "Starting",
+        phase=phase if ready or phase is not Phase.RUNNING else Phase.STARTING,
         generation=generation,
     )
+
+
+@dataclass
+class DataPlaneUnderTest:
+    """The data plane helpers use when a test does not name one (tests run one at a time
+    per process, so a plain global is enough)."""
+
+    kind: str = "grpcio"
+    runtime: Path | None = None  # Envoy's directory (the test's tmp_path)
+
+
+UNDER_TEST = DataPlaneUnderTest()
 
 
 def data_plane_settings(runtime: Path, **options: Any) -> Settings:
@@ -58,6 +73,7 @@ def data_plane_settings(runtime: Path, **options: Any) -> Settings:
         "runtime_dir": str(runtime / "runtime"),
         "state_file": str(runtime / "state.toml"),
         "api_port": 0,
+        "grpc_host": "127.0.0.1",
         "grpc_port": 0,
     }
     return Settings(**(defaults | options))
@@ -67,41 +83,49 @@ def data_plane_settings(runtime: Path, **options: Any) -> Settings:
 async def running_data_plane(
     table: RoutingTable,
     *,
-    data_plane: str = "grpcio",
+    data_plane: str | None = None,
     runtime: Path | None = None,
     store: StatusStore | None = None,
-    **options: Any,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    traffic: TrafficSink | None = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[int, DataPlane]]:
-    """Serve `table` on 127.0.0.1 port 0; yields the bound port and the data plane.
-
-    grpcio: `options` are `serve_router`'s; envoy: they are settings (`request_timeout_secs`,
-    `default_instance`, `max_message_mb`, `auth`, ...) and `runtime` is required; its events
-    go to `store`."""
+    """Serve `table` on 127.0.0.1 port 0 with these `Settings` values; yields the bound port
+    and the data plane. Envoy's events go to `store`; interceptors and credentials are the
+    grpcio router's own seam."""
+    kind = data_plane or UNDER_TEST.kind
+    runtime = runtime or UNDER_TEST.runtime
     async with anyio.create_task_group() as tg:
         plane: DataPlane
-        if data_plane == "grpcio":
+        if kind == "grpcio":
             balancer = Balancer()
             plane = GrpcioDataPlane(table, balancer)
+            config = Settings(grpc_host="127.0.0.1", grpc_port=0, **settings)
             port: int = await tg.start(
                 lambda task_status: serve_router(
                     table,
-                    host="127.0.0.1",
-                    port=0,
+                    config,
+                    interceptors=interceptors,
+                    credentials=credentials,
+                    traffic=traffic,
                     balancer=balancer,
                     task_status=task_status,
-                    **options,
                 )
             )
         else:
             assert runtime is not None, "an Envoy data plane needs a directory of its own"
+            assert not interceptors, "Envoy checks auth itself"
+            assert credentials is None, "Envoy terminates TLS itself"
             binary = find_envoy("auto")
             assert binary is not None
             runner = DataPlaneRunner(
-                data_plane_settings(runtime, **options),
+                data_plane_settings(runtime, **settings),
                 table,
                 store=store or StatusStore(),
                 clock=SystemClock(),
                 choice=Choice(kind="envoy", binary=binary, reason="test"),
+                traffic=traffic,
             )
             plane = runner.plane
             port = await tg.start(runner.serve)
@@ -112,19 +136,30 @@ async def running_data_plane(
 
 
 @asynccontextmanager
-async def running_router(
-    table: RoutingTable,
-    *,
-    data_plane: str = "grpcio",
-    runtime: Path | None = None,
-    **options: Any,
-) -> AsyncIterator[int]:
-    """Serve the router for `table` on 127.0.0.1 port 0; yields the bound port."""
-    async with running_data_plane(table, data_plane=data_plane, runtime=runtime, **options) as (
-        port,
-        _,
-    ):
+async def running_router(table: RoutingTable, **options: Any) -> AsyncIterator[int]:
+    """Serve the router for `table` on 127.0.0.1 port 0 (see `running_data_plane`); yields
+    the bound port."""
+    async with running_data_plane(table, **options) as (port, _):
         yield port
+
+
+@asynccontextmanager
+async def mux_to(*endpoints: Endpoint) -> AsyncIterator[multiplexer_pb2_grpc.TeiMultiplexerStub]:
+    """A multiplexer client of a router that routes to `endpoints`."""
+    table = RoutingTable()
+    table.update(list(endpoints))
+    async with running_router(table) as port, mux_client(port) as stub:
+        yield stub
+
+
+@asynccontextmanager
+async def mux_to_fake(
+    **backend: Any,
+) -> AsyncIterator[tuple[multiplexer_pb2_grpc.TeiMultiplexerStub, Recorder]]:
+    """A multiplexer client of a router whose only instance, "a", is a fake backend (made
+    with `backend` options); yields the client and what the backend recorded."""
+    async with fake_backend(**backend) as (a_port, recorder), mux_to(endpoint("a", a_port)) as stub:
+        yield stub, recorder
 
 
 @asynccontextmanager

@@ -8,11 +8,12 @@ import grpc
 import pyarrow as pa
 import pytest
 
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.routing import RoutingTable
 
-from .fake_backend import fake_backend, vector
-from .harness import endpoint, mux_client, running_router, to
+from .fake_backend import vector
+from .harness import endpoint, mux_client, mux_to, mux_to_fake, running_router, to
 
 pytestmark = pytest.mark.anyio
 
@@ -34,11 +35,8 @@ def table_of(data: bytes) -> pa.Table:
 
 
 async def embed_arrow(request: mux.EmbedArrowRequest, dim: int = 5) -> pa.Table:
-    async with fake_backend(dim=dim) as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            reply = await stub.EmbedArrow(request, timeout=30)
+    async with mux_to_fake(dim=dim) as (stub, _):
+        reply = await stub.EmbedArrow(request, timeout=30)
     return table_of(reply.arrow_ipc)
 
 
@@ -66,13 +64,10 @@ async def test_null_rows_stay_null_and_the_others_keep_their_place() -> None:
 
 
 async def test_the_answer_is_an_lz4_compressed_ipc_stream() -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            reply = await stub.EmbedArrow(
-                mux.EmbedArrowRequest(target=to("a"), arrow_ipc=ipc(["x" * 200] * 50))
-            )
+    async with mux_to_fake() as (stub, _):
+        reply = await stub.EmbedArrow(
+            mux.EmbedArrowRequest(target=to("a"), arrow_ipc=ipc(["x" * 200] * 50))
+        )
     uncompressed = pa.BufferOutputStream()
     answer = table_of(reply.arrow_ipc)
     with pa.ipc.new_stream(uncompressed, answer.schema) as writer:
@@ -81,13 +76,10 @@ async def test_the_answer_is_an_lz4_compressed_ipc_stream() -> None:
 
 
 async def test_sparse_arrow_keeps_rows_nulls_and_pairs() -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            reply = await stub.EmbedSparseArrow(
-                mux.EmbedSparseArrowRequest(target=to("a"), arrow_ipc=ipc(["ab"], [None, "abcd"]))
-            )
+    async with mux_to_fake() as (stub, _):
+        reply = await stub.EmbedSparseArrow(
+            mux.EmbedSparseArrowRequest(target=to("a"), arrow_ipc=ipc(["ab"], [None, "abcd"]))
+        )
     result = table_of(reply.arrow_ipc)
     assert result.schema.field("sparse_embeddings").type == pa.list_(
         pa.field(
@@ -142,26 +134,21 @@ FAILS_IN_CHUNK_TWO = [f"ok {i}" if i != 50 else "fail: x" for i in range(100)]
 
 
 async def test_a_backend_error_keeps_its_code_inside_arrow_calls() -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
-            with pytest.raises(grpc.aio.AioRpcError) as dense:
-                await stub.EmbedArrow(
-                    mux.EmbedArrowRequest(target=to("a"), arrow_ipc=ipc(FAILS_IN_CHUNK_TWO))
-                )
-            with pytest.raises(grpc.aio.AioRpcError) as sparse:
-                await stub.EmbedSparseArrow(
-                    mux.EmbedSparseArrowRequest(target=to("a"), arrow_ipc=ipc(["fail: y"]))
-                )
+    async with mux_to_fake() as (stub, _):
+        with pytest.raises(grpc.aio.AioRpcError) as dense:
+            await stub.EmbedArrow(
+                mux.EmbedArrowRequest(target=to("a"), arrow_ipc=ipc(FAILS_IN_CHUNK_TWO))
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as sparse:
+            await stub.EmbedSparseArrow(
+                mux.EmbedSparseArrowRequest(target=to("a"), arrow_ipc=ipc(["fail: y"]))
+            )
     assert dense.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert sparse.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_arrow_calls_are_routed_and_refused_like_any_other() -> None:
-    table = RoutingTable()
-    table.update([endpoint("down", 1, ready=False, phase="CrashLoopBackOff")])
-    async with running_router(table) as port, mux_client(port) as stub:
+    async with mux_to(endpoint("down", 1, ready=False, phase=Phase.CRASH_LOOP_BACK_OFF)) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await stub.EmbedArrow(mux.EmbedArrowRequest(arrow_ipc=ipc(["x"])))
         with pytest.raises(grpc.aio.AioRpcError) as down:

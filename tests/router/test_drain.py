@@ -10,13 +10,14 @@ from contextlib import AbstractAsyncContextManager
 import anyio
 import grpc
 import pytest
-from integration.reconciler_harness import eventually
 
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.routing import DataPlane, RoutingTable
 
 from .fake_backend import fake_backend
 from .harness import endpoint
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +57,7 @@ async def test_an_instance_leaving_routing_finishes_its_calls_and_takes_no_new_o
             tg.start_soon(lambda: hold(instance="a"))
             tg.start_soon(lambda: hold(model="m"))
             await eventually(lambda: recorder.held == 3, what="three calls in flight")
-            table.update([endpoint("a", a_port, model_id="m", ready=False, phase="Stopping")])
+            table.update([endpoint("a", a_port, model_id="m", ready=False, phase=Phase.STOPPING)])
             drained = anyio.Event()
 
             async def drain() -> None:
@@ -96,9 +97,9 @@ async def test_instances_that_stay_ready_see_no_failed_call_while_others_come_an
             await eventually(lambda: plane.routes_to("a"), what="traffic to reach a")
             codes: list[str] = []
             changes = [
-                [a, endpoint("b", b_port, model_id="m", ready=False, phase="Starting")],
+                [a, endpoint("b", b_port, model_id="m", ready=False, phase=Phase.STARTING)],
                 [a, endpoint("b", b_port, model_id="m")],
-                [a, endpoint("b", b_port, model_id="m", ready=False, phase="Stopping")],
+                [a, endpoint("b", b_port, model_id="m", ready=False, phase=Phase.STOPPING)],
                 [a],
                 [a, endpoint("b", b_port, model_id="m", generation=2)],
                 [a],

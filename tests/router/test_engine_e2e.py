@@ -19,8 +19,9 @@ from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2_grpc
 from tei_reconciler.routing import RoutingTable
 
-from .engines import engines
 from .harness import endpoint, running_router, to
+from support.engines import engines
+from support.waiting import DEADLINE
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +31,6 @@ MODELS = {
     "rerank": "hash/reranker",
     "cls": "hash/classifier",
 }
-DEADLINE = 30
 
 # (RPC, instance, tei.v1 stub, tei.v1 requests, multiplexer wrapper, streaming?)
 EMBED = [tei_pb2.EmbedRequest(inputs=t) for t in ("hello", "a longer sentence", "x")]
@@ -76,8 +76,8 @@ CASES: list[tuple[str, str, Any, list[Any], Any, str]] = [
 
 @pytest.fixture(scope="module")
 def engine_ports() -> Iterator[dict[str, int]]:
-    with engines(MODELS) as ports:
-        yield ports
+    with engines(MODELS) as started:
+        yield {name: engine.port for name, engine in started.items()}
 
 
 def routing_table(ports: dict[str, int]) -> RoutingTable:

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from tei_reconciler.routing import RoutingTable
+from tei_reconciler.routing import Endpoint, RoutingTable
 
 from .harness import endpoint, running_router
 
@@ -43,9 +43,10 @@ async def test_health_reports_the_router_and_each_instance_by_readiness() -> Non
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_health_watch_follows_an_instance_becoming_ready() -> None:
+async def watched(before: list[Endpoint], after: list[Endpoint]) -> tuple[int, int]:
+    """The health of instance "a" as a Watch sees it while the table goes `before` -> `after`."""
     table = RoutingTable()
-    table.update([endpoint("a", 1, ready=False)])
+    table.update(before)
     async with (
         running_router(table) as port,
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
@@ -54,11 +55,16 @@ async def test_health_watch_follows_an_instance_becoming_ready() -> None:
             health_pb2.HealthCheckRequest(service="a"), timeout=30
         )
         first = await watch.read()
-        table.update([endpoint("a", 1)])
+        table.update(after)
         with anyio.fail_after(30):
             second = await watch.read()
         watch.cancel()
-    assert (first.status, second.status) == (NOT_SERVING, SERVING)
+    return first.status, second.status
+
+
+async def test_health_watch_follows_an_instance_becoming_ready() -> None:
+    statuses = await watched([endpoint("a", 1, ready=False)], [endpoint("a", 1)])
+    assert statuses == (NOT_SERVING, SERVING)
 
 
 async def list_services(channel: grpc.aio.Channel, version: str) -> list[str]:
@@ -121,21 +127,5 @@ async def test_reflection_v1_describes_its_own_service() -> None:
 
 
 async def test_a_deleted_instance_turns_unknown_to_health_and_routing() -> None:
-    table = RoutingTable()
-    table.update([endpoint("a", 1)])
-    async with (
-        running_router(table) as port,
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service="a"), timeout=30
-        )
-        first = await watch.read()
-        table.update([])
-        with anyio.fail_after(30):
-            second = await watch.read()
-        watch.cancel()
-    assert (first.status, second.status) == (
-        SERVING,
-        health_pb2.HealthCheckResponse.SERVICE_UNKNOWN,
-    )
+    statuses = await watched([endpoint("a", 1)], [])
+    assert statuses == (SERVING, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)

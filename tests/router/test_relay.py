@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import grpc
@@ -15,53 +14,44 @@ from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2_grpc
 from tei_reconciler.routing import RoutingTable
 
 from .fake_backend import fake_backend, vector
-from .harness import Serve, endpoint, mux_client, running_router, to
+from .harness import endpoint, mux_client, mux_to_fake, running_router, to
+from support.waiting import DEADLINE
 
-pytestmark = pytest.mark.anyio
-
-DEADLINE = 30
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_data_plane")]
 
 
 def embed(text: str, target: mux.Target | None = None) -> mux.EmbedRequest:
     return mux.EmbedRequest(target=target, request=tei_pb2.EmbedRequest(inputs=text))
 
 
-async def test_a_stream_is_answered_in_order_and_ends_when_the_client_half_closes(
-    serve: Serve,
-) -> None:
+async def test_a_stream_is_answered_in_order_and_ends_when_the_client_half_closes() -> None:
     texts = [f"text {i}" for i in range(50)]
-    async with fake_backend(dim=4) as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
+    async with mux_to_fake(dim=4) as (stub, _):
 
-            async def requests() -> AsyncIterator[mux.EmbedRequest]:
-                yield embed(texts[0], to("a"))
-                for text in texts[1:]:
-                    yield embed(text)  # later targets are not needed: the first one routes
+        async def requests() -> AsyncIterator[mux.EmbedRequest]:
+            yield embed(texts[0], to("a"))
+            for text in texts[1:]:
+                yield embed(text)  # later targets are not needed: the first one routes
 
-            replies = [r async for r in stub.EmbedStream(requests(), timeout=DEADLINE)]
+        replies = [r async for r in stub.EmbedStream(requests(), timeout=DEADLINE)]
     assert [list(r.embeddings) for r in replies] == [pytest.approx(vector(t, 4)) for t in texts]
 
 
-async def test_a_stream_message_without_a_request_fails_the_stream(serve: Serve) -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
+async def test_a_stream_message_without_a_request_fails_the_stream() -> None:
+    async with mux_to_fake() as (stub, _):
 
-            async def requests() -> AsyncIterator[mux.EmbedRequest]:
-                yield embed("one", to("a"))
-                yield mux.EmbedRequest(target=to("a"))
+        async def requests() -> AsyncIterator[mux.EmbedRequest]:
+            yield embed("one", to("a"))
+            yield mux.EmbedRequest(target=to("a"))
 
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                _ = [r async for r in stub.EmbedStream(requests(), timeout=DEADLINE)]
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            _ = [r async for r in stub.EmbedStream(requests(), timeout=DEADLINE)]
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert failed.value.details() == "Missing embed request (stream message 2)"
 
 
-async def test_an_empty_stream_is_invalid(serve: Serve) -> None:
-    async with serve(RoutingTable()) as port, mux_client(port) as stub:
+async def test_an_empty_stream_is_invalid() -> None:
+    async with running_router(RoutingTable()) as port, mux_client(port) as stub:
 
         async def nothing() -> AsyncIterator[mux.EmbedRequest]:
             return
@@ -73,102 +63,87 @@ async def test_an_empty_stream_is_invalid(serve: Serve) -> None:
     assert failed.value.details() == "Empty stream"
 
 
-async def test_a_backend_error_inside_a_stream_reaches_the_client_unchanged(serve: Serve) -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
+async def test_a_backend_error_inside_a_stream_reaches_the_client_unchanged() -> None:
+    async with mux_to_fake() as (stub, _):
 
-            async def requests() -> AsyncIterator[mux.EmbedRequest]:
-                yield embed("fine", to("a"))
-                yield embed("fail: now")
+        async def requests() -> AsyncIterator[mux.EmbedRequest]:
+            yield embed("fine", to("a"))
+            yield embed("fail: now")
 
-            call = stub.EmbedStream(requests(), timeout=DEADLINE)
-            first = await call.read()
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await call.read()
+        call = stub.EmbedStream(requests(), timeout=DEADLINE)
+        first = await call.read()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call.read()
     assert len(first.embeddings) == 8
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_a_client_stream_returns_the_backends_single_answer(serve: Serve) -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
+async def test_a_client_stream_returns_the_backends_single_answer() -> None:
+    async with mux_to_fake() as (stub, _):
 
-            async def requests() -> AsyncIterator[mux.RerankStreamRequest]:
-                for i, text in enumerate(["a", "bbb", "cc"]):
-                    yield mux.RerankStreamRequest(
-                        target=to("a") if i == 0 else None,
-                        request=tei_pb2.RerankStreamRequest(query="q", text=text),
-                    )
+        async def requests() -> AsyncIterator[mux.RerankStreamRequest]:
+            for i, text in enumerate(["a", "bbb", "cc"]):
+                yield mux.RerankStreamRequest(
+                    target=to("a") if i == 0 else None,
+                    request=tei_pb2.RerankStreamRequest(query="q", text=text),
+                )
 
-            reply = await stub.RerankStream(requests(), timeout=DEADLINE)
+        reply = await stub.RerankStream(requests(), timeout=DEADLINE)
     assert [(r.index, r.score) for r in reply.ranks] == [(0, 1.0), (1, 3.0), (2, 2.0)]
 
 
-async def test_the_client_deadline_reaches_the_backend_and_expires_there(serve: Serve) -> None:
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await stub.Embed(embed("slow please", to("a")), timeout=2.0)
-            with anyio.fail_after(DEADLINE):
-                await recorder.cancelled.wait()
+async def test_the_client_deadline_reaches_the_backend_and_expires_there() -> None:
+    async with mux_to_fake() as (stub, recorder):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Embed(embed("slow please", to("a")), timeout=2.0)
+        with anyio.fail_after(DEADLINE):
+            await recorder.cancelled.wait()
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     remaining = recorder.time_remaining[0]
     assert remaining is not None
     assert remaining < 2.5  # the client deadline, not the 30 s default (rounded on the wire)
 
 
-async def test_without_a_client_deadline_the_router_sets_its_request_timeout(serve: Serve) -> None:
+async def test_without_a_client_deadline_the_router_sets_its_request_timeout() -> None:
     async with fake_backend() as (a_port, recorder):
         table = RoutingTable()
         table.update([endpoint("a", a_port)])
-        async with serve(table, request_timeout_secs=12) as port, mux_client(port) as stub:
+        async with running_router(table, request_timeout_secs=12) as port, mux_client(port) as stub:
             await stub.Embed(embed("quick", to("a")))
     remaining = recorder.time_remaining[0]
     assert remaining is not None
     assert 5 < remaining < 13  # grpc-timeout is rounded on the wire
 
 
-async def test_a_client_cancel_reaches_the_backend(serve: Serve) -> None:
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            call = stub.Embed(embed("slow please", to("a")), timeout=DEADLINE)
-            with anyio.fail_after(DEADLINE):
-                await recorder.slow_started.wait()
-            call.cancel()
-            with anyio.fail_after(DEADLINE):
-                await recorder.cancelled.wait()
+async def test_a_client_cancel_reaches_the_backend() -> None:
+    async with mux_to_fake() as (stub, recorder):
+        call = stub.Embed(embed("slow please", to("a")), timeout=DEADLINE)
+        with anyio.fail_after(DEADLINE):
+            await recorder.slow_started.wait()
+        call.cancel()
+        with anyio.fail_after(DEADLINE):
+            await recorder.cancelled.wait()
 
 
-async def test_a_client_cancel_of_a_stream_reaches_the_backend(serve: Serve) -> None:
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            call = stub.EmbedStream(timeout=DEADLINE)
-            await call.write(embed("fine", to("a")))
-            await call.read()
-            await call.write(embed("slow too"))
-            with anyio.fail_after(DEADLINE):
-                await recorder.slow_started.wait()
-            call.cancel()
-            with anyio.fail_after(DEADLINE):
-                await recorder.cancelled.wait()
+async def test_a_client_cancel_of_a_stream_reaches_the_backend() -> None:
+    async with mux_to_fake() as (stub, recorder):
+        call = stub.EmbedStream(timeout=DEADLINE)
+        await call.write(embed("fine", to("a")))
+        await call.read()
+        await call.write(embed("slow too"))
+        with anyio.fail_after(DEADLINE):
+            await recorder.slow_started.wait()
+        call.cancel()
+        with anyio.fail_after(DEADLINE):
+            await recorder.cancelled.wait()
 
 
-async def test_client_metadata_is_forwarded_but_the_routing_keys_are_not(serve: Serve) -> None:
+async def test_client_metadata_is_forwarded_but_the_routing_keys_are_not() -> None:
     async with fake_backend() as (a_port, recorder):
         table = RoutingTable()
         table.update([endpoint("a", a_port)])
         async with (
-            serve(table) as port,
+            running_router(table) as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             await tei_pb2_grpc.EmbedStub(channel).Embed(
@@ -187,9 +162,7 @@ async def test_client_metadata_is_forwarded_but_the_routing_keys_are_not(serve: 
     assert "x-tei-instance" not in seen
 
 
-async def test_plain_tei_calls_are_routed_by_metadata_then_default_then_only_instance(
-    serve: Serve,
-) -> None:
+async def test_plain_tei_calls_are_routed_by_metadata_then_default_then_only_instance() -> None:
     async with (
         fake_backend(model_id="m1", dim=2) as (a_port, a),
         fake_backend(model_id="m2", dim=3) as (b_port, b),
@@ -197,7 +170,7 @@ async def test_plain_tei_calls_are_routed_by_metadata_then_default_then_only_ins
         table = RoutingTable()
         table.update([endpoint("a", a_port, model_id="m1"), endpoint("b", b_port, model_id="m2")])
         async with (
-            serve(table) as port,
+            running_router(table) as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             stub = tei_pb2_grpc.EmbedStub(channel)
@@ -209,7 +182,7 @@ async def test_plain_tei_calls_are_routed_by_metadata_then_default_then_only_ins
             table.update([endpoint("b", b_port, model_id="m2")])
             only = await stub.Embed(request)
         async with (
-            serve(table, default_instance="b") as port,
+            running_router(table, default_instance="b") as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             table.update(
@@ -223,12 +196,12 @@ async def test_plain_tei_calls_are_routed_by_metadata_then_default_then_only_ins
     assert (a.calls, b.calls) == (1, 3)
 
 
-async def test_plain_tei_streams_are_relayed(serve: Serve) -> None:
+async def test_plain_tei_streams_are_relayed() -> None:
     async with fake_backend(dim=3) as (a_port, _):
         table = RoutingTable()
         table.update([endpoint("a", a_port)])
         async with (
-            serve(table) as port,
+            running_router(table) as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
 
@@ -247,23 +220,16 @@ async def test_plain_tei_streams_are_relayed(serve: Serve) -> None:
     ]
 
 
-async def test_a_backend_error_ends_the_stream_while_the_client_still_holds_it_open(
-    serve: Serve,
-) -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            call = stub.EmbedStream(timeout=DEADLINE)
-            await call.write(embed("fail: at once", to("a")))
-            with anyio.fail_after(DEADLINE / 2), pytest.raises(grpc.aio.AioRpcError) as failed:
-                await call.read()
+async def test_a_backend_error_ends_the_stream_while_the_client_still_holds_it_open() -> None:
+    async with mux_to_fake() as (stub, _):
+        call = stub.EmbedStream(timeout=DEADLINE)
+        await call.write(embed("fail: at once", to("a")))
+        with anyio.fail_after(DEADLINE / 2), pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call.read()
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configurable(
-    serve: Serve,
-) -> None:
+async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configurable() -> None:
     """The limit bounds what the Python router relays (every call on the grpcio data plane,
     the multiplexer behind Envoy); Envoy streams plain tei.v1 messages without holding one
     whole, and leaves their size to the instance and the client."""
@@ -273,7 +239,7 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
         table = RoutingTable()
         table.update([endpoint("a", a_port)])
         async with (
-            serve(table) as port,
+            running_router(table) as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
         ):
             reply = await tei_pb2_grpc.EmbedStub(channel).Embed(
@@ -283,7 +249,7 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
                 embed("x", to("a")), timeout=DEADLINE
             )
         async with (
-            serve(table, max_message_mb=1) as port,
+            running_router(table, max_message_mb=1) as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
         ):
             with pytest.raises(grpc.aio.AioRpcError) as too_big:
@@ -295,15 +261,13 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_the_grpcio_router_limits_plain_tei_messages_to_max_message_mb(
-    tmp_path: Path,
-) -> None:
+async def test_the_grpcio_router_limits_plain_tei_messages_to_max_message_mb() -> None:
     async with fake_backend(dim=1_200_000) as (a_port, _):
         table = RoutingTable()
         table.update([endpoint("a", a_port)])
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         async with (
-            running_router(table, max_message_mb=1) as port,
+            running_router(table, data_plane="grpcio", max_message_mb=1) as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
         ):
             with pytest.raises(grpc.aio.AioRpcError) as too_big:
@@ -313,11 +277,11 @@ async def test_the_grpcio_router_limits_plain_tei_messages_to_max_message_mb(
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_a_stream_without_a_client_deadline_ends_at_the_request_timeout(serve: Serve) -> None:
+async def test_a_stream_without_a_client_deadline_ends_at_the_request_timeout() -> None:
     async with fake_backend() as (a_port, recorder):
         table = RoutingTable()
         table.update([endpoint("a", a_port)])
-        async with serve(table, request_timeout_secs=1) as port, mux_client(port) as stub:
+        async with running_router(table, request_timeout_secs=1) as port, mux_client(port) as stub:
             call = stub.EmbedStream()  # no client deadline
             await call.write(embed("slow stream", to("a")))
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -328,27 +292,22 @@ async def test_a_stream_without_a_client_deadline_ends_at_the_request_timeout(se
                 await recorder.cancelled.wait()  # the instance saw the call end, too
 
 
-async def test_a_stream_to_an_instance_that_stops_reading_pushes_back_on_the_client(
-    serve: Serve,
-) -> None:
+async def test_a_stream_to_an_instance_that_stops_reading_pushes_back_on_the_client() -> None:
     """Flow control end to end: the router buffers no more than the transports' windows, so
     a client writing to an instance that no longer reads is soon made to wait."""
     megabyte = embed("x" * 1_000_000)
     limit = 200  # 200 MB: far beyond any HTTP/2 window, well within what an unbounded buffer takes
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            call = stub.EmbedStream(timeout=DEADLINE)
-            await call.write(embed("slow: the instance stops reading here", to("a")))
-            with anyio.fail_after(DEADLINE):
-                await recorder.slow_started.wait()
-            written = 0
-            while written < limit:
-                with anyio.move_on_after(2) as waited:
-                    await call.write(megabyte)
-                if waited.cancelled_caught:
-                    break
-                written += 1
-            call.cancel()
+    async with mux_to_fake() as (stub, recorder):
+        call = stub.EmbedStream(timeout=DEADLINE)
+        await call.write(embed("slow: the instance stops reading here", to("a")))
+        with anyio.fail_after(DEADLINE):
+            await recorder.slow_started.wait()
+        written = 0
+        while written < limit:
+            with anyio.move_on_after(2) as waited:
+                await call.write(megabyte)
+            if waited.cancelled_caught:
+                break
+            written += 1
+        call.cancel()
     assert written < limit

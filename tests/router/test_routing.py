@@ -5,39 +5,37 @@ from __future__ import annotations
 import grpc
 import msgspec
 import pytest
-from conftest import ManualClock
 from prometheus_client import REGISTRY
 
+from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.traffic import TrafficRing
 
 from .fake_backend import fake_backend, vector
-from .harness import Serve, endpoint, mux_client, running_router, to
+from .harness import endpoint, mux_client, mux_to, mux_to_fake, running_router, to
+from support.clock import FakeClock
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_data_plane")]
 
 
 def embed(target: mux.Target, text: str = "hello") -> mux.EmbedRequest:
     return mux.EmbedRequest(target=target, request=tei_pb2.EmbedRequest(inputs=text))
 
 
-async def test_a_call_by_instance_name_reaches_that_instance_and_returns_its_answer(
-    serve: Serve,
-) -> None:
-    async with fake_backend(dim=5) as (a_port, a), fake_backend(dim=3) as (b_port, b):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port), endpoint("b", b_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            reply = await stub.Embed(embed(to("b"), "hi"))
+async def test_a_call_by_instance_name_reaches_that_instance_and_returns_its_answer() -> None:
+    async with (
+        fake_backend(dim=5) as (a_port, a),
+        fake_backend(dim=3) as (b_port, b),
+        mux_to(endpoint("a", a_port), endpoint("b", b_port)) as stub,
+    ):
+        reply = await stub.Embed(embed(to("b"), "hi"))
     assert list(reply.embeddings) == pytest.approx(vector("hi", 3))
     assert (a.calls, b.calls) == (0, 1)
 
 
-async def test_calls_by_model_are_spread_over_every_ready_instance_of_that_model(
-    serve: Serve,
-) -> None:
+async def test_calls_by_model_are_spread_over_every_ready_instance_of_that_model() -> None:
     async with fake_backend() as (a_port, a), fake_backend() as (b_port, b):
         table = RoutingTable()
         table.update(
@@ -47,7 +45,7 @@ async def test_calls_by_model_are_spread_over_every_ready_instance_of_that_model
                 endpoint("c", 1, model_id="other"),
             ]
         )
-        async with serve(table) as port, mux_client(port) as stub:
+        async with running_router(table) as port, mux_client(port) as stub:
             for _ in range(6):
                 await stub.Embed(embed(mux.Target(model_id="m")))
     assert a.calls > 0
@@ -55,7 +53,7 @@ async def test_calls_by_model_are_spread_over_every_ready_instance_of_that_model
     assert a.calls + b.calls == 6
 
 
-async def test_instance_index_counts_only_ready_instances_sorted_by_name(serve: Serve) -> None:
+async def test_instance_index_counts_only_ready_instances_sorted_by_name() -> None:
     async with fake_backend(dim=2) as (a_port, _), fake_backend(dim=4) as (c_port, _):
         table = RoutingTable()
         table.update(
@@ -65,7 +63,7 @@ async def test_instance_index_counts_only_ready_instances_sorted_by_name(serve: 
                 endpoint("a", a_port),
             ]
         )
-        async with serve(table) as port, mux_client(port) as stub:
+        async with running_router(table) as port, mux_client(port) as stub:
             first = await stub.Embed(embed(mux.Target(instance_index=0)))
             second = await stub.Embed(embed(mux.Target(instance_index=1)))
             with pytest.raises(grpc.aio.AioRpcError) as beyond:
@@ -74,10 +72,8 @@ async def test_instance_index_counts_only_ready_instances_sorted_by_name(serve: 
     assert beyond.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_an_instance_that_is_not_ready_is_unavailable_with_its_phase(serve: Serve) -> None:
-    table = RoutingTable()
-    table.update([endpoint("warming", 1, ready=False, phase="Starting")])
-    async with serve(table) as port, mux_client(port) as stub:
+async def test_an_instance_that_is_not_ready_is_unavailable_with_its_phase() -> None:
+    async with mux_to(endpoint("warming", 1, ready=False, phase=Phase.STARTING)) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as by_name:
             await stub.Embed(embed(to("warming")))
         with pytest.raises(grpc.aio.AioRpcError) as by_model:
@@ -107,22 +103,20 @@ async def test_an_instance_that_is_not_ready_is_unavailable_with_its_phase(serve
     ],
 )
 async def test_calls_the_router_cannot_route_get_a_precise_status(
-    request_: mux.EmbedRequest, code: str, details: str, serve: Serve
+    request_: mux.EmbedRequest, code: str, details: str
 ) -> None:
-    async with serve(RoutingTable()) as port, mux_client(port) as stub:
+    async with running_router(RoutingTable()) as port, mux_client(port) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Embed(request_)
     assert refused.value.code().name == code
     assert refused.value.details() == details
 
 
-async def test_an_instance_restarted_on_another_port_answers_the_very_next_call(
-    serve: Serve,
-) -> None:
+async def test_an_instance_restarted_on_another_port_answers_the_very_next_call() -> None:
     table = RoutingTable()
     async with fake_backend(dim=2) as (old_port, _):
         table.update([endpoint("a", old_port)])
-        async with serve(table) as port, mux_client(port) as stub:
+        async with running_router(table) as port, mux_client(port) as stub:
             assert len((await stub.Embed(embed(to("a")))).embeddings) == 2
             async with fake_backend(dim=6) as (new_port, _):
                 table.update([endpoint("a", new_port, generation=1)])
@@ -130,27 +124,21 @@ async def test_an_instance_restarted_on_another_port_answers_the_very_next_call(
     assert len(reply.embeddings) == 6
 
 
-async def test_a_backend_status_reaches_the_client_unchanged(serve: Serve) -> None:
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await stub.Embed(embed(to("a"), "fail: too much"))
+async def test_a_backend_status_reaches_the_client_unchanged() -> None:
+    async with mux_to_fake() as (stub, _):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Embed(embed(to("a"), "fail: too much"))
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert failed.value.details() == "model is overloaded"
 
 
-async def test_info_needs_only_a_target(serve: Serve) -> None:
-    async with fake_backend(model_id="org/model") as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            info = await stub.Info(mux.InfoRequest(target=to("a")))
+async def test_info_needs_only_a_target() -> None:
+    async with mux_to_fake(model_id="org/model") as (stub, _):
+        info = await stub.Info(mux.InfoRequest(target=to("a")))
     assert info.model_id == "org/model"
 
 
-async def test_router_metrics_count_calls_by_instance_method_and_code(serve: Serve) -> None:
+async def test_router_metrics_count_calls_by_instance_method_and_code() -> None:
     def count(instance: str, method: str, code: str) -> float:
         value = REGISTRY.get_sample_value(
             "tei_reconciler_router_requests_total",
@@ -162,15 +150,12 @@ async def test_router_metrics_count_calls_by_instance_method_and_code(serve: Ser
     before_ok = count("metered", embed_path, "OK")
     before_failed = count("metered", embed_path, "RESOURCE_EXHAUSTED")
     before_refused = count("", embed_path, "NOT_FOUND")
-    async with fake_backend() as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("metered", a_port)])
-        async with serve(table) as port, mux_client(port) as stub:
-            await stub.Embed(embed(to("metered")))
-            with pytest.raises(grpc.aio.AioRpcError):
-                await stub.Embed(embed(to("metered"), "fail: x"))
-            with pytest.raises(grpc.aio.AioRpcError):
-                await stub.Embed(embed(to("nobody")))
+    async with fake_backend() as (a_port, _), mux_to(endpoint("metered", a_port)) as stub:
+        await stub.Embed(embed(to("metered")))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Embed(embed(to("metered"), "fail: x"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Embed(embed(to("nobody")))
     assert count("metered", embed_path, "OK") == before_ok + 1
     assert count("metered", embed_path, "RESOURCE_EXHAUSTED") == before_failed + 1
     assert count("", embed_path, "NOT_FOUND") == before_refused + 1
@@ -183,9 +168,9 @@ async def test_router_metrics_count_calls_by_instance_method_and_code(serve: Ser
 
 
 async def test_every_routed_call_lands_in_the_dashboards_traffic_ring(
-    manual_clock: ManualClock,
+    fake_clock: FakeClock,
 ) -> None:
-    traffic = TrafficRing(step_secs=10.0, clock=manual_clock)
+    traffic = TrafficRing(step_secs=10.0, clock=fake_clock)
     async with fake_backend() as (a_port, _):
         table = RoutingTable()
         table.update([endpoint("charted", a_port)])
@@ -195,20 +180,18 @@ async def test_every_routed_call_lands_in_the_dashboards_traffic_ring(
                 await stub.Embed(embed(to("charted"), "fail: x"))  # RESOURCE_EXHAUSTED
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Embed(embed(to("nobody")))  # refused before routing: no instance
-    manual_clock.t += 10
+    fake_clock.advance(10)
     (charted,) = traffic.snapshot().instances
     assert (charted.instance, charted.requests, charted.errors) == ("charted", 2, 1)
     assert charted.p50_ms is not None
     assert charted.methods == {"/tei_multiplexer.v1.TeiMultiplexer/Embed": 2}
 
 
-async def test_an_instance_listening_on_an_ipv6_address_is_reachable_through_the_router(
-    serve: Serve,
-) -> None:
-    async with fake_backend(dim=4, host="::1") as (backend_port, backend):
-        table = RoutingTable()
-        table.update([msgspec.structs.replace(endpoint("v6", backend_port), host="::1")])
-        async with serve(table) as port, mux_client(port) as stub:
-            reply = await stub.Embed(embed(to("v6"), "hi"), timeout=30)
+async def test_an_instance_listening_on_an_ipv6_address_is_reachable_through_the_router() -> None:
+    async with (
+        fake_backend(dim=4, host="::1") as (backend_port, backend),
+        mux_to(msgspec.structs.replace(endpoint("v6", backend_port), host="::1")) as stub,
+    ):
+        reply = await stub.Embed(embed(to("v6"), "hi"), timeout=30)
     assert list(reply.embeddings) == pytest.approx(vector("hi", 4))
     assert backend.calls == 1

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from reconciler_process import Reconciler
 
 from .browser import chromium, find_browser
+from support.reconciler import Reconciler
 
 
 @pytest.fixture(scope="module")

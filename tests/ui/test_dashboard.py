@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reconciler_process import Reconciler, poll
+
+from support.reconciler import Reconciler
+from support.waiting import wait_until
 
 REASON = "selenium is not installed (pip install -e '.[dev]')"
 By = pytest.importorskip("selenium.webdriver.common.by", reason=REASON).By
@@ -44,7 +46,7 @@ def text_of(page: Any, selector: str) -> str:
 def click(page: Any, label: str) -> Any:
     """Click the button showing `label` once it is there."""
     xpath = f"//button[normalize-space()='{label}']"
-    button = poll(lambda: page.find_elements(By.XPATH, xpath), what=f"the {label} button")[0]
+    button = wait_until(lambda: page.find_elements(By.XPATH, xpath), what=f"the {label} button")[0]
     button.click()
     return button
 
@@ -59,10 +61,10 @@ def screenshot(page: Any, path: Path) -> None:
 def test_an_instance_created_meanwhile_appears_and_goes_ready_without_a_reload(
     page: Any, reconciler: Reconciler, tmp_path: Path
 ) -> None:
-    poll(lambda: page.find_element(By.ID, "live").text == "live", what="the live watch")
+    wait_until(lambda: page.find_element(By.ID, "live").text == "live", what="the live watch")
     reconciler.create("live-a")
-    poll(lambda: cell(page, "live-a", "model") == "hash/384", what="the new row")
-    poll(lambda: phase(page, "live-a") == "Running", what="live-a Running on the page")
+    wait_until(lambda: cell(page, "live-a", "model") == "hash/384", what="the new row")
+    wait_until(lambda: phase(page, "live-a") == "Running", what="live-a Running on the page")
     assert cell(page, "live-a", "ready") == "1/1"
     assert page.current_url.endswith("/ui/")  # "/" led here
     screenshot(page, tmp_path / "ready.png")
@@ -72,10 +74,10 @@ def test_the_stop_button_stops_the_instance_from_the_keyboard_and_the_phase_foll
     page: Any, reconciler: Reconciler
 ) -> None:
     reconciler.create("stop-a")
-    poll(lambda: phase(page, "stop-a") == "Running", what="stop-a Running on the page")
+    wait_until(lambda: phase(page, "stop-a") == "Running", what="stop-a Running on the page")
     page.find_element(By.CSS_SELECTOR, 'button[aria-label="Stop stop-a"]').send_keys(Keys.ENTER)
-    poll(lambda: phase(page, "stop-a") in {"Stopping", "Stopped"}, what="the stop to show")
-    poll(lambda: phase(page, "stop-a") == "Stopped", what="stop-a Stopped on the page")
+    wait_until(lambda: phase(page, "stop-a") in {"Stopping", "Stopped"}, what="the stop to show")
+    wait_until(lambda: phase(page, "stop-a") == "Stopped", what="stop-a Stopped on the page")
     # The row was redrawn under the keyboard user: focus is on its first action, now Start.
     focused = page.switch_to.active_element
     assert focused.get_attribute("aria-label") == "Start stop-a"
@@ -87,19 +89,19 @@ def test_the_create_form_shows_the_apis_error_beside_the_field_then_creates(
     page: Any, reconciler: Reconciler
 ) -> None:
     page.find_element(By.LINK_TEXT, "New instance").click()
-    name = poll(lambda: page.find_elements(By.ID, "f-name"), what="the form")[0]
+    name = wait_until(lambda: page.find_elements(By.ID, "f-name"), what="the form")[0]
     name.send_keys("Bad_Name")
     page.find_element(By.ID, "f-model_id").send_keys("hash/384")
     page.find_element(By.ID, "f-state").send_keys("stopped")
     click(page, "Create")
-    summary = poll(lambda: text_of(page, "form .banner.error"), what="the API's error")
+    summary = wait_until(lambda: text_of(page, "form .banner.error"), what="the API's error")
     assert summary.startswith("VALIDATION_ERROR: invalid instance name 'Bad_Name'")
     assert "DNS-1123" in page.find_element(By.ID, "f-name-error").text
     assert name.get_attribute("aria-invalid") == "true"
     name.clear()
     name.send_keys("formed")
     click(page, "Create")
-    poll(lambda: page.current_url.endswith("#/instances/formed"), what="the instance page")
+    wait_until(lambda: page.current_url.endswith("#/instances/formed"), what="the instance page")
     assert reconciler.instance("formed")["desired_state"] == "stopped"  # type: ignore[index]
 
 
@@ -111,7 +113,7 @@ def test_the_state_editor_shows_problems_inline_previews_the_plan_and_saves(
     editor = page.find_element(By.ID, "state-text")
     editor.send_keys(Keys.CONTROL, Keys.END)
     editor.send_keys('\n[instances.edited]\nmodel_id = "hash/384"\nprot = 8080\n')
-    problems: str = poll(
+    problems: str = wait_until(
         lambda: t if "unknown key 'prot'" in (t := text_of(page, "#state-problems")) else None,
         what="the problem to show",
     )
@@ -124,11 +126,13 @@ def test_the_state_editor_shows_problems_inline_previews_the_plan_and_saves(
     assert '"hash/384"' in text_of(page, "pre.painted .t-string")
 
     editor.send_keys(Keys.BACK_SPACE * len("prot = 8080\n"), "max_batch_tokens = 8192\n")
-    poll(lambda: "No problems" in text_of(page, "#state-problems"), what="the fix to validate")
-    poll(lambda: "start edited" in text_of(page, ".plan"), what="the plan of the edit")
+    wait_until(
+        lambda: "No problems" in text_of(page, "#state-problems"), what="the fix to validate"
+    )
+    wait_until(lambda: "start edited" in text_of(page, ".plan"), what="the plan of the edit")
     click(page, "Save")
-    poll(lambda: "[instances.edited]" in reconciler.state_file.read_text(), what="the save")
-    poll(lambda: page.find_elements(By.XPATH, "//button[text()='Edit']"), what="view mode")
+    wait_until(lambda: "[instances.edited]" in reconciler.state_file.read_text(), what="the save")
+    wait_until(lambda: page.find_elements(By.XPATH, "//button[text()='Edit']"), what="view mode")
 
 
 def test_a_save_over_someone_elses_edit_is_shown_as_a_conflict(
@@ -137,12 +141,12 @@ def test_a_save_over_someone_elses_edit_is_shown_as_a_conflict(
     page.find_element(By.LINK_TEXT, "State file").click()
     click(page, "Edit")
     editor = page.find_element(By.ID, "state-text")
-    poll(lambda: editor.get_property("value"), what="the file to load")
+    wait_until(lambda: editor.get_property("value"), what="the file to load")
     hand_edit = reconciler.state_file.read_text() + "# a hand edit made meanwhile\n"
     reconciler.state_file.write_text(hand_edit)
     editor.send_keys(Keys.CONTROL, Keys.END, "\n# mine\n")
     click(page, "Save")
-    banner = poll(lambda: text_of(page, ".banner.error"), what="the conflict")
+    banner = wait_until(lambda: text_of(page, ".banner.error"), what="the conflict")
     assert "Someone else changed the state file" in banner
     assert "REVISION_MISMATCH" in banner
     assert reconciler.state_file.read_text() == hand_edit  # nothing was overwritten
@@ -158,10 +162,10 @@ def test_a_read_only_state_file_disables_every_action_and_says_why(
     reconciler.state_file.symlink_to(real)
     try:
         page.refresh()
-        banner = poll(lambda: page.find_element(By.ID, "readonly").text, what="the banner")
+        banner = wait_until(lambda: page.find_element(By.ID, "readonly").text, what="the banner")
         assert "read-only" in banner
         assert "symlink" in banner
-        start = poll(
+        start = wait_until(
             lambda: page.find_elements(By.CSS_SELECTOR, 'button[aria-label="Start ro-a"]'),
             what="the row",
         )[0]
@@ -170,7 +174,7 @@ def test_a_read_only_state_file_disables_every_action_and_says_why(
             assert link.get_attribute("aria-disabled") == "true"
         assert "symlink" in start.get_attribute("title")
         start.click()
-        poll(lambda: "Read-only" in text_of(page, ".toast"), what="the refusal")
+        wait_until(lambda: "Read-only" in text_of(page, ".toast"), what="the refusal")
         assert reconciler.instance("ro-a")["desired_state"] == "stopped"  # type: ignore[index]
     finally:
         reconciler.state_file.unlink()
@@ -181,19 +185,19 @@ def test_the_instance_page_shows_why_the_last_process_ended_and_what_it_wrote(
     page: Any, reconciler: Reconciler
 ) -> None:
     reconciler.create("ghost", "org/missing-model")
-    poll(
+    wait_until(
         lambda: (i := reconciler.instance("ghost")) is not None and i["last_exit"],
         what="the engine to exit",
     )
     page.get(f"{reconciler.url}/ui/#/instances/ghost")
-    last = poll(lambda: text_of(page, ".last-exit"), what="the last exit")
+    last = wait_until(lambda: text_of(page, ".last-exit"), what="the last exit")
     assert "exited with code 1" in last
     assert "is not available" in last
     charts = page.find_elements(By.CSS_SELECTOR, "figure.chart svg[role=img]")
     assert len(charts) == 4
     follow = click(page, "Follow")
     assert follow.get_attribute("aria-pressed") == "true"
-    poll(
+    wait_until(
         lambda: "is not available" in page.find_element(By.CSS_SELECTOR, "pre.log").text,
         what="the log",
     )
@@ -209,11 +213,11 @@ def test_a_hundred_instances_fit_one_table_with_counts_and_a_filter(
     ]
     reconciler.state_file.write_text(before + "\n" + "\n".join(tables))
     try:
-        poll(
+        wait_until(
             lambda: len(page.find_elements(By.CSS_SELECTOR, 'tr[data-name^="emb-"]')) == 100,
             what="100 rows",
         )
-        poll(lambda: phase(page, "emb-099") == "Stopped", what="the last row observed")
+        wait_until(lambda: phase(page, "emb-099") == "Stopped", what="the last row observed")
         assert "Stopped" in page.find_element(By.CSS_SELECTOR, ".chips").text
         screenshot(page, tmp_path / "hundred.png")
         page.find_element(By.ID, "filter").send_keys("emb-09")

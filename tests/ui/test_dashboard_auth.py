@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from reconciler_process import Reconciler, poll
 
 from .browser import chromium, find_browser
+from support.reconciler import Reconciler
+from support.waiting import wait_until
 
 TOKEN = "dashboard-s3cret"
 CONFIG = f"""
@@ -41,17 +42,21 @@ def test_the_page_asks_for_the_token_and_then_shows_live_data(guarded: Reconcile
         assert created.status_code == 201, created.text
     with chromium() as page:
         page.get(f"{guarded.url}/ui/")
-        dialog = poll(
+        dialog = wait_until(
             lambda: (d := page.find_element(By.ID, "login")).is_displayed() and d,
             what="the sign-in",
         )
         field = page.find_element(By.ID, "login-token")
         field.send_keys("wrong")
         dialog.find_element(By.CSS_SELECTOR, "button").click()
-        poll(lambda: "refused" in page.find_element(By.ID, "login-text").text, what="a second ask")
+        wait_until(
+            lambda: "refused" in page.find_element(By.ID, "login-text").text, what="a second ask"
+        )
         field.clear()
         field.send_keys(TOKEN)
         dialog.find_element(By.CSS_SELECTOR, "button").click()
-        poll(lambda: page.find_elements(By.CSS_SELECTOR, 'tr[data-name="kept"]'), what="the table")
-        poll(lambda: page.find_element(By.ID, "live").text == "live", what="the live watch")
+        wait_until(
+            lambda: page.find_elements(By.CSS_SELECTOR, 'tr[data-name="kept"]'), what="the table"
+        )
+        wait_until(lambda: page.find_element(By.ID, "live").text == "live", what="the live watch")
         assert not page.find_element(By.ID, "login").is_displayed()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from tei_reconciler import metrics
-from tei_reconciler.planner.status import Phase
+from tei_reconciler.planner.phase import Phase
 
 
 def sample(name: str, **labels: str) -> float | None:

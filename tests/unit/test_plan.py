@@ -10,9 +10,16 @@ import pytest
 from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.planner.backoff import CrashLoop
 from tei_reconciler.planner.observed import Busy, Failure, ObservedInstance, ProcessView
-from tei_reconciler.planner.plan import Forget, Policy, Start, Stop, assess, plan, plan_one
+from tei_reconciler.planner.plan import Forget, Start, Stop, assess, plan, plan_one
+from tei_reconciler.planner.policy import Policy
 
-POLICY = Policy(startup_timeout_secs=60, failure_threshold=3, max_instances=4)
+POLICY = Policy(
+    startup_timeout_secs=60,
+    failure_threshold=3,
+    health_interval_secs=10,
+    health_timeout_secs=5,
+    max_instances=4,
+)
 NOW = 1000.0
 SPEC = InstanceSpec(name="a", model_id="hash/384")
 STOPPED = msgspec.structs.replace(SPEC, state=DesiredRun.STOPPED)
@@ -208,11 +215,16 @@ def test_failed_phase_names_the_reason() -> None:
 
 def test_plan_does_not_depend_on_dict_order() -> None:
     specs = {n: InstanceSpec(name=n, model_id="hash/8") for n in ("b", "a", "c")}
-    actions, _ = plan(DesiredState(instances=specs), {}, NOW, policy=Policy())
+    actions, _ = plan(DesiredState(instances=specs), {}, NOW, policy=POLICY)
     assert [a.name for a in actions] == ["a", "b", "c"]
 
 
 def test_plan_at_scale_is_total_over_ten_thousand_instances() -> None:
     specs = {f"i{n}": InstanceSpec(name=f"i{n}", model_id="hash/8") for n in range(10_000)}
-    actions, _ = plan(DesiredState(instances=specs), {}, NOW, policy=Policy(max_instances=20_000))
+    actions, _ = plan(
+        DesiredState(instances=specs),
+        {},
+        NOW,
+        policy=msgspec.structs.replace(POLICY, max_instances=20_000),
+    )
     assert len(actions) == 10_000

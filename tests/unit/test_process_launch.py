@@ -21,6 +21,8 @@ from tei_reconciler.drivers.ports import PortBook
 from tei_reconciler.drivers.process import build_argv, build_env, resolve_binary, rotate_log
 from tei_reconciler.errors import PermanentError
 
+from support.net import port_base
+
 SPEC = InstanceSpec(
     name="bge",
     model_id="BAAI/bge-small-en-v1.5",
@@ -134,15 +136,8 @@ def _book(tmp_path: Path, start: int) -> PortBook:
     )
 
 
-def free_base() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port % 40000 + 20000
-
-
 def test_auto_ports_are_sticky_across_reconciler_restarts(tmp_path: Path) -> None:
-    base = free_base()
+    base = port_base()
     first = _book(tmp_path, base).assign(InstanceSpec(name="a", model_id="m"))
     other = _book(tmp_path, base).assign(InstanceSpec(name="b", model_id="m"))
     again = _book(tmp_path, base).assign(InstanceSpec(name="a", model_id="m"))
@@ -151,10 +146,10 @@ def test_auto_ports_are_sticky_across_reconciler_restarts(tmp_path: Path) -> Non
 
 
 def test_allocation_skips_ports_other_processes_hold(tmp_path: Path) -> None:
-    base = free_base()
     with socket.socket() as held:
-        held.bind(("127.0.0.1", base))
+        held.bind(("127.0.0.1", 0))
         held.listen()
+        base = held.getsockname()[1]  # the first port of the range is held
         got = _book(tmp_path, base).assign(InstanceSpec(name="a", model_id="m"))
     assert got.port != base
 
@@ -165,7 +160,7 @@ def test_an_explicit_port_held_by_another_process_names_the_holder(tmp_path: Pat
         held.listen()
         port = held.getsockname()[1]
         with pytest.raises(PermanentError) as info:
-            _book(tmp_path, free_base()).assign(InstanceSpec(name="a", model_id="m", port=port))
+            _book(tmp_path, port_base()).assign(InstanceSpec(name="a", model_id="m", port=port))
     assert info.value.reason == "PortInUse"
     assert f"pid {os.getpid()}" in info.value.message
 
@@ -175,7 +170,7 @@ def test_ports_of_a_removed_instance_are_reused_and_failed_allocations_consume_n
 ) -> None:
     """tei-manager's allocator moved its cursor on failed creates and never reused a
     prometheus port; here allocation is a pure function of what is taken now."""
-    base = free_base()
+    base = port_base()
     book = _book(tmp_path, base)
     first = book.assign(InstanceSpec(name="a", model_id="m"))
     book.release("a")
@@ -192,10 +187,11 @@ def test_ports_of_a_removed_instance_are_reused_and_failed_allocations_consume_n
 def test_an_explicit_port_held_by_another_instances_auto_port_names_that_instance(
     tmp_path: Path,
 ) -> None:
-    base = free_base()
+    base = port_base()
     book = _book(tmp_path, base)
     taken = book.assign(InstanceSpec(name="b", model_id="m"))
     with socket.socket() as held:  # b's process listens on its auto-assigned port
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
         held.bind(("127.0.0.1", taken.port))
         held.listen()
         with pytest.raises(PermanentError) as info:

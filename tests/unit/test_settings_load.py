@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tei_reconciler.errors import Problem, SpecError
-from tei_reconciler.settings import AuthSettings, Settings, load_settings
+from tei_reconciler.settings import RULES, AuthSettings, Settings, load_settings
 
 
 def config(tmp_path: Path, text: str) -> Path:
@@ -20,6 +20,18 @@ def errors(cli: dict[str, object], env: dict[str, str], path: Path | None = None
     with pytest.raises(SpecError) as caught:
         load_settings(cli, env, path)
     return caught.value.problems
+
+
+def test_every_setting_can_be_set_and_is_checked() -> None:
+    assert set(RULES) == set(Settings.__struct_fields__) - {"auth"}
+    for key in RULES:  # each one read from the environment, as its type says
+        value = getattr(Settings(), key)
+        if value is None:
+            continue
+        text = "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        assert (
+            getattr(load_settings({}, {f"TEI_RECONCILER_{key.upper()}": text}, None), key) == value
+        )
 
 
 def test_without_any_source_every_key_has_its_documented_default() -> None:

@@ -290,3 +290,24 @@ def test_problems_inside_multiline_values_point_at_their_key() -> None:
     text = f'{OK}extra_args = [\n  "--a",\n  """x\n[instances.z]""",\n]\nprt = 3\n'
     problem = only(text)
     assert (problem.field, problem.line) == ("instances.a.prt", 8)
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('env = { A = "x\\u0000y" }', "env"),
+        ('extra_args = ["--payload-limit", "9\\u0000"]', "extra_args"),
+        ('revision = "main\\u0000"', "revision"),
+        ('served_model_name = "m\\u0000"', "served_model_name"),
+    ],
+)
+def test_a_nul_character_no_process_argument_can_hold_is_rejected(line: str, field: str) -> None:
+    problem = only(f"{OK}{line}\n")
+    assert problem.field == f"instances.a.{field}"
+    assert "NUL" in problem.message
+
+
+def test_an_integer_beyond_64_bits_is_rejected_like_any_toml_overflow() -> None:
+    problem = only(f"{OK}max_batch_tokens = 99999999999999999999\n")
+    assert problem.field == "instances.a.max_batch_tokens"
+    assert "must be a positive integer" in problem.message

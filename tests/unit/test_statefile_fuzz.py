@@ -9,7 +9,7 @@ import tomlkit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tei_reconciler.desired.spec import INSTANCE_KEYS
+from tei_reconciler.desired.fields import INSTANCE_KEYS
 from tei_reconciler.desired.statefile import parse_state
 from tei_reconciler.errors import SpecError
 

@@ -4,27 +4,28 @@ window, and both ways a data plane feeds it (per call, or counts per interval)."
 from __future__ import annotations
 
 import pytest
-from conftest import ManualClock
 
 from tei_reconciler.traffic import BOUNDS, TrafficRing, bucket_of, quantile
+
+from support.clock import FakeClock
 
 EMBED = "/tei_multiplexer.v1.TeiMultiplexer/Embed"
 
 
-def ring(clock: ManualClock, steps: int = 6) -> TrafficRing:
+def ring(clock: FakeClock, steps: int = 6) -> TrafficRing:
     """Steps of 10 s; the manual clock starts on a step boundary."""
     return TrafficRing(step_secs=10.0, steps=steps, clock=clock)
 
 
 def test_a_finished_step_shows_its_rate_error_ratio_and_latency_quantiles(
-    manual_clock: ManualClock,
+    fake_clock: FakeClock,
 ) -> None:
-    traffic = ring(manual_clock)
+    traffic = ring(fake_clock)
     for _ in range(98):
         traffic.record("a", EMBED, "OK", 0.010)
     traffic.record("a", EMBED, "UNAVAILABLE", 0.500)
     traffic.record("a", EMBED, "INVALID_ARGUMENT", 0.001)  # the caller's fault: no error
-    manual_clock.t += 10
+    fake_clock.advance(10)
     (a,) = traffic.series("a").instances
     last = a.points[-1]
     assert (last.requests, last.errors, last.rate) == (100, 1, 10.0)
@@ -35,43 +36,44 @@ def test_a_finished_step_shows_its_rate_error_ratio_and_latency_quantiles(
     assert a.methods == {EMBED: 100}
 
 
-def test_the_step_in_progress_is_not_shown_until_it_ends(manual_clock: ManualClock) -> None:
-    traffic = ring(manual_clock)
+def test_the_step_in_progress_is_not_shown_until_it_ends(fake_clock: FakeClock) -> None:
+    traffic = ring(fake_clock)
     traffic.record("a", EMBED, "OK", 0.01)
     assert traffic.series("a").instances[0].requests == 0
-    manual_clock.t += 10
+    fake_clock.advance(10)
     assert traffic.series("a").instances[0].requests == 1
 
 
 def test_the_window_keeps_a_point_per_step_and_forgets_older_traffic(
-    manual_clock: ManualClock,
+    fake_clock: FakeClock,
 ) -> None:
-    traffic = ring(manual_clock, steps=6)
+    traffic = ring(fake_clock, steps=6)
+    start = fake_clock.wall()
     traffic.record("old", EMBED, "OK", 0.01)
-    manual_clock.t += 10
+    fake_clock.advance(10)
     traffic.record("new", EMBED, "OK", 0.01)
-    manual_clock.t += 10
+    fake_clock.advance(10)
     series = traffic.series("old").instances[0]
     assert len(series.points) == 5
     assert [p.requests for p in series.points] == [0, 0, 0, 1, 0]
-    assert [p.at for p in series.points] == [1_699_999_970.0 + 10 * i for i in range(5)]
-    manual_clock.t += 40
+    assert [p.at for p in series.points] == [start - 30 + 10 * i for i in range(5)]
+    fake_clock.advance(40)
     assert traffic.instances() == ["new"]
     assert traffic.series("old").instances[0].requests == 0
-    manual_clock.t += 10
+    fake_clock.advance(10)
     assert traffic.instances() == []
 
 
 def test_a_snapshot_sums_the_last_minute_of_every_instance_without_points(
-    manual_clock: ManualClock,
+    fake_clock: FakeClock,
 ) -> None:
-    traffic = ring(manual_clock, steps=60)
+    traffic = ring(fake_clock, steps=60)
     traffic.record("a", EMBED, "OK", 0.01)  # 70 s before the snapshot: outside the minute
-    manual_clock.t += 10
+    fake_clock.advance(10)
     for _ in range(6):
         traffic.record("a", EMBED, "OK", 0.02)
         traffic.record("b", EMBED, "INTERNAL", 0.03)
-        manual_clock.t += 10
+        fake_clock.advance(10)
     snap = traffic.snapshot()
     assert snap.span_secs == 60
     a, b = snap.instances
@@ -80,12 +82,12 @@ def test_a_snapshot_sums_the_last_minute_of_every_instance_without_points(
 
 
 def test_counts_from_a_data_plane_that_reports_intervals_land_in_the_same_ring(
-    manual_clock: ManualClock,
+    fake_clock: FakeClock,
 ) -> None:
-    traffic = ring(manual_clock)
+    traffic = ring(fake_clock)
     traffic.record_counts("a", requests=40, errors=4, latencies=[(0.005, 20), (0.05, 20)])
     traffic.record_counts("a", requests=0, errors=0)  # an idle interval adds nothing
-    manual_clock.t += 10
+    fake_clock.advance(10)
     (a,) = traffic.series("a").instances
     assert (a.requests, a.errors, a.error_ratio) == (40, 4, 0.1)
     assert a.p50_ms == pytest.approx(5, rel=0.3)
@@ -93,10 +95,10 @@ def test_counts_from_a_data_plane_that_reports_intervals_land_in_the_same_ring(
 
 
 def test_an_instance_without_traffic_has_empty_quantiles_not_zeros(
-    manual_clock: ManualClock,
+    fake_clock: FakeClock,
 ) -> None:
-    traffic = ring(manual_clock)
-    manual_clock.t += 10
+    traffic = ring(fake_clock)
+    fake_clock.advance(10)
     (a,) = traffic.series("idle").instances
     assert (a.requests, a.rate, a.error_ratio, a.p50_ms, a.p99_ms) == (0, 0.0, None, None, None)
     assert all(p.p99_ms is None for p in a.points)

@@ -1,9 +1,13 @@
-"""tei-manager's lifecycle bugs (tei-manager-anchor.md section 8.1), one test each, showing
-they cannot happen here. Items 8 (orphans after a crash) and 11 (sequential shutdown) need
-real processes: see tests/integration/test_adopt.py."""
+"""Lifecycle invariants: a stopped instance stays stopped, one action at a time per instance,
+every start has a deadline, a removed instance leaves no ghost and no held port.
+
+Together they rule out tei-manager's lifecycle bugs (tei-manager-anchor.md section 8.1);
+orphans after a crash and sequential shutdown need real processes: see
+tests/integration/test_adopt.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
@@ -21,7 +25,7 @@ SPEC = InstanceSpec(name="a", model_id="hash/8")
 STOPPED = msgspec.structs.replace(SPEC, state=DesiredRun.STOPPED)
 
 
-async def test_1_a_stopped_instance_is_never_health_checked_back_to_life(tmp_path: Path) -> None:
+async def test_a_stopped_instance_is_never_health_checked_back_to_life(tmp_path: Path) -> None:
     world = World(tmp_path)
     async with running(world):
         world.set_desired(SPEC)
@@ -37,7 +41,7 @@ async def test_1_a_stopped_instance_is_never_health_checked_back_to_life(tmp_pat
         assert world.status("a").phase.value == "Stopped"  # type: ignore[union-attr]
 
 
-async def test_2_the_desired_stopped_state_survives_a_reconciler_restart(tmp_path: Path) -> None:
+async def test_the_desired_stopped_state_survives_a_reconciler_restart(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.set_desired(STOPPED)
     world.driver.found = [found(STOPPED)]
@@ -47,7 +51,7 @@ async def test_2_the_desired_stopped_state_survives_a_reconciler_restart(tmp_pat
         assert world.driver.stopped == ["4242"]  # the survivor of the old run is stopped
 
 
-async def test_3_every_start_has_a_startup_deadline_including_restarts(tmp_path: Path) -> None:
+async def test_every_start_has_a_startup_deadline_including_restarts(tmp_path: Path) -> None:
     world = World(tmp_path, startup_timeout_secs=30)
     world.prober.mode["a"] = "fail"
     async with running(world):
@@ -64,7 +68,7 @@ async def test_3_every_start_has_a_startup_deadline_including_restarts(tmp_path:
             await world.passes(1)
 
 
-async def test_4_stopping_while_starting_leaves_no_poller_to_mark_it_failed(
+async def test_stopping_while_starting_leaves_no_poller_to_mark_it_failed(
     tmp_path: Path,
 ) -> None:
     world = World(tmp_path, startup_timeout_secs=30)
@@ -81,7 +85,7 @@ async def test_4_stopping_while_starting_leaves_no_poller_to_mark_it_failed(
         assert status.phase.value == "Stopped"
 
 
-async def test_5_a_start_cannot_spawn_a_second_process(tmp_path: Path) -> None:
+async def test_a_start_cannot_spawn_a_second_process(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.driver.spawn_gate = anyio.Event()
     async with running(world):
@@ -97,7 +101,7 @@ async def test_5_a_start_cannot_spawn_a_second_process(tmp_path: Path) -> None:
         assert len(world.driver.spawned) == 1
 
 
-async def test_6_operations_on_one_instance_are_serialised(tmp_path: Path) -> None:
+async def test_operations_on_one_instance_are_serialised(tmp_path: Path) -> None:
     world = World(tmp_path)
     async with running(world):
         world.set_desired(SPEC)
@@ -114,7 +118,7 @@ async def test_6_operations_on_one_instance_are_serialised(tmp_path: Path) -> No
         assert [h for _, h, _ in world.driver.spawned] == [spec_hash(SPEC), spec_hash(changed)]
 
 
-async def test_7_a_dead_process_is_not_reported_running(tmp_path: Path) -> None:
+async def test_a_dead_process_is_not_reported_running(tmp_path: Path) -> None:
     world = World(tmp_path, health_interval_secs=3600)
     async with running(world):
         world.set_desired(SPEC)
@@ -127,7 +131,7 @@ async def test_7_a_dead_process_is_not_reported_running(tmp_path: Path) -> None:
         assert not world.table.get("a").ready  # type: ignore[union-attr]
 
 
-async def test_8_running_children_are_adopted_not_duplicated(tmp_path: Path) -> None:
+async def test_running_children_are_adopted_not_duplicated(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.set_desired(SPEC)
     world.driver.found = [
@@ -143,7 +147,7 @@ async def test_8_running_children_are_adopted_not_duplicated(tmp_path: Path) -> 
         await world.until(lambda: world.driver.stopped == ["4243"])  # the duplicate
 
 
-async def test_9_a_removed_instance_is_forgotten_only_once_its_process_is_gone(
+async def test_a_removed_instance_is_forgotten_only_once_its_process_is_gone(
     tmp_path: Path,
 ) -> None:
     world = World(tmp_path)
@@ -159,7 +163,7 @@ async def test_9_a_removed_instance_is_forgotten_only_once_its_process_is_gone(
         assert world.controller.ports.get("a") is None
 
 
-async def test_10_a_failed_create_leaves_no_ghost(tmp_path: Path) -> None:
+async def test_a_failed_create_leaves_no_ghost(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.driver.errors["a"] = PermanentError("BinaryNotFound", "cannot execute 'tei'")
     async with running(world):
@@ -171,7 +175,7 @@ async def test_10_a_failed_create_leaves_no_ghost(tmp_path: Path) -> None:
         assert world.controller.ports.get("a") is None  # its ports are free again
 
 
-async def test_12_boot_does_not_wait_for_instances_to_become_ready(tmp_path: Path) -> None:
+async def test_boot_does_not_wait_for_instances_to_become_ready(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.prober.mode["a"] = "hang"
     world.set_desired(SPEC)
@@ -179,7 +183,7 @@ async def test_12_boot_does_not_wait_for_instances_to_become_ready(tmp_path: Pat
         assert world.status("a") is not None
 
 
-async def test_13_the_state_file_alone_decides_what_runs_on_first_boot(tmp_path: Path) -> None:
+async def test_the_state_file_alone_decides_what_runs_on_first_boot(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.set_desired(SPEC, msgspec.structs.replace(SPEC, name="b", port=None))
     async with running(world):
@@ -187,7 +191,7 @@ async def test_13_the_state_file_alone_decides_what_runs_on_first_boot(tmp_path:
         await world.phase("b", "Running")
 
 
-async def test_14_a_hung_probe_delays_no_other_instance_and_restarts_reset_the_count(
+async def test_a_hung_probe_delays_no_other_instance_and_restarts_reset_the_count(
     tmp_path: Path,
 ) -> None:
     world = World(tmp_path, failure_threshold=2)
@@ -207,3 +211,20 @@ async def test_14_a_hung_probe_delays_no_other_instance_and_restarts_reset_the_c
         await world.passes(1)
         await world.until(lambda: (s := world.status("a")) is not None and s.ready)
         assert world.status("a").health_check_failures == 0  # type: ignore[union-attr]
+
+
+async def test_ports_of_an_instance_removed_while_no_reconciler_ran_are_freed(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    first = world.settings.instance_port_range[0]
+    prometheus = world.settings.prometheus_port_range[0]
+    book = Path(world.settings.runtime_dir) / "ports.json"
+    book.parent.mkdir(parents=True, exist_ok=True)
+    book.write_text(json.dumps({"ports": {"gone": {"port": first, "prometheus_port": prometheus}}}))
+    world.controller.ports._load()
+    async with running(world):
+        world.set_desired(SPEC)
+        status = await world.phase("a", "Running")
+        assert (status.port, status.prometheus_port) == (first, prometheus)
+        assert world.controller.ports.get("gone") is None

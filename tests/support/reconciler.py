@@ -9,35 +9,20 @@ waits by sleeping: every wait is a poll against a deadline.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-T = TypeVar("T")
+from support.net import port_base
+from support.waiting import DEADLINE, wait_until
 
-DEADLINE = 45.0  # a loaded 2-core machine starts Python children slowly
 _LISTENING = re.compile(r"REST API listening on (http://\S+?:\d+)")
 _ROUTER = re.compile(r"data plane \w+ listening on \S+?:(\d+)")
-
-
-def poll(check: Callable[[], T | None], *, within: float = DEADLINE, what: str) -> T:
-    """`check()` until it returns something truthy, or fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Reconciler:
@@ -55,7 +40,7 @@ class Reconciler:
         self.process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        base = random.randrange(20000, 50000, 400)
+        base = port_base()
         settings = {
             "TEI_BINARY": "builtin",
             "RUNTIME_DIR": str(self.root / "runtime"),
@@ -90,8 +75,10 @@ class Reconciler:
             found = _LISTENING.search(self.log.read_text(errors="replace"))
             return found.group(1) if found else None
 
-        self.url = poll(listening, what="the REST API to listen")
-        router = poll(lambda: _ROUTER.search(self.log.read_text()), what="the router to listen")
+        self.url = wait_until(listening, what="the REST API to listen")
+        router = wait_until(
+            lambda: _ROUTER.search(self.log.read_text()), what="the router to listen"
+        )
         self.grpc_port = int(router.group(1))
 
     def stop(self) -> None:
