@@ -75,7 +75,20 @@ async def engine(port: int) -> anyio.abc.Process:
 
 async def main_async(cycles: int, kills: int) -> None:
     a_port, b_port = free_port(), free_port()
-    a, b = await engine(a_port), await engine(b_port)
+    a = await engine(a_port)
+    try:
+        b = await engine(b_port)
+        try:
+            await measure(a_port, b_port, cycles, kills)
+        finally:
+            b.kill()
+            await b.wait()
+    finally:
+        a.kill()
+        await a.wait()
+
+
+async def measure(a_port: int, b_port: int, cycles: int, kills: int) -> None:
     table = RoutingTable()
     table.update([ep("a", a_port)])
     store = StatusStore()
@@ -168,9 +181,6 @@ async def main_async(cycles: int, kills: int) -> None:
             )
             print(f"  reported: {int(reported)} restarts counted, {len(events)} DataPlaneExited")
             tg.cancel_scope.cancel()
-    for process in (a, b):
-        process.kill()
-        await process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

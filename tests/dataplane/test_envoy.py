@@ -4,9 +4,11 @@ statistics under the router's metric names, and its private files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -125,8 +127,17 @@ async def test_a_snapshot_envoy_rejects_is_reported_and_the_last_good_one_keeps_
     assert f"routing snapshot {bad.version}" in event.message
 
 
+@pytest.fixture
+def no_envoy_left(tmp_path: Path) -> Iterator[None]:
+    """Whatever Envoy a test kept running is stopped afterwards, even when the test fails."""
+    yield
+    for pid, _ in discover(owner_digest(tmp_path / "state.toml")):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 async def test_a_kept_envoy_serves_on_and_the_next_reconciler_adopts_and_programs_it(
-    envoy: str, tmp_path: Path
+    envoy: str, tmp_path: Path, no_envoy_left: None
 ) -> None:
     store = StatusStore()
     async with fake_backend(dim=3) as (a_port, _), fake_backend(dim=5) as (b_port, _):

@@ -75,10 +75,14 @@ class Reconciler:
             found = _LISTENING.search(self.log.read_text(errors="replace"))
             return found.group(1) if found else None
 
-        self.url = wait_until(listening, what="the REST API to listen")
-        router = wait_until(
-            lambda: _ROUTER.search(self.log.read_text()), what="the router to listen"
-        )
+        try:
+            self.url = wait_until(listening, what="the REST API to listen")
+            router = wait_until(
+                lambda: _ROUTER.search(self.log.read_text()), what="the data plane to listen"
+            )
+        except BaseException:
+            self.stop()  # a run that never came up must not outlive the test
+            raise
         self.grpc_port = int(router.group(1))
 
     def stop(self) -> None:
