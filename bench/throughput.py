@@ -5,10 +5,11 @@ Run with `.venv/bin/python -m bench.throughput`. One cheap engine (`hash/384`: t
 costs little, so the proxy's own cost shows) and the four paths of `bench/dataplanes.py`;
 h2load sends gRPC unary `tei.v1.Embed/Embed` calls (a framed protobuf body, `content-type:
 application/grpc`, `te: trailers`, routed by `x-tei-instance`) with `-c` connections and `-m`
-streams each. Each path runs `--rounds` times in rotation; the report has the median req/s,
-its share of direct, and the proxy's CPU time per call (its processes' user + system time
-over the run, divided by the calls). The multiplexer's Embed is measured the same way on the
-two paths that serve it.
+streams each, and `tei.v1.Embed/EmbedStream` calls of 20 messages each (a twentieth as many,
+4 streams per connection). Each case runs `--rounds` times in rotation; the report has the
+median calls/s, its share of direct, and the proxy's CPU time per call (its processes' user +
+system time over the run, divided by the calls). The multiplexer's Embed is measured the same
+way on the two paths that serve it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from bench.dataplanes import INSTANCE, Path_, started
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 
+Case = tuple[str, Path_, str, Path, bool, tuple[int, int]]  # name, path, url, body, routed,
+# (calls, streams per connection)
 _RATE = re.compile(r"finished in [\d.]+m?s, ([\d.]+) req/s")
 _DONE = re.compile(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed")
 
@@ -85,40 +88,55 @@ def main(argv: list[str] | None = None) -> int:
             request=tei_pb2.EmbedRequest(inputs="Hello world"),
         )
         wrapped.write_bytes(framed(request.SerializeToString()))
-        cases = [
-            (f"tei.v1 Embed ({kind})", paths[kind], "/tei.v1.Embed/Embed", plain, kind != "direct")
-            for kind in ("direct", "grpcio", "envoy", "stock")
+        stream = Path(tmp) / "stream.bin"
+        stream.write_bytes(
+            b"".join(
+                framed(tei_pb2.EmbedRequest(inputs=f"Hello world {i}").SerializeToString())
+                for i in range(20)
+            )
+        )
+        kinds = ("direct", "grpcio", "envoy", "stock")
+        unary, streamed = (args.calls, args.streams), (max(args.calls // 20, 40), 4)
+        cases: list[Case] = [
+            (f"tei.v1 Embed ({k})", paths[k], "/tei.v1.Embed/Embed", plain, k != "direct", unary)
+            for k in kinds
         ] + [
-            (f"multiplexer Embed ({kind})", paths[kind],
-             "/tei_multiplexer.v1.TeiMultiplexer/Embed", wrapped, False)
-            for kind in ("grpcio", "envoy")
+            (f"tei.v1 EmbedStream x20 ({k})", paths[k], "/tei.v1.Embed/EmbedStream", stream,
+             k != "direct", streamed)
+            for k in kinds
+        ] + [
+            (f"multiplexer Embed ({k})", paths[k], "/tei_multiplexer.v1.TeiMultiplexer/Embed",
+             wrapped, False, unary)
+            for k in ("grpcio", "envoy")
         ]  # fmt: skip
-        for case in cases:  # warm up
-            h2load(binary, *case[1:4], calls=500, clients=args.clients, streams=args.streams,
-                   routed=case[4])  # fmt: skip
+        for _, path, url, body, routed, (_, streams) in cases:  # warm up
+            h2load(binary, path, url, body, calls=100, clients=args.clients, streams=streams,
+                   routed=routed)  # fmt: skip
         rates: dict[str, list[float]] = {c[0]: [] for c in cases}
         cpus: dict[str, list[float]] = {c[0]: [] for c in cases}
         for _ in range(args.rounds):
-            for name, path, url, body, routed in cases:
+            for name, path, url, body, routed, (calls, streams) in cases:
                 rate, cpu = h2load(
-                    binary, path, url, body, calls=args.calls, clients=args.clients,
-                    streams=args.streams, routed=routed,
+                    binary, path, url, body, calls=calls, clients=args.clients,
+                    streams=streams, routed=routed,
                 )  # fmt: skip
                 rates[name].append(rate)
                 cpus[name].append(cpu)
-                print(f"  {name}: {rate:.0f} req/s, {cpu:.3f} ms CPU/call", file=sys.stderr)
-    direct = statistics.median(rates["tei.v1 Embed (direct)"])
+                print(f"  {name}: {rate:.0f} calls/s, {cpu:.3f} ms CPU/call", file=sys.stderr)
     print(
-        f"h2load -n {args.calls} -c {args.clients} -m {args.streams}, engine {args.model_id}, "
-        f"median of {args.rounds}; {os.cpu_count()} CPUs\n"
+        f"h2load -c {args.clients}, unary -n {args.calls} -m {args.streams}, engine "
+        f"{args.model_id}, median of {args.rounds}; {os.cpu_count()} CPUs\n"
     )
-    print("| path | req/s | vs direct | proxy CPU per call |")
+    print("| call (path) | calls/s | vs direct | proxy CPU per call |")
     print("|---|---|---|---|")
     for name, values in rates.items():
         rate = statistics.median(values)
+        direct_name = name.rsplit(" (", 1)[0] + " (direct)"
+        direct = statistics.median(rates.get(direct_name, values))
         cpu = statistics.median(cpus[name])
         cpu_text = "-" if name.endswith("(direct)") else f"{cpu:.3f} ms"
-        print(f"| {name} | {rate:.0f} | {rate / direct:.0%} | {cpu_text} |")
+        share = f"{rate / direct:.0%}" if direct_name in rates else "-"
+        print(f"| {name} | {rate:.0f} | {share} | {cpu_text} |")
     return 0
 
 
