@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restart": (_CLIENT + "restart", "restart an instance"),
     "delete": (_CLIENT + "delete", "remove an instance from the desired state"),
     "wait": (_CLIENT + "wait", "wait until an instance is ready (--for ready)"),
+    "models": (_CLIENT + "models", "list, fetch (with progress) and remove models"),
 }
 
 USAGE = "usage: tei-reconciler <command> [options]\n\ncommands:\n" + "".join(

@@ -5,6 +5,7 @@
     ├── AuthConfigError         a CA, certificate, key or tokens file of [auth] cannot be loaded
     ├── DataPlaneError          the data plane asked for cannot run (no Envoy binary, ...)
     ├── StateFileError          the state file cannot be read or written
+    │   ├── StateFileTooLarge   larger than max_state_bytes: never read, let alone parsed
     │   ├── StateReadOnly       the file is GitOps-owned (symlink, read-only mount): never written
     │   ├── RevisionConflict    a write expected a revision the file no longer has
     │   ├── InstanceExists      an add named an instance the file already has
@@ -59,6 +60,11 @@ class DataPlaneError(TeiReconcilerError):
 
 class StateFileError(TeiReconcilerError):
     """The state file cannot be read or written."""
+
+
+class StateFileTooLarge(StateFileError):
+    """The state file is larger than `max_state_bytes`; it is not read (a huge file would stall
+    the parser and fill memory)."""
 
 
 class StateReadOnly(StateFileError):

@@ -32,7 +32,7 @@ from anyio.abc import TaskStatus
 from tei_reconciler._types import SystemClock
 from tei_reconciler.api import create_app, serve_api
 from tei_reconciler.auth import build_grpc_auth, build_rest_auth
-from tei_reconciler.build import build_controller
+from tei_reconciler.build import build_controller, build_models
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.control.watcher import watch_state_file
 from tei_reconciler.dataplane.binary import choose
@@ -113,11 +113,14 @@ async def serve(
         runner, front_parts = front.build(table, store)
         parts = [*front_parts, *parts]
         drain = runner.plane.drain
-    controller = build_controller(settings, store=store, table=table, drain=drain)
+    registry, glue = build_models(settings, store=store, env=os.environ)
+    controller = build_controller(settings, store=store, table=table, models=glue, drain=drain)
+    registry.changed = controller.mark_dirty
     with exclusive_runtime(Path(settings.runtime_dir)):
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 await tg.start(_cancel_on_signal, tg.cancel_scope)
+            await tg.start(registry.run)
             for part in parts:
                 await tg.start(part, controller)
             # The watcher first: an edit made while the first pass runs is not left to the resync.
@@ -164,6 +167,7 @@ class FrontEnds:
                     Path(settings.state_file),
                     reserved_ports=settings.reserved_ports,
                     max_instances=settings.max_instances,
+                    max_bytes=settings.max_state_bytes,
                 ),
                 store=controller.store,
                 settings=settings,
@@ -171,6 +175,7 @@ class FrontEnds:
                 preview=controller.preview,
                 middleware=self.middleware,
                 traffic=self.traffic,
+                models=controller.models.registry if controller.models is not None else None,
                 data_plane=runner.plane,
             )
             await serve_api(

@@ -23,6 +23,7 @@ import msgspec
 from tei_reconciler._types import PortRange
 from tei_reconciler.desired.check import suggest
 from tei_reconciler.desired.spec import is_instance_name
+from tei_reconciler.desired.statefile import DEFAULT_MAX_BYTES
 from tei_reconciler.desired.tomlpositions import scan
 from tei_reconciler.errors import Problem, SpecError
 
@@ -53,7 +54,8 @@ class AuthSettings(_Base, frozen=True):
     providers: tuple[Provider, ...] = ()  # none: no authentication
     mtls: MtlsSettings = msgspec.field(default_factory=MtlsSettings)
     token: TokenSettings = msgspec.field(default_factory=TokenSettings)
-    exempt_paths: tuple[str, ...] = ("/health", "/metrics")
+    # The kubelet's probes and Prometheus carry no credentials; the probes say nothing secret.
+    exempt_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
     exempt_grpc_services: tuple[str, ...] = ("grpc.health.v1.Health",)  # no per-call check
 
 
@@ -89,7 +91,16 @@ class Settings(_Base, frozen=True):
     data_plane: Literal["auto", "envoy", "grpcio"] = "auto"  # who carries gRPC traffic
     envoy_binary: str = "auto"  # "auto" (the `envoy` extra, then PATH) | a path
     max_body_bytes: int = 1024 * 1024  # REST request body limit
+    max_state_bytes: int = DEFAULT_MAX_BYTES  # a larger state file is refused unread
     max_concurrent_starts: int = 4
+    # Models (the Hugging Face cache, shared with the TEI children). None: from the
+    # environment as huggingface_hub reads it (HF_HUB_CACHE, HF_HOME, HF_ENDPOINT,
+    # HF_HUB_OFFLINE), else its defaults.
+    huggingface_hub_cache: str | None = None
+    hf_endpoint: str | None = None
+    hf_token_file: str | None = None  # the Hub token, read at each fetch, never logged
+    hf_offline: bool | None = None  # true: never contact the Hub; use the cache as it is
+    max_concurrent_downloads: int = 2
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
 
     @property
@@ -157,6 +168,22 @@ def _range(value: object) -> tuple[int, int]:
     raise _Invalid(f"must be [start, end) with 1024 <= start < end <= 65536, got {value!r}")
 
 
+def _url(value: object) -> str:
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return value.rstrip("/")
+    raise _Invalid(f"must be an http:// or https:// URL, got {value!r}")
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise _Invalid(f"must be true or false, got {value!r}")
+
+
 def _instance(value: object) -> str | None:
     if value is None or (isinstance(value, str) and is_instance_name(value)):
         return value
@@ -197,7 +224,13 @@ RULES: dict[str, Callable[[object], object]] = {
     "data_plane": _one_of("auto", "envoy", "grpcio"),
     "envoy_binary": _text,
     "max_body_bytes": _int(1),
+    "max_state_bytes": _int(1),
     "max_concurrent_starts": _int(1),
+    "huggingface_hub_cache": _text,
+    "hf_endpoint": _url,
+    "hf_token_file": _text,
+    "hf_offline": _flag,
+    "max_concurrent_downloads": _int(1),
 }
 
 

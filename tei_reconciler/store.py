@@ -1,6 +1,7 @@
-"""The status store: the controller writes instance statuses and events; everyone else reads.
+"""The status store: the controller writes instance statuses and events, the model registry
+model statuses and events; everyone else reads.
 
-The controller is the only writer; the REST API, the metrics collector and the CLI read it.
+The REST API, the metrics collector and the CLI only read it.
 Readers get immutable Structs (planner/status.py), so a snapshot can be encoded or compared
 without locks. Changes are published to subscribers (the API's SSE watch) through bounded anyio
 memory streams: a subscriber that cannot keep up loses the oldest notifications, never blocks
@@ -17,7 +18,11 @@ from contextlib import contextmanager
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from tei_reconciler.planner.model_status import ModelChange, ModelStatus
 from tei_reconciler.planner.status import Event, InstanceStatus, StoreChange
+
+Change = StoreChange | ModelChange
+_EventKey = tuple[str, str, str]
 
 log = logging.getLogger("tei_reconciler.events")
 
@@ -27,10 +32,12 @@ class StatusStore:
 
     def __init__(self, *, events_per_instance: int = 100, subscriber_buffer: int = 256) -> None:
         self._statuses: dict[str, InstanceStatus] = {}
-        self._events: dict[str, OrderedDict[tuple[str, str, str], Event]] = {}
+        self._events: dict[str, OrderedDict[_EventKey, Event]] = {}
+        self._models: dict[str, ModelStatus] = {}
+        self._model_events: dict[str, OrderedDict[_EventKey, Event]] = {}
         self._events_per_instance = events_per_instance
         self._subscriber_buffer = subscriber_buffer
-        self._subscribers: set[MemoryObjectSendStream[StoreChange]] = set()
+        self._subscribers: set[MemoryObjectSendStream[Change]] = set()
         self.spec_errors: tuple[str, ...] = ()  # errors of the current state file, if invalid
         self.first_pass_done = False
         self.observed_revision = ""  # revision of the last valid desired state acted on
@@ -43,15 +50,25 @@ class StatusStore:
         return [self._statuses[n] for n in sorted(self._statuses)]
 
     def events(self, name: str | None = None) -> list[Event]:
-        """Events of one instance (or of all, `name=None`), oldest first."""
+        """Events of one instance (or of all, models included, `name=None`), oldest first."""
         if name is not None:
             return list(self._events.get(name, {}).values())
-        merged = [e for log in self._events.values() for e in log.values()]
+        logs = [*self._events.values(), *self._model_events.values()]
+        merged = [e for log in logs for e in log.values()]
         return sorted(merged, key=lambda e: e.last_time)
 
+    def model(self, model_id: str) -> ModelStatus | None:
+        return self._models.get(model_id)
+
+    def models(self) -> list[ModelStatus]:
+        return [self._models[m] for m in sorted(self._models)]
+
+    def model_events(self, model_id: str) -> list[Event]:
+        return list(self._model_events.get(model_id, {}).values())
+
     @contextmanager
-    def subscribe(self) -> Iterator[MemoryObjectReceiveStream[StoreChange]]:
-        send, receive = anyio.create_memory_object_stream[StoreChange](self._subscriber_buffer)
+    def subscribe(self) -> Iterator[MemoryObjectReceiveStream[Change]]:
+        send, receive = anyio.create_memory_object_stream[Change](self._subscriber_buffer)
         self._subscribers.add(send)
         try:
             yield receive
@@ -76,10 +93,45 @@ class StatusStore:
         self, instance: str, type_: str, reason: str, message: str, at: float
     ) -> Event:
         events = self._events.setdefault(instance, OrderedDict())
+        return self._record(
+            events, instance, "", type_=type_, reason=reason, message=message, at=at
+        )
+
+    # ---- writes (model registry only) --------------------------------------------------
+    def put_model(self, status: ModelStatus) -> None:
+        if self._models.get(status.model_id) == status:
+            return
+        self._models[status.model_id] = status
+        self._publish(ModelChange(model_id=status.model_id, status=status))
+
+    def forget_model(self, model_id: str) -> None:
+        if self._models.pop(model_id, None) is not None:
+            self._publish(ModelChange(model_id=model_id, status=None))
+
+    def record_model_event(
+        self, model_id: str, type_: str, reason: str, message: str, at: float
+    ) -> Event:
+        events = self._model_events.setdefault(model_id, OrderedDict())
+        return self._record(
+            events, "", model_id, type_=type_, reason=reason, message=message, at=at
+        )
+
+    def _record(
+        self,
+        events: OrderedDict[_EventKey, Event],
+        instance: str,
+        model: str,
+        *,
+        type_: str,
+        reason: str,
+        message: str,
+        at: float,
+    ) -> Event:
         key = (type_, reason, message)
         previous = events.pop(key, None)
         event = Event(
             instance=instance,
+            model=model,
             type=type_,
             reason=reason,
             message=message,
@@ -93,7 +145,7 @@ class StatusStore:
         _log_event(event)
         return event
 
-    def _publish(self, change: StoreChange) -> None:
+    def _publish(self, change: Change) -> None:
         for send in list(self._subscribers):
             try:
                 send.send_nowait(change)
@@ -106,5 +158,5 @@ class StatusStore:
 def _log_event(event: Event) -> None:
     """Every event also goes to the log, so `journalctl`/`kubectl logs` tell the same story."""
     level = logging.WARNING if event.type == "Warning" else logging.INFO
-    subject = event.instance or "reconciler"
+    subject = event.instance or (f"model {event.model}" if event.model else "reconciler")
     log.log(level, "%s: %s: %s", subject, event.reason, event.message)

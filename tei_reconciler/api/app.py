@@ -19,8 +19,8 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from tei_reconciler._types import Clock, SystemClock
-from tei_reconciler.api import instances, state, streams, system, traffic, ui
-from tei_reconciler.api.context import ApiContext, Preview
+from tei_reconciler.api import instances, models, state, streams, system, traffic, ui
+from tei_reconciler.api.context import ApiContext, ModelCommands, Preview
 from tei_reconciler.api.errors import EXCEPTION_HANDLERS
 from tei_reconciler.api.instance_metrics import instance_metrics
 from tei_reconciler.desired.statefile import StateFile
@@ -30,6 +30,7 @@ from tei_reconciler.store import StatusStore
 from tei_reconciler.traffic import TrafficRing
 
 ONE = "/instances/{name}"
+MODEL = "/models/{model_id:path}"  # ids hold a slash; sent encoded (BAAI%2Fbge) or not
 
 ROUTES = [
     Route("/health", system.health, methods=["GET"]),
@@ -53,6 +54,12 @@ ROUTES = [
     Route("/state", state.get_state, methods=["GET"]),
     Route("/state", state.put_state, methods=["PUT"]),
     Route("/plan", state.get_plan, methods=["GET"]),
+    Route("/models", models.list_models, methods=["GET"]),
+    Route("/models", models.declare_model, methods=["POST"]),
+    Route(f"{MODEL}/download", models.download_model, methods=["POST"]),
+    Route(f"{MODEL}/events", models.model_events, methods=["GET"]),
+    Route(MODEL, models.get_model, methods=["GET"]),
+    Route(MODEL, models.delete_model, methods=["DELETE"]),
 ]
 
 
@@ -67,6 +74,7 @@ def create_app(
     clock: Clock | None = None,
     traffic: TrafficRing | None = None,
     data_plane: DataPlane | None = None,
+    models: ModelCommands | None = None,
 ) -> Starlette:
     """The REST API over `statefile` (desired state) and `store` (observed status);
     `traffic` is the ring the data plane records calls in (an empty one when not given), and
@@ -80,6 +88,7 @@ def create_app(
         clock=clock or SystemClock(),
         traffic=traffic or TrafficRing(),
         data_plane=data_plane,
+        models=models,
     )
 
     @asynccontextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from starlette.requests import Request
@@ -17,8 +17,8 @@ from starlette.requests import Request
 from tei_reconciler._types import Clock
 from tei_reconciler.api.schemas import PlannedAction
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec
-from tei_reconciler.desired.statefile import StateFile, parse_state
-from tei_reconciler.errors import SpecError
+from tei_reconciler.desired.statefile import StateFile
+from tei_reconciler.errors import Problem, SpecError, StateFileError
 from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.routing import DataPlane
 from tei_reconciler.settings import Settings
@@ -29,6 +29,14 @@ T = TypeVar("T")
 
 #: The controller's dry-run planner: what it would do to reach a desired state.
 Preview = Callable[[DesiredState], Sequence[object]]
+
+
+class ModelCommands(Protocol):
+    """What the API may ask of the model registry (it never fetches or deletes itself)."""
+
+    def fetch_now(self, model_id: str, revision: str | None = None) -> None: ...
+
+    async def evict(self, model_id: str) -> bool: ...
 
 
 @dataclass
@@ -51,22 +59,36 @@ class ApiContext:
     closing: anyio.Event | None = None  # set when the server starts shutting down
     traffic: TrafficRing = field(default_factory=TrafficRing)  # fed by the data plane
     data_plane: DataPlane | None = None  # what carries the gRPC traffic, when there is one
+    models: ModelCommands | None = None  # the model registry (None: no model routes)
     _cache: Snapshot | None = field(default=None, repr=False)
+    _parsing: anyio.Lock = field(default_factory=anyio.Lock, repr=False)
 
     async def snapshot(self) -> Snapshot:
-        data, revision = await anyio.to_thread.run_sync(self.statefile.read)
-        cached = self._cache
-        if cached is not None and cached.revision == revision:
-            return cached
+        """The file as it is now; read and parsed on a worker thread, one parse at a time (a
+        burst of requests after a change parses it once)."""
         try:
-            desired = parse_state(
-                data, str(self.statefile.path), reserved_ports=self.statefile.reserved_ports
+            data, revision = await anyio.to_thread.run_sync(self.statefile.read)
+        except StateFileError as exc:  # a directory, too large, unreadable: like invalid
+            problem = Problem(
+                path=str(self.statefile.path),
+                line=0,
+                column=0,
+                field="file",
+                message=str(exc),
+                code="unreadable",
             )
-            snap = Snapshot(revision=revision, desired=desired, error=None)
-        except SpecError as exc:
-            snap = Snapshot(revision=revision, desired=None, error=exc)
-        self._cache = snap
-        return snap
+            return Snapshot(revision="", desired=None, error=SpecError([problem]))
+        async with self._parsing:
+            cached = self._cache
+            if cached is not None and cached.revision == revision:
+                return cached
+            try:
+                desired = await anyio.to_thread.run_sync(self.statefile.parse, data)
+                snap = Snapshot(revision=revision, desired=desired, error=None)
+            except SpecError as exc:
+                snap = Snapshot(revision=revision, desired=None, error=exc)
+            self._cache = snap
+            return snap
 
     async def effective(self) -> DesiredState:
         """The desired state the controller acts on: the file when valid, else the last good

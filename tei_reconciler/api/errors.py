@@ -135,8 +135,8 @@ def api_error_for(exc: Exception, *, prefix: str = "") -> ApiError:
             return ApiError(409, "INSTANCE_EXISTS", f"instance {name!r} already exists")
         case InstanceNotFound(name=name):
             return ApiError(404, "INSTANCE_NOT_FOUND", f"instance {name!r} not found")
-        case StateFileError():
-            return ApiError(500, "INTERNAL_ERROR", f"state file error: {exc}")
+        case StateFileError():  # a directory in its place, too large, a full disk, ...
+            return ApiError(503, "STATE_FILE_UNAVAILABLE", f"the state file cannot be used: {exc}")
     return ApiError(500, "INTERNAL_ERROR", "internal error")
 
 

@@ -29,7 +29,7 @@ from tei_reconciler.api.schemas import (
 from tei_reconciler.api.views import instance_out
 from tei_reconciler.desired.fields import ASSIGNED, same_spec
 from tei_reconciler.desired.spec import NAME_RULE, DesiredState, InstanceSpec, is_instance_name
-from tei_reconciler.planner.status import InstanceStatus
+from tei_reconciler.planner.status import InstanceStatus, StoreChange
 
 DEFAULT_WAIT_SECS = 300.0
 
@@ -89,6 +89,7 @@ def wait_timeout(request: Request) -> float | None:
     """`?wait=ready&timeout=S` as seconds to wait (None: do not wait). Checked before any
     write, so a bad value never leaves a half-done request behind."""
     wait = request.query_params.get("wait")
+    seconds = query_float(request, "timeout", default=DEFAULT_WAIT_SECS)  # checked either way
     if wait is None:
         return None
     if wait != "ready":
@@ -98,7 +99,7 @@ def wait_timeout(request: Request) -> float | None:
             f"wait must be 'ready', got {wait!r}",
             [ErrorDetail(field="wait", message="must be 'ready'")],
         )
-    return query_float(request, "timeout", default=DEFAULT_WAIT_SECS)
+    return seconds
 
 
 async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> None:
@@ -130,7 +131,7 @@ async def _store_ready(ctx: ApiContext, spec: InstanceSpec) -> None:
         if ready(ctx.store.get(spec.name)):
             return
         async for change in changes:
-            if change.name != spec.name:
+            if not isinstance(change, StoreChange) or change.name != spec.name:
                 continue
             if ready(ctx.store.get(spec.name)):
                 return

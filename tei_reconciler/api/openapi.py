@@ -19,15 +19,18 @@ from tei_reconciler import __version__
 from tei_reconciler.api.schemas import (
     ApplyInstanceRequest,
     CreateInstanceRequest,
+    DeclareModelRequest,
     ErrorResponse,
     EventOut,
     HealthResponse,
     InstanceOut,
     LogsResponse,
+    ModelOut,
     PlanResponse,
     ReadyResponse,
     StateWriteResponse,
 )
+from tei_reconciler.desired.spec import NAME_MAX, NAME_PATTERN
 from tei_reconciler.traffic import TrafficSnapshot
 
 REF = "#/components/schemas/{name}"
@@ -57,13 +60,15 @@ WAIT = (
 )
 BODY_ERRORS = (400, 413, 415)
 ONE = "/instances/{name}"
+MODEL = "/models/{model_id}"  # the id percent-encoded as one segment (BAAI%2Fbge-small)
 
 OPERATIONS: tuple[Op, ...] = (
     Op("get", "/health", "Liveness", {200: HealthResponse}, tags=("system",)),
     Op(
         "get",
         "/ready",
-        "Readiness: a valid spec is loaded and the controller finished a pass",
+        "Readiness: the controller finished a pass and a valid state is in force (a later "
+        "invalid file is a warning, not a 503)",
         {200: ReadyResponse},
         (503,),
         tags=("system",),
@@ -76,7 +81,7 @@ OPERATIONS: tuple[Op, ...] = (
         "/instances",
         "Create an instance (adds it to the state file)",
         {201: InstanceOut},
-        (*BODY_ERRORS, 404, 409, 422, 504),
+        (*BODY_ERRORS, 404, 409, 422, 503, 504),
         body=CreateInstanceRequest,
         query=WAIT,
     ),
@@ -86,18 +91,18 @@ OPERATIONS: tuple[Op, ...] = (
         ONE,
         "Create or replace an instance (apply)",
         {200: InstanceOut, 201: InstanceOut},
-        (*BODY_ERRORS, 404, 409, 422, 504),
+        (*BODY_ERRORS, 404, 409, 422, 503, 504),
         body=ApplyInstanceRequest,
         query=WAIT,
     ),
-    Op("delete", ONE, "Delete an instance", {204: None}, (404, 409)),
+    Op("delete", ONE, "Delete an instance", {204: None}, (404, 409, 503)),
     *(
         Op(
             "post",
             f"{ONE}/{verb}",
             f"{verb.capitalize()} an instance (edits its desired state; idempotent)",
             {200: InstanceOut},
-            (400, 404, 409, 504),
+            (400, 404, 409, 503, 504),
             query=WAIT,
         )
         for verb in ("start", "stop", "restart")
@@ -157,6 +162,7 @@ OPERATIONS: tuple[Op, ...] = (
         "/state",
         "The state file (TOML), with its revision as ETag",
         {200: "toml"},
+        (503,),
         tags=("state",),
     ),
     Op(
@@ -164,31 +170,88 @@ OPERATIONS: tuple[Op, ...] = (
         "/state",
         "Replace the state file; dry_run=true only validates and plans",
         {200: StateWriteResponse},
-        (*BODY_ERRORS, 409, 412),
+        (*BODY_ERRORS, 409, 412, 503),
         body="toml",
         query=(("dry_run", {"type": "boolean"}, "validate and plan, write nothing"),),
         headers=(("If-Match", "the revision (ETag) the new file is based on"),),
         tags=("state",),
     ),
     Op("get", "/plan", "What the controller is about to do", {200: PlanResponse}, tags=("state",)),
+    Op(
+        "get",
+        "/models",
+        "Every model the state file declares, an instance uses, or the cache holds",
+        {200: list[ModelOut]},
+        tags=("models",),
+    ),
+    Op(
+        "post",
+        "/models",
+        'Declare a model (adds a [models."<id>"] table to the state file); 200 if it was',
+        {201: ModelOut, 200: ModelOut},
+        (*BODY_ERRORS, 409),
+        body=DeclareModelRequest,
+        tags=("models",),
+    ),
+    Op(
+        "get",
+        MODEL,
+        "One model: status, revision, cache path and size, users, metadata",
+        {200: ModelOut},
+        (404,),
+        tags=("models",),
+    ),
+    Op(
+        "delete",
+        MODEL,
+        "Undeclare a model; evict=true also removes it from the cache (409 while in use)",
+        {204: None},
+        (400, 404, 409, 503),
+        query=(("evict", {"type": "boolean"}, "remove the model's files from the cache"),),
+        tags=("models",),
+    ),
+    Op(
+        "post",
+        f"{MODEL}/download",
+        "Fetch the model now (202); wait=true answers once it is on disk",
+        {202: ModelOut, 200: ModelOut},
+        (400, 404, 500, 503, 504),
+        query=(
+            ("wait", {"type": "boolean"}, "block until the model is on disk (or failed)"),
+            ("timeout", {"type": "number", "minimum": 0}, "seconds to wait (default 3600)"),
+            ("revision", {"type": "string"}, "branch, tag or commit (default: the wanted one)"),
+        ),
+        tags=("models",),
+    ),
+    Op(
+        "get",
+        f"{MODEL}/events",
+        "Events of a model; Accept: text/event-stream watches its status and progress",
+        {200: list[EventOut]},
+        (404,),
+        tags=("models",),
+    ),
 )
 
 _DESCRIPTIONS = {
     200: "OK",
     201: "Created",
+    202: "Accepted (it goes on in the background)",
     204: "No Content",
     400: "Validation error (VALIDATION_ERROR, with details)",
-    404: "Not found (INSTANCE_NOT_FOUND)",
+    404: "Not found (INSTANCE_NOT_FOUND, MODEL_NOT_FOUND)",
     405: "Method not allowed",
-    409: "Conflict (INSTANCE_EXISTS, PORT_CONFLICT, STATE_READ_ONLY)",
+    409: "Conflict (INSTANCE_EXISTS, PORT_CONFLICT, STATE_READ_ONLY, MODEL_IN_USE)",
     412: "Stale If-Match (REVISION_MISMATCH)",
     413: "Body too large (PAYLOAD_TOO_LARGE)",
     415: "Wrong Content-Type",
     422: "No capacity (MAX_INSTANCES_REACHED, PORT_ALLOCATION_FAILED)",
-    500: "Internal error (INTERNAL_ERROR)",
+    500: "Internal error (INTERNAL_ERROR); a model could not be fetched (MODEL_DOWNLOAD_FAILED)",
     502: "The instance did not answer (INSTANCE_METRICS_UNAVAILABLE)",
-    503: "Not ready (NOT_READY, INSTANCE_NOT_RUNNING)",
-    504: "Written, but not Ready in time (TIMEOUT)",
+    503: "Not ready (NOT_READY, INSTANCE_NOT_RUNNING, MODELS_UNAVAILABLE) or the state file "
+    "cannot be used (STATE_FILE_UNAVAILABLE: a directory in its place, larger than "
+    "max_state_bytes, ...)",
+    504: "Written, but not Ready (or not downloaded) in time (TIMEOUT)",
 }
 
 
@@ -204,10 +267,11 @@ def _content(kind: object, schemas: dict[object, dict[str, Any]]) -> dict[str, A
 
 def _operation(op: Op, schemas: dict[object, dict[str, Any]]) -> dict[str, Any]:
     params: list[dict[str, Any]] = []
-    if "{name}" in op.path:
-        params.append(
-            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-        )
+    for name in re.findall(r"{(\w+)}", op.path):
+        schema: dict[str, object] = {"type": "string"}
+        if name == "name":
+            schema = {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX}
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
     params += [
         {"name": n, "in": "query", "required": False, "schema": s, "description": d}
         for n, s, d in op.query

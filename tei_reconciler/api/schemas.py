@@ -18,11 +18,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from tei_reconciler.desired.fields import FIELDS
-from tei_reconciler.desired.spec import DesiredRun, InstanceSpec
+from tei_reconciler.desired.spec import NAME_MAX, NAME_PATTERN, DesiredRun, InstanceSpec
 from tei_reconciler.planner.phase import AnchorStatus, Phase
 from tei_reconciler.routing import DataPlaneStatus
 
 GpuIndex = Annotated[int, msgspec.Meta(ge=0)]
+#: The state file's name rule, stated for the document; the state file's validator applies it
+#: (with its own messages), so it is `extra_json_schema`, never enforced by msgspec here.
+InstanceName = Annotated[
+    str, msgspec.Meta(extra_json_schema={"pattern": NAME_PATTERN, "maxLength": NAME_MAX})
+]
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -60,7 +65,7 @@ InstanceFields = msgspec.defstruct(
 )
 CreateInstanceRequest = msgspec.defstruct(
     "CreateInstanceRequest",
-    [("name", str)],
+    [("name", InstanceName)],
     bases=(InstanceFields,),
     namespace={"__doc__": "`POST /instances`: tei-manager's CreateInstanceRequest."},
     frozen=True,
@@ -68,7 +73,7 @@ CreateInstanceRequest = msgspec.defstruct(
 )
 ApplyInstanceRequest = msgspec.defstruct(
     "ApplyInstanceRequest",
-    [("name", *_optional(str))],
+    [("name", *_optional(InstanceName))],
     bases=(InstanceFields,),
     namespace={
         "__doc__": "`PUT /instances/{name}`: the whole instance; `name`, when given, must "
@@ -145,7 +150,8 @@ class InstanceOut(Response, frozen=True, kw_only=True):
 
 
 class EventOut(Response, frozen=True, kw_only=True):
-    instance: str  # "" for manager-wide events
+    instance: str  # "" for manager-wide and model events
+    model: str  # the model a model event is about, else ""
     type: str  # "Normal" | "Warning"
     reason: str
     message: str
@@ -200,6 +206,68 @@ class HealthResponse(Response, frozen=True, kw_only=True):
 class ReadyResponse(Response, frozen=True, kw_only=True):
     status: Literal["ready"]
     timestamp: datetime
-    revision: str
+    revision: str  # of the desired state in force
     instances: int
+    spec_valid: bool  # false: the file is invalid now and the last good state stays in force
+    warnings: list[str]  # why spec_valid is false (the details are in GET /plan)
     data_plane: DataPlaneStatus | None = None
+
+
+class ProgressOut(Response, frozen=True, kw_only=True):
+    done_bytes: int
+    total_bytes: int
+    percent: float
+    files_done: int
+    files_total: int
+
+
+class ModelMetadataOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """tei-manager's `metadata` (each key omitted when unknown), plus the parameter count,
+    dtype and sizes read from safetensors headers."""
+
+    model_type: str | None = None
+    architecture: str | None = None
+    hidden_size: int | None = None
+    max_position_embeddings: int | None = None
+    vocab_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    parameters: int | None = None
+    parameters_estimated: bool = False
+    dtype: str | None = None
+    weights_bytes: int | None = None
+    size_bytes: int | None = None
+
+
+class ModelOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One model: tei-manager's ModelInfo keys (`cache_path`, `cache_size_bytes`, `metadata`
+    omitted when unknown, as there), then the registry's own fields."""
+
+    model_id: str
+    status: Literal["available", "downloading", "downloaded", "failed"]
+    downloaded: bool
+    added_at: datetime | None = None
+    cache_path: str | None = None
+    cache_size_bytes: int | None = None
+    metadata: ModelMetadataOut | None = None
+    revision: str | None = None
+    commit: str | None = None
+    local: bool = False
+    declared: bool = False
+    keep: bool = False
+    used_by: list[str] = msgspec.field(default_factory=list)
+    progress: ProgressOut | None = None
+    reason: str = ""
+    message: str = ""
+    retry_at: datetime | None = None
+    failures: int = 0
+    events: str = ""  # URL of this model's event log
+
+
+class DeclareModelRequest(Request, frozen=True, kw_only=True):
+    """`POST /models`: declare a model in the state file (tei-manager's body plus the table's
+    own fields)."""
+
+    model_id: str
+    revision: str | None = None
+    keep: bool | None = None

@@ -16,7 +16,6 @@ from tei_reconciler.api._http import media_type, query_bool, read_body
 from tei_reconciler.api.context import ctx_of
 from tei_reconciler.api.errors import ApiError, api_error_for, json_response, problem_details
 from tei_reconciler.api.schemas import PlanResponse, StateWriteResponse
-from tei_reconciler.desired.statefile import parse_state
 from tei_reconciler.errors import SpecError
 
 TOML_TYPES = frozenset({"application/toml", "text/toml", "text/x-toml", "text/plain"})
@@ -69,9 +68,7 @@ async def put_state(request: Request) -> Response:
                 f"state file revision is {current}, not the expected {expected}",
             )
         try:
-            desired = parse_state(
-                data, str(ctx.statefile.path), reserved_ports=ctx.statefile.reserved_ports
-            )
+            desired = await anyio.to_thread.run_sync(ctx.statefile.parse, data)
         except SpecError as exc:
             raise api_error_for(exc) from exc
         body = StateWriteResponse(

@@ -23,9 +23,10 @@ from tei_reconciler.api._http import query_bool, query_int
 from tei_reconciler.api.context import ApiContext, ctx_of
 from tei_reconciler.api.errors import ApiError, json_response
 from tei_reconciler.api.logs import count_lines, follow, normalise, read_slice
-from tei_reconciler.api.views import event_out, instance_out
+from tei_reconciler.api.views import event_out, instance_out, model_out
 from tei_reconciler.desired.spec import is_instance_name
 from tei_reconciler.paths import RuntimeDir
+from tei_reconciler.planner.model_status import ModelChange
 
 HEARTBEAT_SECS = 15.0
 
@@ -126,11 +127,17 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                     yield sse(
                         "status", instance_out(status.spec, status, now, ctx.routed_by(status.name))
                     )
+            for model in ctx.store.models() if name is None else ():
+                yield sse("model", model_out(model))
             while True:
                 with anyio.move_on_after(HEARTBEAT_SECS) as idle:
                     change = await receive.receive()
                 if idle.cancelled_caught:
                     yield b": keepalive\n\n"
+                    continue
+                if isinstance(change, ModelChange):
+                    if name is None and change.status is not None:
+                        yield sse("model", model_out(change.status))
                     continue
                 if name is not None and change.name != name:
                     continue

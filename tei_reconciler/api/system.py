@@ -1,10 +1,13 @@
 """Liveness, readiness, metrics and the API's own description.
 
-`/health` answers as long as the process serves requests; `/ready` only once a valid desired
-state is loaded, the controller has finished a pass and the data plane serves the gRPC port
-(tei-manager's `/health` was always "healthy", so a load balancer could not tell a reconciler
-still adopting its children from a working one). Both name the data plane in use. `/metrics`
-is rendered on a worker thread: with Envoy, a scrape reads Envoy's statistics too.
+`/health` answers as long as the process serves requests. `/ready` means "this pod can take
+traffic": it listens, the data plane serves the gRPC port, the controller has finished its
+first pass and a valid desired state is in force (tei-manager's `/health` was always
+"healthy", so a load balancer could not tell a reconciler still adopting its children from a
+working one). A state file that turns invalid later changes nothing that serves (the last
+good state stays in force), so it is a warning in the body, never a 503: one bad GitOps commit
+must not take every pod out of its Service. Both name the data plane in use. `/metrics` is
+rendered on a worker thread: with Envoy, a scrape reads Envoy's statistics too.
 """
 
 from __future__ import annotations
@@ -36,10 +39,6 @@ async def health(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     ctx = ctx_of(request)
     store = ctx.store
-    if store.spec_errors:
-        raise ApiError(
-            503, "NOT_READY", "the state file is invalid: " + "; ".join(store.spec_errors)
-        )
     if not store.first_pass_done:
         raise ApiError(503, "NOT_READY", "the controller has not finished its first pass")
     plane = ctx.data_plane.status() if ctx.data_plane is not None else None
@@ -49,14 +48,35 @@ async def ready(request: Request) -> Response:
             "NOT_READY",
             f"the data plane ({plane.kind}) does not serve the gRPC port: {plane.detail}",
         )
+    # Counts, not the messages: /ready answers without credentials, and a message may quote a
+    # value from the file. GET /plan (behind auth) lists them.
+    problems = _count(len(store.spec_errors))
+    if not store.observed_revision:
+        raise ApiError(
+            503,
+            "NOT_READY",
+            f"no valid state file has been read yet ({problems}; GET /plan lists them)",
+        )
+    warnings = []
+    if store.spec_errors:
+        warnings.append(
+            f"the state file is invalid ({problems}); the last good state stays in force; "
+            "GET /plan lists the problems"
+        )
     body = ReadyResponse(
         status="ready",
         timestamp=datetime.now(UTC),
         revision=store.observed_revision,
         instances=len(store.all()),
+        spec_valid=not store.spec_errors,
+        warnings=warnings,
         data_plane=plane,
     )
     return json_response(body)
+
+
+def _count(problems: int) -> str:
+    return f"{problems} problem{'' if problems == 1 else 's'}"
 
 
 async def metrics(request: Request) -> Response:

@@ -8,11 +8,21 @@ one that left the file but still has a process shows its observed spec until it 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import msgspec
 
-from tei_reconciler.api.schemas import ConditionOut, EventOut, ExitOut, InstanceOut
+from tei_reconciler.api.schemas import (
+    ConditionOut,
+    EventOut,
+    ExitOut,
+    InstanceOut,
+    ModelMetadataOut,
+    ModelOut,
+    ProgressOut,
+)
 from tei_reconciler.desired.spec import DesiredRun, InstanceSpec
+from tei_reconciler.planner.model_status import ModelState, ModelStatus
 from tei_reconciler.planner.phase import ANCHOR_STATUS, Phase
 from tei_reconciler.planner.status import (
     Event,
@@ -52,7 +62,12 @@ def instance_out(
     shown = spec if spec is not None else status.spec if status is not None else None
     if shown is None:
         raise ValueError("an instance needs a spec or a status")
-    phase = status.phase if status is not None else Phase.PENDING
+    if status is not None:
+        phase = status.phase
+    elif shown.state is DesiredRun.STOPPED:
+        phase = Phase.STOPPED  # not observed yet, but no process is, or will be, started
+    else:
+        phase = Phase.PENDING
     running = status is not None and status.pid is not None and status.created_at is not None
     uptime = (
         int(max(now - status.created_at, 0)) if running and status and status.created_at else None
@@ -97,6 +112,50 @@ def instance_out(
     )
 
 
+def model_path(model_id: str) -> str:
+    """`/models/<id>` with the id percent-encoded as one segment, as tei-manager expects."""
+    return "/models/" + quote(model_id, safe="")
+
+
+def model_out(status: ModelStatus) -> ModelOut:
+    progress = status.progress
+    return ModelOut(
+        model_id=status.model_id,
+        status=status.state.value,
+        downloaded=status.state is ModelState.DOWNLOADED,
+        added_at=ts(status.added_at),
+        cache_path=status.cache_path,
+        cache_size_bytes=status.cache_size_bytes,
+        metadata=(
+            msgspec.convert(msgspec.to_builtins(status.metadata), ModelMetadataOut)
+            if status.metadata is not None
+            else None
+        ),
+        revision=status.revision,
+        commit=status.commit,
+        local=status.local,
+        declared=status.declared,
+        keep=status.keep,
+        used_by=list(status.used_by),
+        progress=(
+            ProgressOut(
+                done_bytes=progress.done_bytes,
+                total_bytes=progress.total_bytes,
+                percent=round(progress.percent, 1),
+                files_done=progress.files_done,
+                files_total=progress.files_total,
+            )
+            if progress is not None
+            else None
+        ),
+        reason=status.reason,
+        message=status.message,
+        retry_at=ts(status.retry_at),
+        failures=status.failures,
+        events=model_path(status.model_id) + "/events",
+    )
+
+
 def exit_out(exit_: ExitInfo) -> ExitOut:
     return ExitOut(
         code=exit_.code,
@@ -112,6 +171,7 @@ def exit_out(exit_: ExitInfo) -> ExitOut:
 def event_out(event: Event) -> EventOut:
     return EventOut(
         instance=event.instance,
+        model=event.model,
         type=event.type,
         reason=event.reason,
         message=event.message,

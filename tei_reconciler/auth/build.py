@@ -4,8 +4,10 @@
     interceptors, credentials = build_grpc_auth(settings)    # serve_router
 
 No providers: no middleware, no TLS (the default; both ports listen on 127.0.0.1).
-With "mtls", REST serves TLS and verifies client certificates against the CA, requiring one
-at the handshake unless "token" is configured too (then the middleware requires either);
+With "mtls", REST serves TLS and verifies client certificates against the CA. The handshake
+requires one only when nothing else could pass: with "token" configured too, or with exempt
+paths (the kubelet's probes present no certificate), a client without one finishes the
+handshake and the middleware requires a certificate or a token on every other path;
 `rest_tls = false` makes REST plain HTTP for a TLS-terminating proxy in `trusted_proxies`.
 gRPC with "mtls" always requires a CA-signed client certificate at the handshake. Files are
 loaded here, so a missing or broken CA, key or tokens file fails startup (`AuthConfigError`).
@@ -35,7 +37,8 @@ def build_rest_auth(settings: Settings) -> tuple[list[Middleware], ssl.SSLContex
     ]
     if "mtls" not in auth.providers or not auth.mtls.rest_tls:
         return middleware, None
-    context = server_ssl_context(auth.mtls, require_client_cert="token" not in auth.providers)
+    bare_allowed = "token" in auth.providers or bool(auth.exempt_paths)
+    context = server_ssl_context(auth.mtls, require_client_cert=not bare_allowed)
     return middleware, context
 
 

@@ -63,10 +63,13 @@ def _credentials(context: grpc.aio.ServicerContext[Any, Any]) -> Credentials:
     pems = context.auth_context().get("x509_pem_cert") or []
     cert = x509.load_pem_x509_certificate(pems[0]) if pems else None
     authorization = None
+    count = 0
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
+            count += 1
             authorization = value if isinstance(value, str) else value.decode("latin-1")
-    return Credentials(peer_cert=cert, authorization=authorization)
+    repeated = ("authorization",) if count > 1 else ()
+    return Credentials(peer_cert=cert, authorization=authorization, repeated=repeated)
 
 
 Gate = Callable[[Any], Awaitable[None]]

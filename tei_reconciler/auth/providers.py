@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from tei_reconciler.settings import AuthSettings, MtlsSettings, TokenSettings
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Credentials:
@@ -42,6 +45,9 @@ class Credentials:
     proxy_cert_header: str | None = None  # raw X-SSL-Client-Cert
     peer_host: str | None = None  # TCP peer address (the proxy, behind one)
     authorization: str | None = None  # raw Authorization header / metadata
+    # Credential headers sent more than once: which one would count is a proxy's or a
+    # parser's accident ("last one wins" lets a client's own header ride along), so refuse.
+    repeated: tuple[str, ...] = ()
 
 
 class Provider(Protocol):
@@ -131,7 +137,10 @@ class TokenProvider:
     """Bearer tokens from the settings and from a tokens file (one per line, `#` comments).
 
     The file is re-read when its modification time changes, so tokens rotate without a
-    restart. Comparison is constant-time over SHA-256 digests and looks at every token.
+    restart. A file that disappears, or can no longer be read, revokes every token it held
+    (an operator deleting it means "nobody with those tokens"; a rotation by rename or a
+    Kubernetes Secret update never makes it disappear); the `tokens` of the settings stay.
+    Comparison is constant-time over SHA-256 digests and looks at every token.
     """
 
     def __init__(self, tokens: Sequence[str], tokens_file: str | None = None) -> None:
@@ -172,13 +181,21 @@ class TokenProvider:
             return
         try:
             st = os.stat(self._file)
-        except OSError:
-            return  # keep the last good tokens while the file is being replaced
+        except OSError as exc:
+            self._revoke_file_tokens(exc)
+            return
         if (st.st_mtime_ns, st.st_size) != self._stamp:
             try:
                 self._reload()
-            except AuthConfigError:
-                return
+            except AuthConfigError as exc:
+                self._revoke_file_tokens(exc)
+
+    def _revoke_file_tokens(self, why: Exception) -> None:
+        if self._stamp is None:
+            return  # already revoked
+        log.warning("auth.token.tokens_file: %s; its tokens are revoked until it is back", why)
+        self._stamp = None
+        self._digests = tuple(hashlib.sha256(t.encode()).digest() for t in self._static)
 
     def _reload(self) -> None:
         tokens = list(self._static)
@@ -211,6 +228,9 @@ class Authenticator:
         return cls(providers)
 
     def decide(self, credentials: Credentials) -> Decision:
+        if credentials.repeated:
+            names = " and ".join(credentials.repeated)
+            return Decision(Verdict.INVALID, f"{names} may appear only once in a request")
         decisions = [p.check(credentials) for p in self.providers]
         for verdict in (Verdict.ALLOWED, Verdict.DENIED, Verdict.INVALID):
             for decision in decisions:

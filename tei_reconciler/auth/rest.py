@@ -62,7 +62,10 @@ class AuthMiddleware:
 def credentials_of(scope: Scope) -> Credentials:
     proxy_cert: str | None = None
     authorization: str | None = None
+    seen: dict[bytes, int] = {}
     for name, value in scope.get("headers", ()):
+        if name in _CREDENTIAL_HEADERS:
+            seen[name] = seen.get(name, 0) + 1
         if name == PROXY_CERT_HEADER and value:  # nginx sends "" when no cert was given
             proxy_cert = value.decode("latin-1")
         elif name == b"authorization":
@@ -73,4 +76,8 @@ def credentials_of(scope: Scope) -> Credentials:
         proxy_cert_header=proxy_cert,
         peer_host=client[0] if client else None,
         authorization=authorization,
+        repeated=tuple(_CREDENTIAL_HEADERS[n] for n, count in seen.items() if count > 1),
     )
+
+
+_CREDENTIAL_HEADERS = {PROXY_CERT_HEADER: "X-SSL-Client-Cert", b"authorization": "Authorization"}

@@ -18,7 +18,7 @@ from typing import TextIO
 
 import anyio
 
-from tei_reconciler.client import commands
+from tei_reconciler.client import commands, models
 from tei_reconciler.client.http import DEFAULT_SERVER, Client, Connection, ServerError, Unreachable
 from tei_reconciler.client.render import server_error
 
@@ -28,26 +28,38 @@ SERVER_ENV = "TEI_RECONCILER_SERVER"
 TOKEN_ENV = "TEI_RECONCILER_TOKEN"  # noqa: S105 (the variable's name, not a token)
 
 
-def _common() -> argparse.ArgumentParser:
+def common_options(*, defaults: bool = True) -> argparse.ArgumentParser:
+    """The connection options. `defaults=False` for a verb's own parser (`models pull`):
+    there they may be given too, and must not reset what was given before the verb."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection")
     group.add_argument(
         "--server",
-        default=os.environ.get(SERVER_ENV) or DEFAULT_SERVER,
+        default=default(os.environ.get(SERVER_ENV) or DEFAULT_SERVER),
         help=f"the reconciler's REST API (env {SERVER_ENV}; default {DEFAULT_SERVER})",
     )
-    group.add_argument("--cacert", help="CA bundle that signs the server's certificate (https)")
-    group.add_argument("--cert", help="client certificate (PEM) when the API requires mTLS")
-    group.add_argument("--key", help="the client certificate's private key (PEM)")
+    group.add_argument(
+        "--cacert",
+        default=default(None),
+        help="CA bundle that signs the server's certificate (https)",
+    )
+    group.add_argument(
+        "--cert", default=default(None), help="client certificate (PEM) when the API requires mTLS"
+    )
+    group.add_argument("--key", default=default(None), help="the client certificate's private key")
     group.add_argument(
         "--token",
-        default=os.environ.get(TOKEN_ENV),
+        default=default(os.environ.get(TOKEN_ENV)),
         help=f"bearer token when the API requires one (env {TOKEN_ENV})",
     )
     group.add_argument(
         "--request-timeout",
         type=float,
-        default=30.0,
+        default=default(30.0),
         metavar="SECS",
         help="seconds to wait for each answer (default 30)",
     )
@@ -131,13 +143,14 @@ SPECS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]]
     "restart": ("restart an instance (a new process, same spec)", _lifecycle, commands.restart),
     "delete": ("remove an instance from the desired state", _lifecycle, commands.delete),
     "wait": ("wait until an instance is ready, stopped or deleted", _wait, commands.wait),
+    "models": ("list, fetch and remove models (ls | pull | rm)", models.setup, models.run),
 }
 
 
 def parser_for(command: str) -> argparse.ArgumentParser:
     description, setup, _ = SPECS[command]
     parser = argparse.ArgumentParser(
-        prog=f"tei-reconciler {command}", description=description, parents=[_common()]
+        prog=f"tei-reconciler {command}", description=description, parents=[common_options()]
     )
     setup(parser)
     return parser
@@ -176,6 +189,9 @@ def run(command: str, argv: list[str], out: TextIO | None = None) -> int:
     except commands.CommandError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.status if command != "diff" else 2
+    except models.PullFailed as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `tei-reconciler logs x | head`
@@ -220,3 +236,7 @@ def main_delete(argv: list[str]) -> int:
 
 def main_wait(argv: list[str]) -> int:
     return run("wait", argv)
+
+
+def main_models(argv: list[str]) -> int:
+    return run("models", argv)

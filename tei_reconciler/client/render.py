@@ -208,3 +208,51 @@ def plan_lines(actions: Sequence[Mapping[str, Any]]) -> str:
         for a in actions
     ]
     return "plan:\n" + "\n".join(rows) + "\n"
+
+
+MODEL_COLUMNS = ("MODEL", "STATUS", "REVISION", "SIZE", "USED BY", "MESSAGE")
+
+
+def size(count: int | None) -> str:
+    """Bytes as a person reads them: 512 B, 86.7 MiB, 1.3 GiB."""
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
+
+
+def model_row(item: Mapping[str, Any]) -> list[str]:
+    status = str(item["status"])
+    if item.get("declared"):
+        status += " (kept)" if item.get("keep") else " (declared)"
+    revision = item.get("commit") or item.get("revision")
+    message = ": ".join(p for p in (item.get("reason"), item.get("message")) if p)
+    return [
+        str(item["model_id"]),
+        status,
+        str(revision)[:12] if revision else "-",
+        size(item.get("cache_size_bytes")),
+        ",".join(item.get("used_by") or []) or "-",
+        message or "-",
+    ]
+
+
+def models_table(items: Sequence[Mapping[str, Any]]) -> str:
+    if not items:
+        return "No models.\n"
+    return table(MODEL_COLUMNS, [model_row(i) for i in items])
+
+
+def progress_bar(progress: Mapping[str, Any], width: int) -> str:
+    """`[##########          ]  50%  45.0 MiB of 90.1 MiB  3/7 files`."""
+    percent = float(progress.get("percent", 0.0))
+    filled = int(width * min(max(percent, 0.0), 100.0) / 100)
+    return (
+        f"[{'#' * filled}{' ' * (width - filled)}] {percent:3.0f}%  "
+        f"{size(progress.get('done_bytes'))} of {size(progress.get('total_bytes'))}  "
+        f"{progress.get('files_done', 0)}/{progress.get('files_total', 0)} files"
+    )

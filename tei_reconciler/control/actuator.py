@@ -17,6 +17,7 @@ import msgspec
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
+from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.runtime import Placement, Probed, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.gpus import cuda_visible_devices
@@ -30,7 +31,7 @@ from tei_reconciler.drivers.process import (
     build_env,
     resolve_binary,
 )
-from tei_reconciler.errors import ActionError
+from tei_reconciler.errors import ActionError, PermanentError
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
 from tei_reconciler.planner.observed import Failure
 from tei_reconciler.planner.plan import Stop
@@ -71,6 +72,7 @@ class Actuator:
         base_env: Mapping[str, str],
         owner: str,
         drain: Drain | None = None,
+        models: ModelGlue | None = None,
     ) -> None:
         self.settings = settings
         self.driver = driver
@@ -87,6 +89,7 @@ class Actuator:
         self.spawn: Callable[..., None] = _unbound
         self.forget: Callable[[str], None] = _unbound
         self.drain = drain
+        self.models = models
         self._starts = anyio.CapacityLimiter(max(1, settings.max_concurrent_starts))
 
     def bind(
@@ -109,6 +112,7 @@ class Actuator:
         try:
             async with self._starts:
                 cuda = cuda_visible_devices(spec.gpu, self.gpus)
+                await self._check_model(spec, cuda, wall)
                 assignment = self.ports.assign(spec, explicit=explicit)
                 argv = self.argv_for(spec, port=assignment.port, prom=assignment.prometheus_port)
                 env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner)
@@ -140,6 +144,18 @@ class Actuator:
         finally:
             rt.busy = None
             self.changed()
+
+    async def _check_model(self, spec: InstanceSpec, cuda: str, wall: float) -> None:
+        """Refuse a model the binary cannot serve; warn when its weights may not fit."""
+        if self.models is None:
+            return
+        verdict = await self.models.verdict(spec, cuda)
+        if verdict.refusal is not None:
+            raise PermanentError("UnsupportedModel", verdict.refusal)
+        if verdict.warning is not None:
+            self.store.record_event(
+                spec.name, "Warning", "InsufficientGPUMemory", verdict.warning, wall
+            )
 
     def _start_failed(self, rt: Runtime, spec: InstanceSpec, exc: Exception, wall: float) -> None:
         if isinstance(exc, ActionError):

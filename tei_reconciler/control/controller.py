@@ -26,6 +26,7 @@ from tei_reconciler import metrics
 from tei_reconciler._types import Clock
 from tei_reconciler.control.actuator import Actuator
 from tei_reconciler.control.adoption import adopt
+from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.publish import publish
 from tei_reconciler.control.runtime import Runtime
 from tei_reconciler.control.source import DesiredSource
@@ -63,6 +64,7 @@ class Controller:
         ports: PortBook,
         policy: Policy,
         actuator: Actuator,
+        models: ModelGlue | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -74,6 +76,7 @@ class Controller:
         self.ports = ports
         self.policy = policy
         self.actuator = actuator
+        self.models = models
         source.bind(running=self._running)
         actuator.bind(changed=self.mark_dirty, spawn=self._spawn_task, forget=self._forget)
         self.runtimes: dict[str, Runtime] = {}
@@ -110,7 +113,7 @@ class Controller:
                 self._tg = tg
                 found = self.driver.discover()
                 self._found_at_boot = bool(found)  # the first read knows what already runs
-                self.source.refresh()
+                await self.source.refresh()
                 self._adopt(found)
                 self._found_at_boot = False
                 requeue = await self._pass()
@@ -129,10 +132,11 @@ class Controller:
 
     async def _pass(self) -> float | None:
         started = time.perf_counter()
-        self.source.refresh()
+        await self.source.refresh()
         now = self.clock.now()
         requeue: float | None = None
         if self.desired is not None:
+            self._gate_models()
             actions, requeue = plan(self.desired, self._observe(), now, policy=self.policy)
             for action in actions:
                 self._dispatch(action)
@@ -146,6 +150,17 @@ class Controller:
         return requeue
 
     # ---- observe -----------------------------------------------------------------------
+    def _gate_models(self) -> None:
+        """Hand the registry what the desired state wants; hold back instances whose model
+        is not on disk (the registry marks the controller dirty when that changes)."""
+        if self.models is None or self.desired is None:
+            return
+        gates = self.models.sync(self.desired)
+        for name, rt in self.runtimes.items():
+            rt.model_gate = gates.get(name)
+        for name, gate in gates.items():
+            self._runtime(name).model_gate = gate
+
     def _observe(self) -> dict[str, ObservedInstance]:
         return {name: rt.observe() for name, rt in self.runtimes.items()}
 

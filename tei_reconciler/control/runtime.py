@@ -17,6 +17,7 @@ import anyio
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.drivers.process import ProcessHandle
 from tei_reconciler.planner.backoff import CrashLoop
+from tei_reconciler.planner.model_status import ModelGate
 from tei_reconciler.planner.observed import Busy, Failure, ObservedInstance, ProcessView
 from tei_reconciler.planner.status import ExitInfo, ProbeResult
 
@@ -66,6 +67,7 @@ class Runtime:
         self.ready_since: float | None = None  # wall
         self.ready_since_mono: float | None = None
         self.placement = Placement()  # of the current (or last) process
+        self.model_gate: ModelGate | None = None  # its model is not on disk yet
         self.log_offset = 0  # size of the instance log when the current process started
 
     def attach(
@@ -179,4 +181,5 @@ class Runtime:
             consecutive_failures=self.consecutive_failures,
             crash=self.crash,
             failure=self.failure,
+            model=self.model_gate,
         )

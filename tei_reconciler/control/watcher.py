@@ -54,9 +54,15 @@ def watch_dirs(path: Path) -> list[Path]:
 class _Follower:
     """Remembers the last content seen at `path` and reports changes to `on_change`."""
 
-    def __init__(self, path: Path, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_change: Callable[[], None],
+        on_events: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.on_change = on_change
+        self.on_events = on_events
         self.last = content_digest(path)
 
     def check(self) -> None:
@@ -79,6 +85,8 @@ class _Follower:
                 rust_timeout=5_000,
             ):
                 self.check()
+                if _changes and self.on_events is not None:
+                    self.on_events()
                 if watch_dirs(self.path) != dirs:
                     return  # a symlink moved: the caller watches the new directories
         except (OSError, RuntimeError) as exc:  # a watched directory vanished mid-swap
@@ -91,11 +99,13 @@ async def watch_state_file(
     on_change: Callable[[], None],
     *,
     debounce_ms: int = 50,
+    on_events: Callable[[], None] | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Call `on_change()` whenever the content reachable at `path` changes. Runs until
-    cancelled; re-plans its watches when the symlinks on the way to `path` change."""
-    follower = _Follower(path, on_change)
+    cancelled; re-plans its watches when the symlinks on the way to `path` change.
+    `on_events()` runs after each batch of file events was looked at, changed or not."""
+    follower = _Follower(path, on_change, on_events)
     task_status.started()
     while True:
         follower.check()  # changes made while the watches were being (re-)planned

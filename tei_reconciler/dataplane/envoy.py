@@ -150,9 +150,9 @@ class EnvoyDataPlane:
     def status(self) -> DataPlaneStatus:
         supervisor = self.supervisor
         pid = supervisor.handle.pid if supervisor and supervisor.handle else None
-        detail = f"Envoy {self.binary}" + (f", pid {pid}" if pid else "")
+        detail = "Envoy" + (f" pid {pid}" if pid else "")
         if self.port is not None:
-            detail += f", port {self.port}"
+            detail += f" on port {self.port}"
         applied = self.control.applied
         return DataPlaneStatus(
             kind="envoy",

@@ -12,7 +12,8 @@ applies what the Python router's interceptor applies, with the same outcomes:
 - tokens: `authorization: Bearer <token>` passes when the SHA-256 of the token is one of the
   digests; a malformed header or an unknown token is UNAUTHENTICATED;
 - one provider allowing is enough; otherwise PERMISSION_DENIED beats UNAUTHENTICATED, and a
-  call without any credentials is UNAUTHENTICATED "authentication required".
+  call without any credentials is UNAUTHENTICATED "authentication required";
+- `authorization` sent twice is UNAUTHENTICATED before anything else is looked at.
 
 The allowlists and digests are data, delivered with the routes as the filter's context
 (`translate.auth_context`), so a tokens file change never touches the listener. Only token
@@ -147,6 +148,9 @@ function envoy_on_request(handle)
     ctx.exempt or {}, ctx.subjects or {}, ctx.sans or {}, ctx.digests or {}
   local service = (headers:get(":path") or ""):match("^/([^/]+)/")
   if service ~= nil and exempt[service] then return end
+  if headers:getNumValues("authorization") > 1 then  -- which one counts would be an accident
+    return refuse(handle, "16", "authorization may appear only once in a request")
+  end
   local denied, invalid = nil, nil
   if ctx.mtls then
     local ok, cn, sans = pcall(certificate, handle, ip_sans, email_sans)

@@ -9,7 +9,8 @@ table (`fields.py`).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import NamedTuple
 
 from tei_reconciler.desired.fields import INSTANCE_KEYS, PORTS, REQUIRED, RULES
@@ -18,7 +19,7 @@ from tei_reconciler.desired.spec import NAME_RULE, InstanceSpec, is_instance_nam
 from tei_reconciler.desired.tomlpositions import KeyPath
 from tei_reconciler.errors import Problem
 
-TOP_LEVEL_KEYS = ("defaults", "instances")
+TOP_LEVEL_KEYS = ("defaults", "instances", "models")
 
 
 class Issue(NamedTuple):
@@ -33,6 +34,34 @@ class Issue(NamedTuple):
         return Problem(
             path=path, line=line, column=column, field=field, message=self.message, code=self.code
         )
+
+
+class Issues(list[Issue]):
+    """The issues found, at most `limit` of them; the rest are only counted (`more`), so a
+    huge file with a million bad keys costs a count, not a million messages."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        super().__init__()
+        self.limit = limit
+        self.more = 0
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and len(self) >= self.limit
+
+    def append(self, issue: Issue) -> None:
+        if self.full:
+            self.more += 1
+        else:
+            super().append(issue)
+
+    def add(self, issue: Callable[[], Issue]) -> None:
+        """Record the issue `issue()` builds, or only count it once full (never built then:
+        a "did you mean" suggestion costs a difflib search)."""
+        if self.full:
+            self.more += 1
+        else:
+            self.append(issue())
 
 
 def suggest(key: str, choices: Iterable[str]) -> str:
@@ -54,17 +83,26 @@ def accepts(key: str, value: object) -> bool:
     return True
 
 
-def _check_table(
-    table: Mapping[str, object], where: KeyPath, issues: list[Issue]
-) -> dict[str, object]:
+def _unknown_key(where: KeyPath, key: str) -> Issue:
+    hint = " (the table key is the instance's name)" if key == "name" else ""
+    hint = hint or suggest(key, INSTANCE_KEYS)
+    return Issue((*where, key), f"unknown key {key!r}{hint}", "unknown_key")
+
+
+def _unknown_top_level_key(key: str) -> Issue:
+    hint = suggest(key, TOP_LEVEL_KEYS) or (
+        " (instance fields go in an [instances.<name>] table)" if key in INSTANCE_KEYS else ""
+    )
+    return Issue((key,), f"unknown key {key!r}{hint}", "unknown_key")
+
+
+def _check_table(table: Mapping[str, object], where: KeyPath, issues: Issues) -> dict[str, object]:
     """Validate each key of one instance or defaults table; return the converted values."""
     values: dict[str, object] = {}
     for key, value in table.items():
         rule = RULES.get(key)
         if rule is None:
-            hint = " (the table key is the instance's name)" if key == "name" else ""
-            hint = hint or suggest(key, INSTANCE_KEYS)
-            issues.append(Issue((*where, key), f"unknown key {key!r}{hint}", "unknown_key"))
+            issues.add(partial(_unknown_key, where, key))
             continue
         try:
             values[key] = rule.check(value)
@@ -74,23 +112,21 @@ def _check_table(
 
 
 def check_state(
-    doc: Mapping[str, object], *, reserved_ports: frozenset[int] = frozenset()
-) -> tuple[dict[str, InstanceSpec], list[Issue]]:
+    doc: Mapping[str, object],
+    *,
+    reserved_ports: frozenset[int] = frozenset(),
+    limit: int | None = None,
+) -> tuple[dict[str, InstanceSpec], Issues]:
     """Validate a decoded state document (what tomllib returns) in full.
 
-    Returns the instances (meaningful only when there are no issues) and every issue found.
-    `[defaults]` is merged under each instance (`env` per variable); a problem in a default is
-    reported once, at the default's own key.
+    Returns the instances (meaningful only when there are no issues) and the issues found: at
+    most `limit` of them, the rest counted in `Issues.more`. `[defaults]` is merged under each
+    instance (`env` per variable); a problem in a default is reported once, at its own key.
     """
-    issues: list[Issue] = []
+    issues = Issues(limit)
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
-            hint = suggest(key, TOP_LEVEL_KEYS) or (
-                " (instance fields go in an [instances.<name>] table)"
-                if key in INSTANCE_KEYS
-                else ""
-            )
-            issues.append(Issue((key,), f"unknown key {key!r}{hint}", "unknown_key"))
+            issues.add(partial(_unknown_top_level_key, key))
     raw_defaults = doc.get("defaults", {})
     raw_instances = doc.get("instances", {})
     defaults: dict[str, object] = {}
@@ -147,5 +183,7 @@ def check_state(
                 ports[port] = (*where, key)
         if all(key in values for key in REQUIRED):
             specs[name] = InstanceSpec(name=name, **values)  # type: ignore[arg-type]
-    unique = list(dict.fromkeys(issues))
+    unique = Issues(limit)
+    unique.extend(dict.fromkeys(issues))
+    unique.more = issues.more
     return specs, unique

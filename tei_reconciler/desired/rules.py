@@ -21,8 +21,12 @@ from typing import Annotated, Any, TypeGuard
 import msgspec
 
 from tei_reconciler.desired.spec import MANAGED_ENV, GpuSpec
+from tei_reconciler.desired.unsafe_env import unsafe_env
 
 _HF_ID = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+#: `model_id` as a pattern for the REST schema (the rule also refuses "." and ".." segments
+#: of an id, which a pattern cannot say simply).
+MODEL_ID_PATTERN = rf"^(/[^\x00]*|{_HF_ID.pattern})$"
 MIN_PORT, MAX_PORT = 1024, 65535
 _INT64_MAX = 2**63 - 1  # TOML integers are 64-bit; Python's parser accepts more
 
@@ -170,19 +174,27 @@ def strings(each: Callable[[str], object] = no_nul) -> Rule:
 def _env(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise Invalid(f"must be a table of strings, got {show(value)}")
+    unsafe: list[str] = []  # every refused variable at once: the writer fixes them in one go
     for key, item in value.items():
         if not key or "=" in key or "\0" in key:
             raise Invalid(f"{show(key)} is not a valid environment variable name")
         if key in MANAGED_ENV:
             instead = "set gpu instead" if key == "CUDA_VISIBLE_DEVICES" else "the reconciler's"
             raise Invalid(f"may not set {key} ({instead})")
+        reason = unsafe_env(key)
+        if reason is not None:
+            unsafe.append(f"may not set {key}: {reason}")
         if not isinstance(item, str):
             raise Invalid(f"{key} must be a string, got {show(item)}")
         no_nul(item, f"{key} ")
+    if unsafe:
+        raise Invalid("; env ".join(unsafe))
     return dict(value)
 
 
-MODEL_ID = Rule(_model_id, str)
+MODEL_ID = Rule(
+    _model_id, Annotated[str, msgspec.Meta(extra_json_schema={"pattern": MODEL_ID_PATTERN})]
+)
 TEXT = Rule(_text, str)
 GPU = Rule(_gpu, GpuSpec)
 PORT = Rule(_port, Port)

@@ -83,14 +83,27 @@ class InstanceSpec(Base, frozen=True):
     restarted_at: datetime | None = None
 
 
+class ModelSpec(Base, frozen=True):
+    """One `[models."<id>"]` table: the revision to fetch (the default of instances on the
+    model that set none) and whether to keep it on disk while no instance uses it."""
+
+    model_id: str
+    revision: str | None = None
+    keep: bool = False
+
+
 class DesiredState(Base, frozen=True):
-    """A whole, valid state file. `revision` is the sha256 of the file's bytes (the ETag)."""
+    """A whole, valid state file. `revision` is the sha256 of the file's bytes (the ETag).
+    `models` are the declared `[models."<id>"]` tables (checked in desired/models.py)."""
 
     instances: dict[str, InstanceSpec] = msgspec.field(default_factory=dict)
     revision: str = ""
+    models: dict[str, ModelSpec] = msgspec.field(default_factory=dict)
 
 
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: An instance name: a DNS-1123 label. The REST API's OpenAPI document publishes the pattern.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_NAME = re.compile(NAME_PATTERN)
 NAME_MAX = 63
 #: What `is_instance_name` asks of a name, as problem messages say it.
 NAME_RULE = (

@@ -10,6 +10,10 @@ writer can say which version its change was based on (HTTP `If-Match`).
 A file that is a symlink (a ConfigMap's `..data` link) or sits on a read-only mount belongs to
 GitOps: edits raise `StateReadOnly` and never touch it. Everything here is synchronous; async
 callers use `anyio.to_thread.run_sync`.
+
+A file larger than `max_bytes` is never read (`StateFileTooLarge`), and at most
+`MAX_PROBLEMS` problems are reported for one file, the rest counted: a huge invalid file costs
+a bounded amount of memory, time and log.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import glob
 import hashlib
 import os
 import re
+import stat
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tei_reconciler.atomic import write_atomically
 from tei_reconciler.desired.check import check_state
+from tei_reconciler.desired.modeledit import rewrite_model
+from tei_reconciler.desired.models import check_models, with_model_revisions
 from tei_reconciler.desired.spec import DesiredState
 from tei_reconciler.desired.tomledit import Fields, plain, rewrite_instance
 from tei_reconciler.desired.tomlpositions import scan
@@ -37,10 +44,16 @@ from tei_reconciler.errors import (
     RevisionConflict,
     SpecError,
     StateFileError,
+    StateFileTooLarge,
     StateReadOnly,
 )
 
 _AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+#: The default of the manager's `max_state_bytes`: far above any real state file.
+DEFAULT_MAX_BYTES = 1024 * 1024
+#: At most this many problems are listed for one file; the rest are counted.
+MAX_PROBLEMS = 100
 
 
 def revision_of(data: bytes) -> str:
@@ -80,30 +93,92 @@ def decode(data: bytes, path: str = "<state>") -> tuple[str, dict[str, Any]]:
         raise _syntax(path, "invalid TOML: nested too deeply") from None
 
 
+def _size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.1f} MiB"
+    return f"{size / 1024:.1f} KiB" if size >= 1024 else f"{size} bytes"
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"is {_size(size)}, more than max_state_bytes ({_size(limit)})"
+
+
 def parse_state(
-    data: bytes, path: str = "<state>", *, reserved_ports: frozenset[int] = frozenset()
+    data: bytes,
+    path: str = "<state>",
+    *,
+    reserved_ports: frozenset[int] = frozenset(),
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DesiredState:
-    """Validate a state file's bytes in full. Raises SpecError listing every problem, each
-    located at its key's line and column."""
+    """Validate a state file's bytes in full. Raises SpecError listing the problems (at most
+    MAX_PROBLEMS, then a count of the rest), each located at its key's line and column."""
+    if len(data) > max_bytes:
+        message = f"the state {_too_large(len(data), max_bytes)}"
+        raise SpecError(
+            [Problem(path=path, line=0, column=0, field="file", message=message, code="too_large")]
+        )
     text, doc = decode(data, path)
-    specs, issues = check_state(doc, reserved_ports=reserved_ports)
+    specs, issues = check_state(doc, reserved_ports=reserved_ports, limit=MAX_PROBLEMS)
+    models = check_models(doc.get("models"), issues)
     if issues:
-        layout = scan(text)
+        layout = scan(text, wanted=[issue.key for issue in issues])
         problems = [issue.problem(path, *layout.locate(issue.key)) for issue in issues]
-        raise SpecError(sorted(problems, key=lambda p: (p.line, p.column)))
-    return DesiredState(instances=specs, revision=revision_of(data))
+        problems.sort(key=lambda p: (p.line, p.column))
+        if issues.more:
+            message = f"... and {issues.more} more problems (only the first {len(issues)} shown)"
+            problems.append(
+                Problem(path=path, line=0, column=0, field="file", message=message, code="more")
+            )
+        raise SpecError(problems)
+    instances = with_model_revisions(specs, models)
+    return DesiredState(instances=instances, revision=revision_of(data), models=models)
 
 
-def load_state(path: Path, *, reserved_ports: frozenset[int] = frozenset()) -> DesiredState:
-    """Read and validate a state file. StateFileError when it cannot be read (missing
-    included), SpecError when it is invalid."""
+def read_bounded(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """A state file's bytes. FileNotFoundError when it does not exist; StateFileTooLarge when
+    it is larger than `max_bytes` (judged before reading); StateFileError when it is not a
+    regular file (a directory, a FIFO that would block) or cannot be read."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise StateFileError(f"{path}: no such file") from None
+        raise
     except OSError as exc:
         raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_state(data, str(path), reserved_ports=reserved_ports)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise StateFileError(f"{path} is a directory, not a state file")
+        if not stat.S_ISREG(info.st_mode):
+            raise StateFileError(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise StateFileTooLarge(f"{path} {_too_large(info.st_size, max_bytes)}; not read")
+        chunks, left = [], max_bytes + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # grew since the check
+        raise StateFileTooLarge(f"{path} {_too_large(len(data), max_bytes)}; not read")
+    return data
+
+
+def load_state(
+    path: Path,
+    *,
+    reserved_ports: frozenset[int] = frozenset(),
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DesiredState:
+    """Read and validate a state file. StateFileError when it cannot be read (missing or too
+    large included), SpecError when it is invalid."""
+    try:
+        data = read_bounded(path, max_bytes)
+    except FileNotFoundError:
+        raise StateFileError(f"{path}: no such file") from None
+    return parse_state(data, str(path), reserved_ports=reserved_ports, max_bytes=max_bytes)
 
 
 class StateFile:
@@ -117,27 +192,34 @@ class StateFile:
         *,
         reserved_ports: frozenset[int] = frozenset(),
         max_instances: int | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.path = path
         self.reserved_ports = reserved_ports
         self.max_instances = max_instances
+        self.max_bytes = max_bytes
         self.lock_path = path.with_name(f".{path.name}.lock")
 
     # --- reading ---
 
     def read(self) -> tuple[bytes, str]:
-        """The file's bytes and revision (b"" and its revision when there is no file)."""
+        """The file's bytes and revision (b"" and its revision when there is no file).
+        StateFileError (StateFileTooLarge above `max_bytes`) when it cannot be read."""
         try:
-            data = self.path.read_bytes()
+            data = read_bounded(self.path, self.max_bytes)
         except FileNotFoundError:
             data = b""
-        except OSError as exc:
-            raise StateFileError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         return data, revision_of(data)
+
+    def parse(self, data: bytes) -> DesiredState:
+        """Validate `data` as this file would be (its reserved ports and size limit)."""
+        return parse_state(
+            data, str(self.path), reserved_ports=self.reserved_ports, max_bytes=self.max_bytes
+        )
 
     def load(self) -> DesiredState:
         data, _ = self.read()
-        return parse_state(data, str(self.path), reserved_ports=self.reserved_ports)
+        return self.parse(data)
 
     def is_read_only(self) -> bool:
         """True when the file is GitOps-owned or cannot be replaced (see `read_only_reason`)."""
@@ -233,7 +315,41 @@ class StateFile:
             decode(data, str(self.path))
             return data
 
-        return self._edit(change, expected_revision)
+        return self._edit(change, expected_revision, whole=True)
+
+    def declare_model(
+        self,
+        model_id: str,
+        fields: Mapping[str, object],
+        *,
+        expected_revision: str | None = None,
+    ) -> tuple[DesiredState, bool]:
+        """Set the `[models."<id>"]` table (only the given fields; None: left as written).
+        Returns the new state and whether the model was newly declared."""
+        created = False
+
+        def edit(data: bytes) -> bytes:
+            nonlocal created
+            text, doc = decode(data, str(self.path)) if data else ("", {})
+            models = doc.get("models")
+            current = models.get(model_id) if isinstance(models, dict) else None
+            created = not isinstance(current, dict)
+            merged = {**(current if isinstance(current, dict) else {}), **_clean(dict(fields))}
+            return rewrite_model(text, model_id, merged).encode("utf-8")
+
+        return self._edit(edit, expected_revision), created
+
+    def undeclare_model(
+        self, model_id: str, *, expected_revision: str | None = None
+    ) -> DesiredState:
+        """Remove the `[models."<id>"]` table (nothing to do when there is none)."""
+
+        def edit(data: bytes) -> bytes:
+            text, _ = decode(data, str(self.path)) if data else ("", {})
+            new_text = rewrite_model(text, model_id, None)
+            return (new_text if new_text.strip() else "[instances]\n").encode("utf-8")
+
+        return self._edit(edit, expected_revision)
 
     # --- machinery ---
 
@@ -273,19 +389,32 @@ class StateFile:
         return self._edit(edit, expected_revision)
 
     def _validate(self, text: str) -> DesiredState:
-        return parse_state(text.encode("utf-8"), str(self.path), reserved_ports=self.reserved_ports)
+        return self.parse(text.encode("utf-8"))
 
-    def _edit(self, edit: Callable[[bytes], bytes], expected_revision: str | None) -> DesiredState:
+    def _edit(
+        self,
+        edit: Callable[[bytes], bytes],
+        expected_revision: str | None,
+        *,
+        whole: bool = False,
+    ) -> DesiredState:
         reason = self.read_only_reason()
         if reason is not None:
             raise StateReadOnly(reason)
         with self._locked():
             self._remove_orphans()
-            data, revision = self.read()
+            try:
+                data, revision = self.read()
+            except StateFileTooLarge:
+                # Replacing the whole file is how a too large one is fixed through the API;
+                # with If-Match the caller claims to know a revision nobody could compute.
+                if not whole or expected_revision is not None:
+                    raise
+                data, revision = b"", ""
             if expected_revision is not None and expected_revision != revision:
                 raise RevisionConflict(expected_revision, revision)
             new_data = edit(data)
-            state = parse_state(new_data, str(self.path), reserved_ports=self.reserved_ports)
+            state = self.parse(new_data)
             self._check_capacity(data, state)
             if new_data != data:
                 self._write(new_data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -130,9 +131,13 @@ def _line_col(text: str, offset: int, line_starts: list[int]) -> tuple[int, int]
     return lo + 1, offset - line_starts[lo] + 1
 
 
-def scan(text: str) -> Layout:
-    """Scan a document that tomllib accepts. Unrecognised lines are skipped, never raised."""
+def scan(text: str, wanted: Iterable[KeyPath] | None = None) -> Layout:
+    """Scan a document that tomllib accepts. Unrecognised lines are skipped, never raised.
+
+    With `wanted`, the scan stops once each of those key paths has a position (locating a
+    few problems near the top of a huge file costs those lines, not the whole file)."""
     layout = Layout(text)
+    missing = None if wanted is None else set(wanted)
     lines = text.splitlines(keepends=True)
     starts = [0]
     for ln in lines:
@@ -165,7 +170,11 @@ def scan(text: str) -> Layout:
                 )
                 for depth, part_offset in enumerate(offsets, start=1):
                     layout.positions.setdefault(key[:depth], (n + 1, part_offset + 1))
+                    if missing is not None:
+                        missing.discard(key[:depth])
                 n += 1
+                if missing is not None and not missing:
+                    break
                 continue
             key, _ = parse_key(line, body)
         except ValueError:
@@ -185,7 +194,11 @@ def scan(text: str) -> Layout:
         )
         for depth in range(len(table) + 1, len(full) + 1):
             layout.positions.setdefault(full[:depth], (n + 1, body + 1))
+            if missing is not None:
+                missing.discard(full[:depth])
         n = last + 1
+        if missing is not None and not missing:
+            break
     return layout
 
 

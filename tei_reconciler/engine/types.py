@@ -112,6 +112,8 @@ class Backend(Protocol):
     max_input_length: int
     dimension: int
     id2label: dict[int, str]
+    #: sentence-transformers prompts by name (`config_sentence_transformers.json`).
+    prompts: dict[str, str]
     dtype: str
     #: True when forward passes block (run them in a worker thread).
     blocking: bool

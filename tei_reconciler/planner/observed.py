@@ -13,6 +13,7 @@ import enum
 import msgspec
 
 from tei_reconciler.planner.backoff import CrashLoop
+from tei_reconciler.planner.model_status import ModelGate
 
 
 class Busy(enum.StrEnum):
@@ -52,3 +53,4 @@ class ObservedInstance(msgspec.Struct, frozen=True, kw_only=True):
     consecutive_failures: int = 0  # liveness failures in a row
     crash: CrashLoop = msgspec.field(default_factory=CrashLoop)
     failure: Failure | None = None
+    model: ModelGate | None = None  # its model is not on disk yet (or cannot be fetched)

@@ -105,6 +105,8 @@ def plan_one(
             return None, failure.retry_at
         if waiting(obs.crash, now=now, spec_hash=wanted):
             return None, obs.crash.until
+        if obs.model is not None:
+            return None, None  # the model registry asks for a pass when the model is ready
     return Start(name=name, spec=spec), None
 
 
@@ -168,6 +170,10 @@ def assess(
         return Assessment(phase=Phase.RUNNING, reason="Healthy", message="")
     if spec.state is DesiredRun.STOPPED:
         return Assessment(phase=Phase.STOPPED, reason="StoppedByUser", message='state = "stopped"')
+    if obs is not None and obs.model is not None:
+        gate = obs.model
+        phase = Phase.FAILED if gate.failed else Phase.PENDING
+        return Assessment(phase=phase, reason=gate.reason, message=gate.message)
     wanted = spec_hash(spec)
     if obs is not None:
         failure = obs.failure

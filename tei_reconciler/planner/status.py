@@ -79,13 +79,14 @@ class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     """A Kubernetes-style event: repeats of the same (type, reason, message) bump `count`."""
 
-    instance: str  # "" for manager-wide events (spec errors)
+    instance: str  # "" for manager-wide and model events
     type: str  # "Normal" | "Warning"
     reason: str
     message: str
     count: int
     first_time: float
     last_time: float
+    model: str = ""  # the model a model event is about
 
 
 class InstanceStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,7 +24,7 @@ from tei_reconciler.router.methods import (
     method_handler,
 )
 from tei_reconciler.router.relay import Context, Relay, split_metadata
-from tei_reconciler.router.routes import RouteError, parse_target, resolve
+from tei_reconciler.router.routes import RouteError, check_request, parse_target, resolve
 from tei_reconciler.router.wire import WireError, split_wrapper
 from tei_reconciler.routing import Endpoint
 
@@ -42,7 +42,7 @@ def _unwrap(raw: bytes, method: Method, position: int) -> tuple[bytes | None, by
                 grpc.StatusCode.INVALID_ARGUMENT, f"Missing {method.inner} request{where}"
             )
         inner = b""
-    return target, inner
+    return target, check_request(method, inner)
 
 
 def _non_empty(first: bytes | None) -> bytes:

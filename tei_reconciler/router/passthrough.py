@@ -1,7 +1,8 @@
 """The plain `tei.v1` services on the router's port, so stock TEI clients work through it.
 
 A call is routed by the `x-tei-instance` or `x-tei-model` metadata key, else to the default
-instance, else to the only instance; its bytes go to the instance untouched and the
+instance, else to the only instance; its bytes go to the instance untouched (once they are
+known to decode as the method's request: malformed bytes are INVALID_ARGUMENT here) and the
 instance's answer comes back untouched.
 """
 
@@ -22,7 +23,7 @@ from tei_reconciler.router.methods import (
     method_handler,
 )
 from tei_reconciler.router.relay import Context, Relay, split_metadata
-from tei_reconciler.router.routes import RouteError, from_metadata
+from tei_reconciler.router.routes import RouteError, check_request, from_metadata
 from tei_reconciler.routing import Endpoint
 
 
@@ -40,6 +41,11 @@ async def _route(relay: Relay, context: Context, label: str) -> tuple[Endpoint, 
 
 def _unary(relay: Relay, method: Method) -> Handler:
     async def handler(request: bytes, context: Context) -> bytes:
+        try:
+            check_request(method, request)
+        except RouteError as exc:
+            await relay.refuse(context, method.path, exc)
+            raise
         endpoint, metadata = await _route(relay, context, method.path)
         return await relay.unary(
             context,
@@ -63,7 +69,7 @@ def _streaming(relay: Relay, method: Method) -> Handler:
             path=method.path,
             first=None,
             rest=aiter(requests),
-            unwrap=None,
+            unwrap=partial(check_request, method),
             metadata=metadata,
             client_stream_only=method.kind is Kind.CLIENT_STREAM,
         )

@@ -152,6 +152,7 @@ class Relay:
         refused: RouteError | None = None
         failed: grpc.aio.AioRpcError | None = None
         response: bytes | None = None
+        finished = False  # the backend's stream ended with OK; anything else is a cancel
 
         async def pump(scope: anyio.CancelScope) -> None:
             nonlocal refused
@@ -180,6 +181,7 @@ class Relay:
                             # call must stay usable for the status that follows.
                             with anyio.CancelScope(shield=True):
                                 await context.write(message)
+                    finished = True
                 except grpc.aio.AioRpcError as exc:
                     failed = exc
                 except asyncio.CancelledError:
@@ -196,7 +198,7 @@ class Relay:
                 code = refused.code.name
             elif failed is not None:
                 code = failed.code().name
-            elif tg.cancel_scope.cancel_called:
+            elif finished:
                 code = "OK"
             self.end(endpoint, conn, method, code, started)
         if refused is not None:

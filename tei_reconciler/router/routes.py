@@ -9,13 +9,16 @@ Ready instances, breaking ties in rotation so that idle replicas all take turns.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import anyio
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
+from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2
+from tei_reconciler.router.methods import Method
 from tei_reconciler.routing import Endpoint, RoutingTable
 
 
@@ -111,6 +114,42 @@ def parse_target(raw: bytes | None) -> multiplexer_pb2.Target:
     except DecodeError as exc:
         raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid target: {exc}") from exc
     return validate_target(target)
+
+
+@functools.cache
+def _request_type(method: Method) -> type[Message]:
+    service = tei_pb2.DESCRIPTOR.services_by_name[method.service]
+    request: type[Message] = getattr(tei_pb2, service.methods_by_name[method.name].input_type.name)
+    return request
+
+
+#: The largest request message an instance accepts: tonic's default decoding limit, which TEI
+#: keeps (no flag changes it), and grpcio's default, which the built-in engine keeps. The
+#: router's own `max_message_mb` is larger, for Arrow requests it splits before forwarding.
+INSTANCE_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+def check_request(method: Method, raw: bytes) -> bytes:
+    """`raw` when an instance can take it as `method`'s tei.v1 request.
+
+    The bytes are forwarded as they are, but an instance answers bytes it cannot decode with an
+    internal error (TEI) or UNKNOWN (the built-in engine), and a message above its 4 MiB limit
+    with an error that does not say why the router let it through. The client hears the reason
+    instead, on both the multiplexer and the plain tei.v1 routes: INVALID_ARGUMENT for
+    malformed bytes, RESOURCE_EXHAUSTED naming both limits for a message too large."""
+    if len(raw) > INSTANCE_MAX_REQUEST_BYTES:
+        raise RouteError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request message of {len(raw)} bytes not forwarded: TEI instances accept at most "
+            f"{INSTANCE_MAX_REQUEST_BYTES} bytes (4 MiB) per message, less than the router's "
+            "max_message_mb (which is for Arrow requests); send fewer or shorter inputs per "
+            "message, or stream them",
+        )
+    try:
+        _request_type(method).FromString(raw)
+    except DecodeError as exc:
+        raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed message: {exc}") from exc
+    return raw
 
 
 def validate_target(target: multiplexer_pb2.Target) -> multiplexer_pb2.Target:

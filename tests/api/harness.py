@@ -11,10 +11,13 @@ import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from tei_reconciler.api import PlannedAction, create_app
+from tei_reconciler.api import create_app
+from tei_reconciler.api.context import ModelCommands
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.planner.phase import Phase
+from tei_reconciler.planner.plan import Action, plan
+from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
@@ -22,21 +25,21 @@ from tei_reconciler.store import StatusStore
 
 @dataclass
 class Controller:
-    """Stands in for the controller behind the API's two callables."""
+    """Stands in for the controller behind the API's two callables. `preview` is the real
+    planner, on a host where nothing runs yet: what the API shows is what it decides."""
 
     dirty: int = 0
     hooks: list[Callable[[], None]] = field(default_factory=list)
+    policy: Policy = field(default_factory=lambda: Policy.of(Settings()))
 
     def on_change(self) -> None:
         self.dirty += 1
         for hook in self.hooks:
             hook()
 
-    def preview(self, desired: DesiredState) -> list[PlannedAction]:
-        return [
-            PlannedAction(instance=name, action="start", reason="desired running, no process")
-            for name in sorted(desired.instances)
-        ]
+    def preview(self, desired: DesiredState) -> list[Action]:
+        actions, _ = plan(desired, {}, 0.0, policy=self.policy)
+        return actions
 
 
 @dataclass
@@ -66,7 +69,10 @@ def make_settings(runtime: Path, **overrides: object) -> Settings:
 
 
 def build(
-    tmp_path: Path, settings: Settings | None = None, middleware: Sequence[Middleware] = ()
+    tmp_path: Path,
+    settings: Settings | None = None,
+    middleware: Sequence[Middleware] = (),
+    models: ModelCommands | None = None,
 ) -> tuple[Starlette, Api]:
     runtime = tmp_path / "runtime"
     (runtime / "logs").mkdir(parents=True, exist_ok=True)
@@ -85,6 +91,7 @@ def build(
         on_change=controller.on_change,
         preview=controller.preview,
         middleware=middleware,
+        models=models,
     )
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
     return app, Api(client, app, statefile, store, settings, controller, runtime)

@@ -470,3 +470,20 @@ async def test_the_openapi_document_lists_404_for_every_route_that_can_wait(api:
     ]
     for operation in waiting:
         assert {"404", "504"} <= set(operation["responses"])
+
+
+@pytest.mark.anyio
+async def test_creating_a_stopped_instance_answers_stopped_not_starting(api: Api) -> None:
+    response = await api.client.post(
+        "/instances", json={"name": "cold", "model_id": "org/m", "state": "stopped"}
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["status"], body["phase"], body["desired_state"]) == (
+        "stopped",
+        "Stopped",
+        "stopped",
+    )
+    assert (body["ready"], body["pid"]) == (False, None)
+    listed = (await api.client.get("/instances/cold")).json()
+    assert listed["status"] == "stopped"

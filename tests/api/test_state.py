@@ -77,6 +77,20 @@ async def test_a_dry_run_validates_and_plans_without_writing(api: Api) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_dry_run_shows_the_planners_decision_for_each_instance(api: Api) -> None:
+    new = (
+        b'[instances.cold]\nmodel_id = "m/c"\nstate = "stopped"\n'
+        b'[instances.warm]\nmodel_id = "m/w"\n'
+    )
+    response = await api.client.put("/state?dry_run=true", content=new, headers=TOML)
+    assert response.status_code == 200
+    # A stopped instance with no process needs nothing; a running one needs a start.
+    assert response.json()["actions"] == [
+        {"instance": "warm", "action": "start", "reason": "desired running, no process"}
+    ]
+
+
+@pytest.mark.anyio
 async def test_an_invalid_state_is_400_with_each_problems_line_and_field(api: Api) -> None:
     bad = b'[instances.a]\nmodel_id = "m/x"\nprot = 1\n\n[instances.b]\nmodel_id = 3\n'
     for query in ("", "?dry_run=true"):

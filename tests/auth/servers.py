@@ -37,12 +37,12 @@ def settings_with(tmp_path: Path, auth: AuthSettings) -> Settings:
 
 
 @asynccontextmanager
-async def rest_server(settings: Settings) -> AsyncIterator[str]:
+async def rest_server(settings: Settings, store: StatusStore | None = None) -> AsyncIterator[str]:
     """Serve the API; yields its base URL (https:// when auth built a TLS context)."""
     middleware, context = build_rest_auth(settings)
     app = create_app(
         statefile=StateFile(Path(settings.state_file), reserved_ports=frozenset()),
-        store=StatusStore(),
+        store=store or StatusStore(),
         settings=settings,
         on_change=lambda: None,
         preview=lambda desired: [],

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from tei_reconciler.settings import AuthSettings, TokenSettings
+from tei_reconciler.store import StatusStore
 
 from .pki import Pki
 from .servers import rest_server, settings_with
@@ -57,14 +59,35 @@ async def test_a_san_on_the_allowlist_admits_a_client_whatever_its_cn(
     assert other_dns.status_code == 403
 
 
-async def test_without_a_client_certificate_the_tls_handshake_is_refused(
+async def test_with_nothing_exempt_a_client_without_a_certificate_fails_the_handshake(
     pki: Pki, tmp_path: Path
 ) -> None:
-    async with rest_server(settings_with(tmp_path, mtls_only(pki, tmp_path))) as url:
+    auth = msgspec.structs.replace(mtls_only(pki, tmp_path), exempt_paths=())
+    async with rest_server(settings_with(tmp_path, auth)) as url:
         with pytest.raises(httpx.TransportError):
             await get(pki, url, None)
         with pytest.raises(httpx.TransportError):
             await get(pki, url, None, path="/health")
+
+
+async def test_probes_without_a_certificate_reach_health_and_ready_and_nothing_else(
+    pki: Pki, tmp_path: Path
+) -> None:
+    store = StatusStore()
+    store.first_pass_done, store.observed_revision = True, "r1"
+    auth = mtls_only(pki, tmp_path, allowed_subjects=("ops",))
+    async with rest_server(settings_with(tmp_path, auth), store) as url:
+        health = await get(pki, url, None, path="/health")
+        ready = await get(pki, url, None, path="/ready")
+        instances = await get(pki, url, None)
+        state = await get(pki, url, None, path="/state")
+        denied = await get(pki, url, pki.client("intruder"), path="/ready")
+    assert (health.status_code, health.json()["status"]) == (200, "healthy")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert denied.status_code == 200
+    for refused in (instances, state):
+        assert refused.status_code == 401
+        assert refused.json()["code"] == "UNAUTHORIZED"
 
 
 async def test_a_client_certificate_from_another_ca_is_refused_at_the_handshake(

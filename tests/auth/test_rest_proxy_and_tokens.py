@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tei_reconciler.settings import AuthSettings, TokenSettings
+from tei_reconciler.store import StatusStore
 
 from .pki import Pki
 from .servers import rest_server, settings_with
@@ -79,6 +80,47 @@ async def test_a_forged_certificate_naming_the_ca_as_issuer_is_refused(
     assert_envelope(foreign, 401, "UNAUTHORIZED")
 
 
+async def test_several_certificate_headers_in_one_request_are_refused_not_last_one_wins(
+    pki: Pki, tmp_path: Path
+) -> None:
+    allowed = header(pki.client("client1").cert_chain_pems[0].bytes())["X-SSL-Client-Cert"]
+    other = header(pki.client("client10").cert_chain_pems[0].bytes())["X-SSL-Client-Cert"]
+    auth = behind_proxy(pki, "127.0.0.1/32", allowed_subjects=("client1",))
+    async with (
+        rest_server(settings_with(tmp_path, auth)) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        responses = [
+            await client.get(
+                url + "/instances", headers=[("X-SSL-Client-Cert", a), ("X-SSL-Client-Cert", b)]
+            )
+            for a, b in [(other, allowed), (allowed, allowed), (allowed, "")]
+        ]
+        single = await client.get(url + "/instances", headers={"X-SSL-Client-Cert": allowed})
+    for response in responses:
+        assert_envelope(response, 401, "UNAUTHORIZED")
+        assert response.json()["error"] == "X-SSL-Client-Cert may appear only once in a request"
+    assert single.status_code == 200
+
+
+async def test_several_authorization_headers_are_refused_even_if_one_is_right(
+    tmp_path: Path,
+) -> None:
+    auth = AuthSettings(providers=("token",), token=TokenSettings(tokens=("right",)))
+    async with (
+        rest_server(settings_with(tmp_path, auth)) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        twice = await client.get(
+            url + "/instances",
+            headers=[("Authorization", "Bearer wrong"), ("Authorization", "Bearer right")],
+        )
+        once = await client.get(url + "/instances", headers={"Authorization": "Bearer right"})
+    assert_envelope(twice, 401, "UNAUTHORIZED")
+    assert "Authorization may appear only once" in twice.json()["error"]
+    assert once.status_code == 200
+
+
 async def test_an_undecodable_certificate_header_is_refused_never_ignored(
     pki: Pki, tmp_path: Path
 ) -> None:
@@ -107,6 +149,23 @@ async def test_bearer_tokens_right_wrong_and_missing(tmp_path: Path) -> None:
     assert health.status_code == 200
 
 
+async def test_with_tokens_on_the_probes_reach_health_and_ready_without_one(
+    tmp_path: Path,
+) -> None:
+    store = StatusStore()
+    store.first_pass_done, store.observed_revision = True, "r1"
+    store.spec_errors = ("state.toml:1:1: syntax: invalid TOML",)
+    auth = AuthSettings(providers=("token",), token=TokenSettings(tokens=("s3cret",)))
+    async with rest_server(settings_with(tmp_path, auth), store) as url:
+        health = await get_path(url, "/health")
+        ready = await get_path(url, "/ready")
+        plan = await get_path(url, "/plan")
+    assert (health.status_code, health.json()["status"]) == (200, "healthy")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert ready.json()["spec_valid"] is False
+    assert_envelope(plan, 401, "UNAUTHORIZED")
+
+
 async def get_path(url: str, path: str) -> httpx.Response:
     async with httpx.AsyncClient(timeout=30) as client:
         return await client.get(url + path)
@@ -128,6 +187,29 @@ async def test_tokens_rotate_when_the_tokens_file_changes(tmp_path: Path) -> Non
     assert old.status_code == 401
     assert new.status_code == 200
     assert comment.status_code == 401
+
+
+async def test_deleting_the_tokens_file_revokes_its_tokens_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("from-file\n")
+    auth = AuthSettings(
+        providers=("token",),
+        token=TokenSettings(tokens=("from-config",), tokens_file=str(tokens)),
+    )
+    bearer = {"Authorization": "Bearer from-file"}
+    async with rest_server(settings_with(tmp_path, auth)) as url:
+        before = await get(url, bearer)
+        tokens.unlink()
+        deleted = await get(url, bearer)
+        config = await get(url, {"Authorization": "Bearer from-config"})
+        tokens.write_text("from-file\n")
+        back = await get(url, bearer)
+    assert before.status_code == 200
+    assert_envelope(deleted, 401, "UNAUTHORIZED")
+    assert config.status_code == 200
+    assert back.status_code == 200
 
 
 async def test_exempt_paths_are_configurable(tmp_path: Path) -> None:

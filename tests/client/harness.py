@@ -23,6 +23,7 @@ from anyio.streams.text import TextReceiveStream
 from starlette.middleware import Middleware
 
 from tei_reconciler.api import PlannedAction, create_app, serve_api
+from tei_reconciler.api.context import ModelCommands
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.planner.phase import Phase
@@ -75,6 +76,8 @@ async def served(
     *,
     ssl: ssl_.SSLContext | None = None,
     middleware: Sequence[Middleware] = (),
+    models: ModelCommands | None = None,
+    store: StatusStore | None = None,
 ) -> AsyncIterator[Server]:
     runtime = tmp_path / "runtime"
     (runtime / "logs").mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,7 @@ async def served(
     path = tmp_path / "state.toml"
     path.write_text(state)
     statefile = StateFile(path, reserved_ports=settings.reserved_ports)
-    store = StatusStore()
+    store = store or StatusStore()
     app = create_app(
         statefile=statefile,
         store=store,
@@ -90,6 +93,7 @@ async def served(
         on_change=lambda: None,
         preview=preview,
         middleware=middleware,
+        models=models,
     )
     async with anyio.create_task_group() as tg:
         port = await tg.start(partial(serve_api, app, host="127.0.0.1", port=0, grace=1.0, ssl=ssl))

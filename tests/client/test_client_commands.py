@@ -205,7 +205,7 @@ async def test_stop_start_and_restart_edit_the_desired_state(tmp_path: Path) -> 
         restarted = await cli("restart", "alpha", "--server", server.url)
         restarted_at = server.spec("alpha").restarted_at
     assert stopped.returncode == 0, stopped.stderr
-    assert stopped.stdout == "instance/alpha stopped (desired stopped, phase Pending)\n"
+    assert stopped.stdout == "instance/alpha stopped (desired stopped, phase Stopped)\n"
     assert (after_stop, after_start) == ("stopped", "running")
     assert started.stdout.startswith("instance/alpha started (desired running")
     assert restarted.returncode == 0

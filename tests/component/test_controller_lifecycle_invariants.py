@@ -15,6 +15,7 @@ import anyio.lowlevel
 import msgspec
 import pytest
 
+from tei_reconciler.control.source import file_loader
 from tei_reconciler.desired.spec import DesiredRun, InstanceSpec, spec_hash
 from tei_reconciler.errors import PermanentError
 
@@ -184,11 +185,35 @@ async def test_boot_does_not_wait_for_instances_to_become_ready(tmp_path: Path) 
 
 
 async def test_the_state_file_alone_decides_what_runs_on_first_boot(tmp_path: Path) -> None:
+    """tei-manager ignored its seeds or its state file depending on a flag, and overwrote the
+    file it ignored. Here the file, read by the real loader, is the only source: what an
+    earlier run left in the runtime directory starts nothing, and boot never rewrites it."""
     world = World(tmp_path)
-    world.set_desired(SPEC, msgspec.structs.replace(SPEC, name="b", port=None))
+    world.controller.source.loader = file_loader(world.settings.reserved_ports)
+    text = (
+        '[instances.a]\nmodel_id = "hash/8"\n'
+        '[instances.b]\nmodel_id = "hash/8"\nstate = "stopped"\n'
+    )
+    leftovers(world, text, ghost="ghost")
     async with running(world):
         await world.phase("a", "Running")
-        await world.phase("b", "Running")
+        await world.phase("b", "Stopped")
+        await world.passes(2)
+    assert [name for name, _, _ in world.driver.spawned] == ["a"]
+    assert world.status("ghost") is None
+    assert world.controller.ports.get("ghost") is None
+    assert await anyio.Path(world.settings.state_file).read_text() == text  # never rewritten
+
+
+def leftovers(world: World, state: str, *, ghost: str) -> None:
+    """A state file, and the port book of an earlier run that still names `ghost`."""
+    Path(world.settings.state_file).write_text(state)
+    book = Path(world.settings.runtime_dir) / "ports.json"
+    book.parent.mkdir(parents=True, exist_ok=True)
+    first = world.settings.instance_port_range[0]
+    leftover = {"port": first, "prometheus_port": world.settings.prometheus_port_range[0]}
+    book.write_text(json.dumps({"ports": {ghost: leftover}}))
+    world.controller.ports._load()
 
 
 async def test_a_hung_probe_delays_no_other_instance_and_restarts_reset_the_count(

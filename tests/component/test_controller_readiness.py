@@ -9,6 +9,7 @@ import pytest
 
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.drivers.probe import ProbeOutcome
+from tei_reconciler.planner.status import StoreChange
 
 from .reconciler_fakes import FakeProber, World, running
 
@@ -42,7 +43,8 @@ async def test_fewer_failed_probes_than_the_threshold_keep_the_instance_routable
         with world.store.subscribe() as changes, anyio.fail_after(10):
             prober.script = [False, False, True]  # two failures in a row, then healthy
             while True:
-                status = (await changes.receive()).status
+                change = await changes.receive()
+                status = change.status if isinstance(change, StoreChange) else None
                 if status is None:
                     continue
                 seen.append((status.health_check_failures, status.ready))

@@ -38,22 +38,24 @@ async def test_an_emptied_file_keeps_every_instance_and_says_why(tmp_path: Path)
         assert world.store.spec_errors == ()
 
 
-def test_a_first_start_without_a_state_file_is_valid_and_desires_nothing(tmp_path: Path) -> None:
+async def test_a_first_start_without_a_state_file_is_valid_and_desires_nothing(
+    tmp_path: Path,
+) -> None:
     store = StatusStore()
     path = tmp_path / "state.toml"
     source = DesiredSource(path, file_loader(frozenset()), store=store, clock=FakeClock())
-    desired = source.refresh()
+    desired = await source.refresh()
     assert desired is not None
     assert desired.instances == {}
     assert not store.spec_errors
     path.write_text('[instances.a]\nmodel_id = "o/m"\n')
-    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+    assert set((await source.refresh()).instances) == {"a"}  # type: ignore[union-attr]
     path.unlink()  # a file that vanishes later is an error: the last good state stays
-    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+    assert set((await source.refresh()).instances) == {"a"}  # type: ignore[union-attr]
     assert "no such file" in store.spec_errors[0]
 
 
-def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_instance(
+async def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_instance(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "state.toml"
@@ -61,7 +63,7 @@ def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_inst
     store = StatusStore()
     real = file_loader(frozenset())
     source = DesiredSource(path, real, store=store, clock=FakeClock())
-    assert set(source.refresh().instances) == {"a"}  # type: ignore[union-attr]
+    assert set((await source.refresh()).instances) == {"a"}  # type: ignore[union-attr]
 
     def editor_truncates_meanwhile(p: Path) -> DesiredState:
         p.write_bytes(b"")  # an in-place save: truncate first, write later
@@ -69,10 +71,10 @@ def test_a_file_truncated_between_the_change_check_and_the_load_keeps_every_inst
 
     path.write_text('[instances.a]\nmodel_id = "o/m"\n[instances.b]\nmodel_id = "o/m"\n')
     source.loader = editor_truncates_meanwhile
-    desired = source.refresh()
+    desired = await source.refresh()
     assert desired is not None
     assert set(desired.instances) == {"a"}  # the last good state, not "nothing"
     assert "empty" in store.spec_errors[0]
     source.loader = real
     path.write_text('[instances.a]\nmodel_id = "o/m"\n[instances.b]\nmodel_id = "o/m"\n')
-    assert set(source.refresh().instances) == {"a", "b"}  # type: ignore[union-attr]
+    assert set((await source.refresh()).instances) == {"a", "b"}  # type: ignore[union-attr]

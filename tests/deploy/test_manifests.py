@@ -4,8 +4,8 @@ carry is a valid state file and a valid configuration."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ import yaml  # type: ignore[import-untyped]
 
 from tei_reconciler.desired.statefile import parse_state
 from tei_reconciler.settings import Settings, load_settings
+
+from support import kustomize
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 BASE = MANIFESTS / "base"
@@ -166,25 +168,89 @@ def test_the_shipped_state_and_config_toml_are_valid(directory: Path) -> None:
     assert all(s.port is None or lo <= s.port < hi for s in desired.instances.values())
 
 
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+CONFIGS = {
+    "base": BASE,
+    **{o: MANIFESTS / "overlays" / o for o in OVERLAYS},
+}
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "container"])
+def test_every_config_that_listens_beyond_loopback_requires_a_token_or_a_client_cert(
+    name: str,
+) -> None:
+    if name == "container":
+        settings = load_settings({}, {}, MANIFESTS / "container" / "config.toml")
+    else:
+        settings = settings_of(CONFIGS[name])
+    exposed = [h for h in (settings.api_host, settings.grpc_host) if not is_loopback(h)]
+    if not exposed:
+        return
+    auth = settings.auth
+    assert auth.providers, f"{name}: listens on {exposed} without [auth]"
+    if "token" in auth.providers:
+        assert auth.token.tokens_file, f"{name}: tokens belong in a Secret, not in the config"
+        assert not auth.token.tokens
+    if name == "container":
+        assert auth.token.tokens_file is not None
+        assert auth.token.tokens_file.startswith("/run/secrets/")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_tokens_file_comes_from_a_secret_and_the_probes_need_no_token(name: str) -> None:
+    settings = settings_of(CONFIGS[name])
+    pod = deployment()["spec"]["template"]["spec"]
+    main = container(pod)
+    for probe in ("livenessProbe", "readinessProbe"):
+        path = main[probe]["httpGet"]["path"]
+        assert path in settings.auth.exempt_paths, f"{name}: the kubelet gets 401 on {path}"
+    assert settings.auth.token.tokens_file is not None
+    tokens_dir = str(Path(settings.auth.token.tokens_file).parent)
+    (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == tokens_dir]
+    assert "subPath" not in mount, "a subPath mount never sees a rotated Secret"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "tei-reconciler-tokens"
+
+
 def test_the_image_config_is_a_valid_configuration() -> None:
     settings = load_settings({}, {}, MANIFESTS / "container" / "config.toml")
     assert settings.state_file == "/data/state.toml"
 
 
 def built(overlay: str) -> list[dict[str, Any]]:
-    """The overlay as `kubectl kustomize` renders it (offline; skipped without kubectl)."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed")
-    done = subprocess.run(
-        [kubectl, "kustomize", str(MANIFESTS / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [d for d in yaml.safe_load_all(done.stdout) if d is not None]
+    """The overlay as `kubectl kustomize` renders it, or the Python renderer without kubectl:
+    never skipped."""
+    return kustomize.render(MANIFESTS / "overlays" / overlay)
+
+
+def without_hash_suffix(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The objects with generated ConfigMap names' content hash cut off (each renderer hashes
+    its own way), sorted by kind and name."""
+
+    def cut(name: str) -> str:
+        return re.sub(r"-[a-z0-9]{10}$", "", name)
+
+    for obj in objects:
+        if obj["kind"] == "ConfigMap":
+            obj["metadata"]["name"] = cut(obj["metadata"]["name"])
+        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                volume["configMap"]["name"] = cut(volume["configMap"]["name"])
+    return sorted(objects, key=lambda o: (o["kind"], o["metadata"]["name"]))
+
+
+@pytest.mark.parametrize("directory", [BASE, *(MANIFESTS / "overlays" / o for o in OVERLAYS)])
+def test_the_python_renderer_renders_our_manifests_as_kubectl_kustomize_does(
+    directory: Path,
+) -> None:
+    if kustomize.kubectl() is None:
+        pytest.skip("kubectl is not installed: the overlay tests use the Python renderer alone")
+    python = without_hash_suffix(kustomize.render_in_python(directory))
+    assert python == without_hash_suffix(kustomize.render(directory))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -224,3 +224,9 @@ def test_prometheus_port_serves_health_and_tei_metric_names(
 def test_ready_is_logged_after_the_grpc_server_starts(engine: Engine) -> None:
     log = engine.log()
     assert log.index("Starting gRPC server: 127.0.0.1:") < log.index("Ready")
+
+
+def test_the_log_names_the_addresses_really_bound(engine: Engine) -> None:
+    log = engine.log()
+    assert f"Starting gRPC server: 127.0.0.1:{engine.port}" in log
+    assert f"Serving Prometheus metrics: 127.0.0.1:{engine.prom_port}" in log

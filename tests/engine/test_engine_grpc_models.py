@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -195,9 +196,12 @@ def test_api_key_guards_tei_services_but_not_health() -> None:
         assert health.Check(health_pb2.HealthCheckRequest()).status == SERVING
 
 
-def test_unary_calls_beyond_max_concurrent_requests_are_overloaded() -> None:
+def test_unary_calls_beyond_max_concurrent_requests_are_overloaded(tmp_path: Path) -> None:
+    release = tmp_path / "release"  # the first request stays in flight until this exists
     with (
-        running("hash/8", "--max-concurrent-requests", "1", faults="slow_ms=3000") as engine,
+        running(
+            "hash/8", "--max-concurrent-requests", "1", faults=f"hold_until={release}"
+        ) as engine,
         channel_to(engine) as channel,
     ):
         stub = tei_pb2_grpc.EmbedStub(channel)
@@ -211,5 +215,7 @@ def test_unary_calls_beyond_max_concurrent_requests_are_overloaded() -> None:
             stub.Embed(tei_pb2.EmbedRequest(inputs="second"))
         assert overloaded.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert overloaded.value.details() == "Model is overloaded"
+        release.touch()
         slow.join(timeout=30)
+        assert not slow.is_alive()
         assert 'te_request_failure{err="overloaded"} 1' in httpx.get(metrics).text

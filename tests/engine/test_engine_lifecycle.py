@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from support.engines import Engine, running, spawn
+from support.engines import Engine, run_engine, running, spawn
 from support.net import free_port, port_open
 from support.waiting import DEADLINE, wait_until
 
@@ -39,9 +39,12 @@ def test_port_stays_closed_until_the_engine_is_ready() -> None:
         engine.stop()
 
 
-def sigterm_during(engine: Engine, request: Callable[[], object], metrics: str) -> list[object]:
-    """SIGTERM `engine` once `request`, run in a thread, has reached it (its `metrics` count
-    it); asserts a zero exit status and returns what the request got (answer or error)."""
+def sigterm_during(
+    engine: Engine, request: Callable[[], object], metrics: str, release: Path
+) -> list[object]:
+    """SIGTERM `engine` while `request`, run in a thread, is held in flight (`hold_until`
+    fault on `release`): the engine must start its shutdown yet keep running and not answer
+    until the request is released, then answer it and exit 0. Returns what the request got."""
     results: list[object] = []
 
     def call() -> None:
@@ -54,46 +57,43 @@ def sigterm_during(engine: Engine, request: Callable[[], object], metrics: str) 
     worker.start()
     wait_until(lambda: "te_embed_count 1" in httpx.get(metrics).text, "the request")
     engine.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "starting graceful shutdown" in engine.log(), "the shutdown to begin")
+    assert engine.proc.poll() is None, "exited with a request in flight"
+    assert results == []  # still held: the drain waits for it
+    release.touch()
     assert engine.wait_exit() == 0
     worker.join(timeout=DEADLINE)
     return results
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_zero() -> None:
-    with running("hash/8", faults="slow_ms=1500") as engine:
+def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    with running("hash/8", faults=f"hold_until={release}") as engine:
         with grpc.insecure_channel(engine.target) as channel:
             stub = tei_pb2_grpc.EmbedStub(channel)
             results = sigterm_during(
                 engine,
                 lambda: stub.Embed(tei_pb2.EmbedRequest(inputs="in flight")),
                 engine.metrics_url,
+                release,
             )
         assert len(results) == 1
         assert isinstance(results[0], tei_pb2.EmbedResponse)
-        assert "signal received, starting graceful shutdown" in engine.log()
 
 
-def test_sigterm_lets_an_in_flight_http_request_finish_and_exits_zero() -> None:
-    with running("hash/8", http=True, faults="slow_ms=1500") as engine:
+def test_sigterm_lets_an_in_flight_http_request_finish_and_exits_zero(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    with running("hash/8", http=True, faults=f"hold_until={release}") as engine:
         results = sigterm_during(
             engine,
-            lambda: httpx.post(f"{engine.url}/embed", json={"inputs": "in flight"}, timeout=30),
+            lambda: httpx.post(f"{engine.url}/embed", json={"inputs": "in flight"}, timeout=60),
             f"{engine.url}/metrics",  # the HTTP build serves its metrics on its own port
+            release,
         )
         (response,) = results
         assert isinstance(response, httpx.Response)
         assert response.status_code == 200
         assert len(response.json()[0]) == 8
-
-
-def run_engine(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tei_reconciler", "engine", *argv],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        check=False,
-    )
 
 
 def test_a_port_in_use_is_a_fatal_error_with_status_one() -> None:

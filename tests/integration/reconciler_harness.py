@@ -14,12 +14,13 @@ from typing import Any
 
 import anyio
 import psutil
+from anyio.abc import TaskStatus
 
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.desired.spec import MARKER_INSTANCE, MARKER_OWNER
 from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.routing import RoutingTable
-from tei_reconciler.service import serve
+from tei_reconciler.service import FrontEnds, Part, serve
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
@@ -46,6 +47,8 @@ def fast_settings(tmp: Path, **overrides: Any) -> Settings:
         "backoff_reset_secs": 600.0,
         "stop_grace_secs": 3.0,
         "on_shutdown": "stop",
+        "huggingface_hub_cache": str(tmp / "hub"),  # never the user's own cache
+        "hf_offline": True,  # and never the real Hub (model tests point it at a local one)
     }
     values.update(overrides)
     return Settings(**values)
@@ -105,6 +108,15 @@ class Harness:
         self.controller = controller
         self.store = store
         self.table = table
+        self.ports: list[int] = []  # with front ends: the REST API's port, then the gRPC port
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.ports[1]}"
 
     @property
     def state_file(self) -> Path:
@@ -134,14 +146,32 @@ class Harness:
         return result
 
 
+def _port_recorded(part: Part, ports: list[int]) -> Part:
+    async def run(controller: Controller, *, task_status: TaskStatus[int]) -> None:
+        async with anyio.create_task_group() as tg:
+            port: int = await tg.start(part, controller)
+            ports.append(port)
+            task_status.started(port)
+
+    return run
+
+
 @asynccontextmanager
-async def reconciler(settings: Settings, state: str | None = None) -> AsyncIterator[Harness]:
-    """A running reconciler (controller + watcher); on exit it stops every instance."""
+async def reconciler(
+    settings: Settings, state: str | None = None, *, with_front_ends: bool = False
+) -> AsyncIterator[Harness]:
+    """A running reconciler (controller + watcher, and with `with_front_ends` the REST API and
+    the data plane of `tei-reconciler run`); on exit it stops every instance."""
     state_file = Path(settings.state_file)
     if state is not None:
         write_atomic(state_file, state)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     store, table = StatusStore(), RoutingTable()
+    ports: list[int] = []
+    parts = []
+    if with_front_ends:  # as `run` builds them (the data plane its settings choose)
+        _, built = FrontEnds(settings).build(table, store)
+        parts = [_port_recorded(p, ports) for p in built]
     try:
         async with anyio.create_task_group() as tg:
             controller: Controller = await tg.start(
@@ -149,12 +179,15 @@ async def reconciler(settings: Settings, state: str | None = None) -> AsyncItera
                     settings,
                     store=store,
                     table=table,
+                    extra=parts,
                     handle_signals=False,
                     task_status=task_status,
                 )
             )
             try:
-                yield Harness(controller, store, table)
+                harness = Harness(controller, store, table)
+                harness.ports = ports
+                yield harness
             finally:
                 tg.cancel_scope.cancel()
     finally:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,22 +154,33 @@ async def test_keep_on_shutdown_leaves_instances_running_for_the_next_reconciler
         assert again.restarts == 0
 
 
-async def test_stop_on_shutdown_stops_every_instance_within_one_grace_period(
+async def test_stop_on_shutdown_signals_every_instance_at_once_not_one_after_another(
     tmp_path: Path,
 ) -> None:
-    """tei-manager stopped instances one after another, 30 s each."""
-    settings = fast_settings(tmp_path, stop_grace_secs=4.0)
-    faults = {"TEI_ENGINE_FAULTS": "ignore_sigterm=1"}
-    state = "".join(instance_toml(n, env=faults) for n in ("a", "b", "c"))
-    async with reconciler(settings, state) as h:
-        for name in ("a", "b", "c"):
-            await h.ready(name)
-        pids = [s.pid for s in h.store.all()]
-        started = time.monotonic()
-    elapsed = time.monotonic() - started
-    assert all(p is not None and not psutil.pid_exists(p) for p in pids)
-    # In parallel: about one grace period, far from the three a sequential stop needs.
-    assert elapsed < 2 * settings.stop_grace_secs
+    """tei-manager stopped instances one after another, 30 s each. Each instance here ignores
+    SIGTERM and records it: when the last one has it, none may have been killed yet, which a
+    stop that waits out one grace period per instance cannot do."""
+    settings = fast_settings(tmp_path, stop_grace_secs=5.0)
+    names = ("a", "b", "c")
+    received = {n: tmp_path / f"{n}.signals" for n in names}
+    state = "".join(
+        instance_toml(n, env={"TEI_ENGINE_FAULTS": f"ignore_sigterm=1,signal_file={received[n]}"})
+        for n in names
+    )
+    alive_when_all_signalled: list[bool] = []
+
+    async def watch_the_shutdown(pids: list[int]) -> None:
+        await eventually(
+            lambda: all(f.exists() for f in received.values()), what="SIGTERM at every instance"
+        )
+        alive_when_all_signalled.extend(psutil.pid_exists(p) for p in pids)
+
+    async with anyio.create_task_group() as tg, reconciler(settings, state) as h:
+        pids = [(await h.ready(n)).pid or 0 for n in names]
+        tg.start_soon(watch_the_shutdown, pids)
+    assert alive_when_all_signalled == [True, True, True]
+    assert all(f.read_text() == "SIGTERM\n" for f in received.values())
+    assert not any(psutil.pid_exists(p) for p in pids)  # then the grace ran out: SIGKILL
 
 
 async def test_sigterm_to_the_reconciler_stops_its_instances_and_exits_cleanly(

@@ -94,7 +94,11 @@ class FakeInfo(tei_pb2_grpc.InfoServicer):
 
 
 class FakeRerank(tei_pb2_grpc.RerankServicer):
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
     async def RerankStream(self, requests: AsyncIterator[Any], context: Any) -> Any:
+        self.recorder.calls += 1
         ranks = [tei_pb2.Rank(index=i, score=float(len(r.text))) async for i, r in _enum(requests)]
         return tei_pb2.RerankResponse(ranks=ranks)
 
@@ -115,7 +119,7 @@ async def fake_backend(
     server = grpc.aio.server()
     tei_pb2_grpc.add_EmbedServicer_to_server(FakeEmbed(recorder, dim), server)  # type: ignore[abstract]
     tei_pb2_grpc.add_InfoServicer_to_server(FakeInfo(model_id), server)
-    tei_pb2_grpc.add_RerankServicer_to_server(FakeRerank(), server)  # type: ignore[abstract]
+    tei_pb2_grpc.add_RerankServicer_to_server(FakeRerank(recorder), server)  # type: ignore[abstract]
     bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     await server.start()
     try:

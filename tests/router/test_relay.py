@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import anyio
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
@@ -15,7 +16,7 @@ from tei_reconciler.routing import RoutingTable
 
 from .fake_backend import fake_backend, vector
 from .harness import endpoint, mux_client, mux_to_fake, running_router, to
-from support.waiting import DEADLINE
+from support.waiting import DEADLINE, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_data_plane")]
 
@@ -136,6 +137,120 @@ async def test_a_client_cancel_of_a_stream_reaches_the_backend() -> None:
         call.cancel()
         with anyio.fail_after(DEADLINE):
             await recorder.cancelled.wait()
+
+
+def router_calls(instance: str, method: str, code: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "tei_reconciler_router_requests_total",
+        {"instance": instance, "method": method, "code": code},
+    )
+    return value or 0.0
+
+
+async def test_streams_the_client_cancels_are_counted_cancelled_and_finished_ones_ok() -> None:
+    stream = "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
+    async with fake_backend() as (a_port, recorder):
+        table = RoutingTable()
+        table.update([endpoint("cancel-counted", a_port)])
+        async with running_router(table) as port, mux_client(port) as stub:
+            finished = stub.EmbedStream(timeout=DEADLINE)
+            await finished.write(embed("one", to("cancel-counted")))
+            await finished.read()
+            await finished.done_writing()
+            assert await finished.read() == grpc.aio.EOF
+            cancelled = stub.EmbedStream(timeout=DEADLINE)
+            await cancelled.write(embed("fine", to("cancel-counted")))
+            await cancelled.read()
+            await cancelled.write(embed("slow too"))
+            with anyio.fail_after(DEADLINE):
+                await recorder.slow_started.wait()
+            cancelled.cancel()
+            with anyio.fail_after(DEADLINE):
+                await recorder.cancelled.wait()
+            await eventually(
+                lambda: router_calls("cancel-counted", stream, "CANCELLED"), what="the count"
+            )
+    assert router_calls("cancel-counted", stream, "OK") == 1
+    assert router_calls("cancel-counted", stream, "CANCELLED") == 1
+
+
+#: Bytes that are no protobuf message at all, and a string field whose length runs past the end.
+MALFORMED = [b"\xff\xff\xff", b"\x0a\x05ab"]
+
+
+def wrapped(target: mux.Target, inner: bytes) -> bytes:
+    """A multiplexer wrapper around raw inner bytes, as a client library would frame it."""
+    raw_target = target.SerializeToString()
+    return b"\x0a" + bytes([len(raw_target)]) + raw_target + b"\x12" + bytes([len(inner)]) + inner
+
+
+async def test_malformed_requests_are_invalid_argument_on_both_routes_never_forwarded() -> None:
+    mux_embed = "/tei_multiplexer.v1.TeiMultiplexer/Embed"
+    mux_stream = "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
+    async with fake_backend() as (a_port, recorder):
+        table = RoutingTable()
+        table.update([endpoint("a", a_port)])
+        async with (
+            running_router(table) as port,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            failures: list[grpc.aio.AioRpcError] = []
+            for bad in MALFORMED:
+                calls = [
+                    channel.unary_unary(mux_embed)(wrapped(to("a"), bad), timeout=DEADLINE),
+                    channel.unary_unary("/tei.v1.Embed/Embed")(bad, timeout=DEADLINE),
+                ]
+                for call in calls:
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call
+                    failures.append(caught.value)
+                good = tei_pb2.EmbedRequest(inputs="fine").SerializeToString()
+                for path, first, later in [
+                    (mux_stream, wrapped(to("a"), good), wrapped(to("a"), bad)),
+                    ("/tei.v1.Embed/EmbedStream", good, bad),
+                ]:
+                    stream = channel.stream_stream(path)(timeout=DEADLINE)
+                    await stream.write(first)
+                    await stream.read()
+                    await stream.write(later)
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await stream.read()
+                    failures.append(caught.value)
+    assert len(failures) == 8
+    for failure in failures:
+        assert failure.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert failure.details().startswith("Malformed message: ")
+    assert recorder.calls == 4  # only the good first message of each stream
+
+
+async def test_a_request_above_the_instances_4_mib_limit_is_refused_saying_why() -> None:
+    big = tei_pb2.EmbedRequest(inputs="x" * (5 * 1024 * 1024)).SerializeToString()
+    async with fake_backend() as (a_port, recorder):
+        table = RoutingTable()
+        table.update([endpoint("a", a_port)])
+        async with (
+            running_router(table) as port,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            failures = []
+            for path, payload in [
+                ("/tei_multiplexer.v1.TeiMultiplexer/Embed", wrapped_long(to("a"), big)),
+                ("/tei.v1.Embed/Embed", big),
+            ]:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await channel.unary_unary(path)(payload, timeout=DEADLINE)
+                failures.append(caught.value)
+    for failure in failures:
+        assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"request message of {len(big)} bytes not forwarded" in failure.details()
+        assert "TEI instances accept at most 4194304 bytes (4 MiB)" in failure.details()
+    assert recorder.calls == 0
+
+
+def wrapped_long(target: mux.Target, inner: bytes) -> bytes:
+    return mux.EmbedRequest(
+        target=target, request=tei_pb2.EmbedRequest.FromString(inner)
+    ).SerializeToString()
 
 
 async def test_client_metadata_is_forwarded_but_the_routing_keys_are_not() -> None:

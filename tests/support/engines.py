@@ -101,6 +101,20 @@ def spawn(
     return Engine(proc, host, port, prom_port, Path(name))
 
 
+def run_engine(
+    *argv: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run an engine to its end (for start errors), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tei_reconciler", "engine", *argv],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
 @contextmanager
 def running(model: str, *flags: str, **options: Unpack[Options]) -> Iterator[Engine]:
     """An engine that listens, for the duration of the block."""

@@ -51,6 +51,8 @@ class Reconciler:
             "BACKOFF_INITIAL_SECS": "0.5",
             "BACKOFF_MAX_SECS": "2",
             "STOP_GRACE_SECS": "5",
+            "HUGGINGFACE_HUB_CACHE": str(self.root / "hub"),  # never the user's own cache
+            "HF_OFFLINE": "true",  # and never the real Hub
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEI_RECONCILER_")}
         env.update({f"TEI_RECONCILER_{k}": v for k, v in settings.items()})

@@ -184,7 +184,7 @@ def test_a_read_only_state_file_disables_every_action_and_says_why(
 def test_the_instance_page_shows_why_the_last_process_ended_and_what_it_wrote(
     page: Any, reconciler: Reconciler
 ) -> None:
-    reconciler.create("ghost", "org/missing-model")
+    reconciler.create("ghost", env={"TEI_ENGINE_FAULTS": "no_such_fault=1"})
     wait_until(
         lambda: (i := reconciler.instance("ghost")) is not None and i["last_exit"],
         what="the engine to exit",
@@ -192,13 +192,13 @@ def test_the_instance_page_shows_why_the_last_process_ended_and_what_it_wrote(
     page.get(f"{reconciler.url}/ui/#/instances/ghost")
     last = wait_until(lambda: text_of(page, ".last-exit"), what="the last exit")
     assert "exited with code 1" in last
-    assert "is not available" in last
+    assert "unknown fault(s) no_such_fault" in last
     charts = page.find_elements(By.CSS_SELECTOR, "figure.chart svg[role=img]")
     assert len(charts) == 4
     follow = click(page, "Follow")
     assert follow.get_attribute("aria-pressed") == "true"
     wait_until(
-        lambda: "is not available" in page.find_element(By.CSS_SELECTOR, "pre.log").text,
+        lambda: "no_such_fault" in page.find_element(By.CSS_SELECTOR, "pre.log").text,
         what="the log",
     )
 

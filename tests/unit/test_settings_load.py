@@ -57,7 +57,7 @@ def test_without_any_source_every_key_has_its_documented_default() -> None:
     assert (s.request_timeout_secs, s.max_message_mb, s.idle_channel_secs) == (30, 40, 600)
     assert (s.default_instance, s.max_body_bytes, s.max_concurrent_starts) == (None, 1 << 20, 4)
     assert s.auth == AuthSettings()
-    assert s.auth.exempt_paths == ("/health", "/metrics")
+    assert s.auth.exempt_paths == ("/health", "/ready", "/metrics")
     assert s.reserved_ports == frozenset({9000, 9001})
 
 

@@ -1,0 +1,217 @@
+"""`/models` routes: tei-manager's model registry paths and fields, over the state file and
+the model registry.
+
+`GET /models` lists every model the state file declares, an instance uses, or the cache
+holds; `POST /models` declares one (a `[models."<id>"]` table, written like every other edit
+of the desired state); `POST /models/{id}/download` asks the registry to fetch it now (202,
+or with `?wait=true` the answer once it is on disk, as tei-manager's blocking download gave);
+`DELETE /models/{id}` undeclares it, and with `?evict=true` removes its files from the cache,
+refused with 409 while an instance uses it. `GET /models/{id}/events` is the model's event
+log, or with `Accept: text/event-stream` its status as it changes (download progress
+included). Ids contain a slash: send them percent-encoded as one segment (`BAAI%2Fbge-small`),
+as tei-manager requires; the plain form works too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import anyio
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tei_reconciler.api._http import decode_json, query_bool, query_float
+from tei_reconciler.api.context import ApiContext, ModelCommands, ctx_of
+from tei_reconciler.api.errors import ApiError, api_error_for, json_response
+from tei_reconciler.api.schemas import DeclareModelRequest, ErrorDetail, ModelOut
+from tei_reconciler.api.streams import HEARTBEAT_SECS, EventStream, sse, wants_stream
+from tei_reconciler.api.views import event_out, model_out
+from tei_reconciler.desired.check import accepts
+from tei_reconciler.planner.model_status import ModelChange, ModelState, ModelStatus
+
+DEFAULT_WAIT_SECS = 3600.0
+
+
+def _model_id(request: Request) -> str:
+    return str(request.path_params["model_id"])
+
+
+def check_model_id(model_id: str) -> None:
+    if model_id.startswith("hash/") or not accepts("model_id", model_id):
+        message = "must be a Hugging Face model id ('org/name') or an absolute path"
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            f"invalid model id {model_id!r}: {message}",
+            [ErrorDetail(field="model_id", message=message)],
+        )
+
+
+def _commands(ctx: ApiContext) -> ModelCommands:
+    if ctx.models is None:
+        raise ApiError(503, "MODELS_UNAVAILABLE", "this server runs no model registry")
+    return ctx.models
+
+
+async def _declared(ctx: ApiContext) -> dict[str, tuple[str | None, bool]]:
+    desired = await ctx.effective()
+    return {m: (s.revision, s.keep) for m, s in desired.models.items()}
+
+
+async def _users(ctx: ApiContext, model_id: str) -> list[str]:
+    desired = await ctx.effective()
+    return sorted(s.name for s in desired.instances.values() if s.model_id == model_id)
+
+
+async def _shown(ctx: ApiContext, model_id: str) -> ModelOut | None:
+    """The model as the registry sees it, else as the state file declares it; whether it is
+    declared and who uses it always as the state file says now."""
+    declared = await _declared(ctx)
+    users = await _users(ctx, model_id)
+    revision, keep = declared.get(model_id, (None, False))
+    status = ctx.store.model(model_id)
+    if status is None:
+        if model_id not in declared and not users:
+            return None
+        status = ModelStatus(
+            model_id=model_id,
+            state=ModelState.AVAILABLE,
+            revision=revision,
+            reason="NotObserved",
+            message="the registry has not looked at it yet",
+        )
+    return model_out(
+        msgspec.structs.replace(
+            status, declared=model_id in declared, keep=keep, used_by=tuple(users)
+        )
+    )
+
+
+async def list_models(request: Request) -> Response:
+    ctx = ctx_of(request)
+    ids = {s.model_id for s in ctx.store.models()} | set(await _declared(ctx))
+    ids |= {s.model_id for s in (await ctx.effective()).instances.values()}
+    shown = [m for m in [await _shown(ctx, i) for i in sorted(ids)] if m is not None]
+    return json_response(shown)
+
+
+async def get_model(request: Request) -> Response:
+    ctx = ctx_of(request)
+    model_id = _model_id(request)
+    shown = await _shown(ctx, model_id)
+    if shown is None:
+        raise ApiError(404, "MODEL_NOT_FOUND", f"model {model_id!r} not found")
+    return json_response(shown)
+
+
+async def declare_model(request: Request) -> Response:
+    """tei-manager's `POST /models`: 201 when newly declared, 200 when it already was."""
+    ctx = ctx_of(request)
+    body = await decode_json(request, DeclareModelRequest, ctx.settings.max_body_bytes)
+    check_model_id(body.model_id)
+    fields = {"revision": body.revision, "keep": body.keep}
+    try:
+        _, created = await ctx.write(ctx.statefile.declare_model, body.model_id, fields)
+    except Exception as exc:
+        raise api_error_for(exc, prefix=f"models.{body.model_id}.") from exc
+    shown = await _shown(ctx, body.model_id)
+    return json_response(shown, status=201 if created else 200)
+
+
+async def download_model(request: Request) -> Response:
+    """Fetch now: 202 with the queued status, or `?wait=true`: 200 once on disk, 500
+    `MODEL_DOWNLOAD_FAILED` when the fetch failed, 504 when `timeout` passed first."""
+    ctx = ctx_of(request)
+    model_id = _model_id(request)
+    check_model_id(model_id)
+    wait = query_bool(request, "wait")
+    seconds = query_float(request, "timeout", default=DEFAULT_WAIT_SECS)
+    revision = request.query_params.get("revision") or None
+    commands = _commands(ctx)
+    if wait:
+        return await _fetch_and_wait(ctx, commands, model_id, revision, seconds)
+    commands.fetch_now(model_id, revision)
+    shown = await _shown(ctx, model_id)
+    return json_response(shown, status=202)
+
+
+async def _fetch_and_wait(
+    ctx: ApiContext, commands: ModelCommands, model_id: str, revision: str | None, seconds: float
+) -> Response:
+    with ctx.store.subscribe() as changes:
+        commands.fetch_now(model_id, revision)
+        with anyio.move_on_after(seconds):
+            status = ctx.store.model(model_id)
+            while status is None or status.state in (ModelState.AVAILABLE, ModelState.DOWNLOADING):
+                change = await changes.receive()
+                if isinstance(change, ModelChange) and change.model_id == model_id:
+                    if change.status is None:
+                        raise ApiError(
+                            500, "MODEL_DOWNLOAD_FAILED", f"{model_id} was removed meanwhile"
+                        )
+                    status = change.status
+            if status.state is ModelState.FAILED:
+                raise ApiError(
+                    500, "MODEL_DOWNLOAD_FAILED", f"{model_id}: {status.reason}: {status.message}"
+                )
+            return json_response(model_out(status))
+    raise ApiError(
+        504, "TIMEOUT", f"{model_id} is still downloading after {seconds:g} s (it goes on)"
+    )
+
+
+async def delete_model(request: Request) -> Response:
+    ctx = ctx_of(request)
+    model_id = _model_id(request)
+    evict = query_bool(request, "evict")
+    declared = model_id in await _declared(ctx)
+    cached = ctx.store.model(model_id) is not None
+    if not declared and not cached:
+        raise ApiError(404, "MODEL_NOT_FOUND", f"model {model_id!r} not found")
+    if evict:
+        users = await _users(ctx, model_id)
+        if users:
+            raise ApiError(
+                409,
+                "MODEL_IN_USE",
+                f"{model_id} is used by instance(s) {', '.join(users)}: change or delete them "
+                "first",
+            )
+    if declared:
+        try:
+            await ctx.write(ctx.statefile.undeclare_model, model_id)
+        except Exception as exc:
+            raise api_error_for(exc, prefix=f"models.{model_id}.") from exc
+    if evict:
+        commands = _commands(ctx)
+        await commands.evict(model_id)
+    return Response(status_code=204)
+
+
+async def model_events(request: Request) -> Response | EventStream:
+    ctx = ctx_of(request)
+    model_id = _model_id(request)
+    if not wants_stream(request):
+        if await _shown(ctx, model_id) is None:
+            raise ApiError(404, "MODEL_NOT_FOUND", f"model {model_id!r} not found")
+        return json_response([event_out(e) for e in ctx.store.model_events(model_id)])
+
+    async def changes() -> AsyncGenerator[bytes]:
+        with ctx.store.subscribe() as receive:
+            shown = await _shown(ctx, model_id)
+            if shown is not None:
+                yield sse("model", shown)
+            while True:
+                with anyio.move_on_after(HEARTBEAT_SECS) as idle:
+                    change = await receive.receive()
+                if idle.cancelled_caught:
+                    yield b": keepalive\n\n"
+                    continue
+                if isinstance(change, ModelChange) and change.model_id == model_id:
+                    if change.status is None:
+                        yield sse("deleted", {"model_id": model_id})
+                    else:
+                        yield sse("model", model_out(change.status))
+
+    return EventStream(changes, ctx.closing)
