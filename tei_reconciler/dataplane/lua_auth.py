@@ -32,7 +32,7 @@ EMAIL_SANS_HEADER = "x-tei-internal-peer-email-sans"
 FAIL_CLOSED = """
 function envoy_on_request(handle)
   handle:respond({[":status"] = "200", ["content-type"] = "application/grpc",
-    ["grpc-status"] = "14", ["grpc-message"] = "authentication is not configured yet"}, "")
+    ["grpc-status"] = "14", ["grpc-message"] = "authentication is not configured yet"}, nil)
 end
 """
 
@@ -102,7 +102,7 @@ end
 
 local function refuse(handle, code, message)
   handle:respond({[":status"] = "200", ["content-type"] = "application/grpc",
-    ["grpc-status"] = code, ["grpc-message"] = percent_encode(message)}, "")
+    ["grpc-status"] = code, ["grpc-message"] = percent_encode(message)}, nil)
 end
 
 local function split(list)

@@ -149,6 +149,8 @@ def router_calls(instance: str, method: str, code: str) -> float:
 
 async def test_streams_the_client_cancels_are_counted_cancelled_and_finished_ones_ok() -> None:
     stream = "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
+    ok_before = router_calls("cancel-counted", stream, "OK")
+    cancelled_before = router_calls("cancel-counted", stream, "CANCELLED")
     async with fake_backend() as (a_port, recorder):
         table = RoutingTable()
         table.update([endpoint("cancel-counted", a_port)])
@@ -168,10 +170,11 @@ async def test_streams_the_client_cancels_are_counted_cancelled_and_finished_one
             with anyio.fail_after(DEADLINE):
                 await recorder.cancelled.wait()
             await eventually(
-                lambda: router_calls("cancel-counted", stream, "CANCELLED"), what="the count"
+                lambda: router_calls("cancel-counted", stream, "CANCELLED") > cancelled_before,
+                what="the count",
             )
-    assert router_calls("cancel-counted", stream, "OK") == 1
-    assert router_calls("cancel-counted", stream, "CANCELLED") == 1
+    assert router_calls("cancel-counted", stream, "OK") == ok_before + 1
+    assert router_calls("cancel-counted", stream, "CANCELLED") == cancelled_before + 1
 
 
 #: Bytes that are no protobuf message at all, and a string field whose length runs past the end.
@@ -185,13 +188,15 @@ def wrapped(target: mux.Target, inner: bytes) -> bytes:
 
 
 async def test_malformed_requests_are_invalid_argument_on_both_routes_never_forwarded() -> None:
+    """The grpcio router's own check (behind Envoy, plain tei.v1 requests are the instance's
+    to judge; the multiplexer's are checked as here)."""
     mux_embed = "/tei_multiplexer.v1.TeiMultiplexer/Embed"
     mux_stream = "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
     async with fake_backend() as (a_port, recorder):
         table = RoutingTable()
         table.update([endpoint("a", a_port)])
         async with (
-            running_router(table) as port,
+            running_router(table, data_plane="grpcio") as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             failures: list[grpc.aio.AioRpcError] = []
@@ -224,12 +229,14 @@ async def test_malformed_requests_are_invalid_argument_on_both_routes_never_forw
 
 
 async def test_a_request_above_the_instances_4_mib_limit_is_refused_saying_why() -> None:
+    """The grpcio router's own check (behind Envoy, the instance refuses a plain tei.v1
+    message above its limit itself, RESOURCE_EXHAUSTED too)."""
     big = tei_pb2.EmbedRequest(inputs="x" * (5 * 1024 * 1024)).SerializeToString()
     async with fake_backend() as (a_port, recorder):
         table = RoutingTable()
         table.update([endpoint("a", a_port)])
         async with (
-            running_router(table) as port,
+            running_router(table, data_plane="grpcio") as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             failures = []
