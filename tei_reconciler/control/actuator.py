@@ -35,18 +35,17 @@ from tei_reconciler.errors import ActionError, PermanentError
 from tei_reconciler.planner.actions import AbortNext, Stop
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
 from tei_reconciler.planner.observed import Failure, RolloutFailure
-from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import STOPPED_BECAUSE, ExitInfo, ProbeResult, exit_summary
-from tei_reconciler.routing import Endpoint
+from tei_reconciler.routing import Backend
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
 log = logging.getLogger(__name__)
 
-#: The data plane's drain: returns once no new call reaches the process behind `endpoint`
-#: (its address and generation) and its calls in flight have ended.
-Drain = Callable[[Endpoint], Awaitable[None]]
+#: The data plane's drain: returns once no new call reaches the process `backend` and its
+#: calls in flight have ended (routing.DataPlane.drain).
+Drain = Callable[[Backend], Awaitable[None]]
 
 #: The `tei_reconciler_rollouts` outcome of each way a rollout fails.
 _OUTCOME = {"RolloutFailed": "failed", "ProgressDeadlineExceeded": "deadline_exceeded"}
@@ -365,18 +364,10 @@ class Actuator:
         port = record.placement.port
         if self.drain is None or port is None:
             return None
-        endpoint = Endpoint(
-            name=rt.name,
-            model_id=record.spec.model_id if record.spec is not None else "",
-            host=self.settings.instance_host,
-            port=port,
-            ready=False,
-            phase=Phase.STOPPING,
-            generation=record.generation,
-        )
+        backend = Backend(host=self.settings.instance_host, port=port, generation=record.generation)
         drained = False
         with anyio.move_on_after(self.settings.stop_grace_secs):
-            await self.drain(endpoint)
+            await self.drain(backend)
             drained = True
         return "its calls in flight finished" if drained else "stop_grace_secs passed first"
 

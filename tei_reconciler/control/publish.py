@@ -15,7 +15,7 @@ from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.plan import Assessment, assess
 from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import Condition, InstanceStatus, ProcessStatus
-from tei_reconciler.routing import Endpoint, RoutingTable
+from tei_reconciler.routing import Backend, Endpoint, RoutingTable
 from tei_reconciler.store import StatusStore
 
 
@@ -143,9 +143,14 @@ def build_status(
 
 
 def endpoint_of(status: InstanceStatus, host: str, rt: Runtime | None) -> Endpoint | None:
-    """The routing entry of an instance; None while it has no port at all."""
+    """The routing entry of an instance; None while it has no port at all. The old process
+    of a rollout stays in it as draining until it is stopped (its calls finish there)."""
     if status.port is None:
         return None
+    old = rt.old if rt is not None else None
+    draining: tuple[Backend, ...] = ()
+    if old is not None and old.placement.port is not None:
+        draining = (Backend(host=host, port=old.placement.port, generation=old.generation),)
     return Endpoint(
         name=status.name,
         model_id=status.spec.model_id,
@@ -154,6 +159,7 @@ def endpoint_of(status: InstanceStatus, host: str, rt: Runtime | None) -> Endpoi
         ready=status.ready,
         phase=status.phase,
         generation=_generation(rt),
+        draining=draining,
     )
 
 

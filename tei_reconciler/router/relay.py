@@ -62,11 +62,12 @@ class Relay:
         *,
         request_timeout_secs: float,
         default_instance: str | None,
+        balancer: Balancer | None = None,
         traffic: TrafficSink | None = None,
     ) -> None:
         self.table = table
         self.pool = pool
-        self.balancer = Balancer()
+        self.balancer = balancer or Balancer()
         self.request_timeout_secs = request_timeout_secs
         self.default_instance = default_instance
         self.traffic = traffic  # the dashboard's recent-traffic ring
@@ -80,7 +81,7 @@ class Relay:
     def begin(self, endpoint: Endpoint) -> Connection:
         conn = self.pool.get(endpoint)
         self.pool.acquire(conn)
-        self.balancer.acquire(endpoint.name)
+        self.balancer.acquire(endpoint)
         metrics.ROUTER_IN_FLIGHT.labels(endpoint.name).inc()
         return conn
 
@@ -88,7 +89,7 @@ class Relay:
         self, endpoint: Endpoint, conn: Connection, method: str, code: str, started: float
     ) -> None:
         self.pool.release(conn)
-        self.balancer.release(endpoint.name)
+        self.balancer.release(endpoint)
         metrics.ROUTER_IN_FLIGHT.labels(endpoint.name).dec()
         seconds = time.perf_counter() - started
         metrics.ROUTER_REQUESTS.labels(endpoint.name, method, code).inc()
@@ -183,6 +184,13 @@ class Relay:
                     finished = True
                 except grpc.aio.AioRpcError as exc:
                     failed = exc
+                except asyncio.CancelledError:
+                    # grpc.aio ends the read of a call cancelled here with a CancelledError
+                    # of its own, which anyio does not take for its cancellation: without
+                    # this, a refused stream would leave the handler as if the client had
+                    # cancelled, and the client would never get its status.
+                    if refused is None:
+                        raise
                 tg.cancel_scope.cancel()
         finally:
             call.cancel()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import itertools
 
+import anyio
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2
 from tei_reconciler.router.methods import Method
-from tei_reconciler.routing import Endpoint, RoutingTable
+from tei_reconciler.routing import Backend, Endpoint, RoutingTable
 
 
 class RouteError(Exception):
@@ -30,22 +31,49 @@ class RouteError(Exception):
         self.message = message
 
 
+BackendKey = tuple[str, int]  # (address, generation): one process
+
+
 class Balancer:
-    """Counts requests in flight per instance and picks the least loaded one."""
+    """Counts requests in flight per instance (to pick the least loaded one) and per process
+    (to tell when a process that left routing has no call left: the drain)."""
 
     def __init__(self) -> None:
         self.outstanding: dict[str, int] = {}
+        self._by_process: dict[BackendKey, int] = {}
         self._turn = itertools.count()
+        self._idle: dict[BackendKey, anyio.Event] = {}
 
-    def acquire(self, name: str) -> None:
+    def acquire(self, endpoint: Endpoint) -> None:
+        name, key = endpoint.name, (endpoint.address, endpoint.generation)
         self.outstanding[name] = self.outstanding.get(name, 0) + 1
+        self._by_process[key] = self._by_process.get(key, 0) + 1
 
-    def release(self, name: str) -> None:
+    def release(self, endpoint: Endpoint) -> None:
+        name, key = endpoint.name, (endpoint.address, endpoint.generation)
         left = self.outstanding.get(name, 0) - 1
         if left > 0:
             self.outstanding[name] = left
         else:
             self.outstanding.pop(name, None)
+        left = self._by_process.get(key, 0) - 1
+        if left > 0:
+            self._by_process[key] = left
+            return
+        self._by_process.pop(key, None)
+        idle = self._idle.pop(key, None)
+        if idle is not None:
+            idle.set()
+
+    def in_flight(self, backend: Backend) -> int:
+        """Calls in flight to one process."""
+        return self._by_process.get((backend.address, backend.generation), 0)
+
+    async def idle(self, backend: Backend) -> None:
+        """Return once no request is in flight to the process `backend`."""
+        key = (backend.address, backend.generation)
+        while self._by_process.get(key, 0) > 0:
+            await self._idle.setdefault(key, anyio.Event()).wait()
 
     def pick(self, candidates: list[Endpoint]) -> Endpoint:
         if len(candidates) == 1:

@@ -61,10 +61,25 @@ def test_malformed_wrappers_are_rejected(garbage: bytes) -> None:
 def test_least_outstanding_prefers_the_idle_instance_and_rotates_ties() -> None:
     a, b = endpoint("a", 1), endpoint("b", 2)
     balancer = Balancer()
-    balancer.acquire("a")
+    balancer.acquire(a)
     assert [balancer.pick([a, b]).name for _ in range(3)] == ["b", "b", "b"]
-    balancer.release("a")
+    balancer.release(a)
     assert {balancer.pick([a, b]).name for _ in range(4)} == {"a", "b"}
+
+
+def test_calls_in_flight_are_counted_per_process_of_an_instance() -> None:
+    old, new = endpoint("a", 1, generation=1), endpoint("a", 2, generation=2)
+    balancer = Balancer()
+    balancer.acquire(old)
+    balancer.acquire(new)
+    balancer.acquire(new)
+    assert balancer.outstanding["a"] == 3
+    assert (balancer.in_flight(old.backend), balancer.in_flight(new.backend)) == (1, 2)
+    balancer.release(old)
+    assert balancer.in_flight(old.backend) == 0
+    assert balancer.outstanding["a"] == 2
+    # Another process on the same port (a restart) is another process.
+    assert balancer.in_flight(endpoint("a", 2, generation=3).backend) == 0
 
 
 async def test_a_channel_is_reused_until_the_instance_moves_or_leaves() -> None:
