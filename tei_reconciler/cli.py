@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "delete": (_CLIENT + "delete", "remove an instance from the desired state"),
     "wait": (_CLIENT + "wait", "wait until an instance is ready (--for ready)"),
     "models": (_CLIENT + "models", "list, fetch (with progress) and remove models"),
+    "rollout": (_CLIENT + "rollout", "follow a rollout (status NAME) or start one (restart NAME)"),
 }
 
 USAGE = "usage: tei-reconciler <command> [options]\n\ncommands:\n" + "".join(

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from tei_reconciler.desired.fields import FIELDS
-from tei_reconciler.desired.spec import NAME_MAX, NAME_PATTERN, DesiredRun, InstanceSpec
+from tei_reconciler.desired.spec import NAME_MAX, NAME_PATTERN, DesiredRun, InstanceSpec, Rollout
 from tei_reconciler.planner.phase import AnchorStatus, Phase
 from tei_reconciler.routing import DataPlaneStatus
 
@@ -121,6 +121,36 @@ class ExitOut(Response, frozen=True, kw_only=True):
     last_lines: list[str]  # the last lines the process wrote (its log's end, secrets masked)
 
 
+class ProcessOut(Response, frozen=True, kw_only=True):
+    """One live process of the instance: the current one, and during a surge rollout the new
+    one starting beside it (`next`) or the old one draining after the switch (`old`)."""
+
+    role: Literal["current", "next", "old"]
+    pid: int
+    port: int | None
+    prometheus_port: int | None
+    spec_hash: str  # the revision of the spec it runs
+    state: Literal["Starting", "Ready", "Unhealthy", "Draining"]
+    created_at: datetime
+    ready_since: datetime | None
+    adopted: bool  # found running by this reconciler at its start
+
+
+class RolloutOut(Response, frozen=True, kw_only=True):
+    """How the instance gets to its desired spec, as `kubectl rollout status` tells it:
+    `complete` once its only process runs the desired spec and is Ready (or, desired stopped,
+    none runs), `failed` when the last attempt at the desired spec failed (the old process
+    keeps serving; it is retried with backoff), else `progressing`."""
+
+    strategy: Rollout  # how a change rolls out: surge (beside the old process) or recreate
+    state: Literal["complete", "progressing", "failed"]
+    reason: str
+    message: str
+    spec_hash: str  # the revision of the desired spec
+    current_spec_hash: str | None  # the revision the current process runs
+    attempts: int  # failed attempts at the desired spec in a row
+
+
 class InstanceOut(Response, frozen=True, kw_only=True):
     """One instance: tei-manager's InstanceInfo keys, then the reconciler's status."""
 
@@ -146,6 +176,8 @@ class InstanceOut(Response, frozen=True, kw_only=True):
     last_exit: ExitOut | None
     backoff_until: datetime | None
     events: str  # URL of this instance's event log
+    processes: list[ProcessOut]  # every live process, current first
+    rollout: RolloutOut
     routed_by: str | None = None  # the data plane sending new calls to it now (envoy, grpcio)
 
 

@@ -19,15 +19,19 @@ from tei_reconciler.api.schemas import (
     InstanceOut,
     ModelMetadataOut,
     ModelOut,
+    ProcessOut,
     ProgressOut,
+    RolloutOut,
 )
-from tei_reconciler.desired.spec import DesiredRun, InstanceSpec
+from tei_reconciler.desired.spec import DesiredRun, InstanceSpec, spec_hash
 from tei_reconciler.planner.model_status import ModelState, ModelStatus
 from tei_reconciler.planner.phase import ANCHOR_STATUS, Phase
 from tei_reconciler.planner.status import (
+    Condition,
     Event,
     ExitInfo,
     InstanceStatus,
+    ProcessStatus,
     exit_summary,
     signal_name,
 )
@@ -108,8 +112,71 @@ def instance_out(
         last_exit=exit_out(status.last_exit) if status and status.last_exit else None,
         backoff_until=ts(status.backoff_until) if status else None,
         events=f"/instances/{shown.name}/events",
+        processes=[process_out(p) for p in (status.processes if status else ())],
+        rollout=rollout_out(spec, status, shown),
         routed_by=routed_by,
     )
+
+
+def process_out(process: ProcessStatus) -> ProcessOut:
+    return ProcessOut(
+        role=process.role,  # type: ignore[arg-type]
+        pid=process.pid,
+        port=process.port,
+        prometheus_port=process.prometheus_port,
+        spec_hash=process.spec_hash,
+        state=process.state,  # type: ignore[arg-type]
+        created_at=_ts(process.created_at),
+        ready_since=ts(process.ready_since),
+        adopted=process.adopted,
+    )
+
+
+def _condition(status: InstanceStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def rollout_out(
+    spec: InstanceSpec | None, status: InstanceStatus | None, shown: InstanceSpec
+) -> RolloutOut:
+    """Where the instance stands against its desired spec (`spec`, else the one observed)."""
+    wanted = spec_hash(shown)
+    current = status.spec_hash if status is not None else None
+    processes = status.processes if status is not None else ()
+    failure = status.rollout_failure if status is not None else None
+    attempts = failure.attempts if failure is not None and failure.spec_hash == wanted else 0
+
+    def out(state: str, reason: str, message: str) -> RolloutOut:
+        return RolloutOut(
+            strategy=shown.rollout,
+            state=state,  # type: ignore[arg-type]
+            reason=reason,
+            message=message,
+            spec_hash=wanted,
+            current_spec_hash=current,
+            attempts=attempts,
+        )
+
+    if spec is None:
+        return out("progressing", "Removed", "removed from the state file; stopping")
+    if spec.state is DesiredRun.STOPPED:
+        if processes:
+            return out("progressing", "Stopping", 'state = "stopped"; stopping its process')
+        return out("complete", "Stopped", 'state = "stopped": no process runs')
+    if status is None:
+        return out("progressing", "NotObserved", "the controller has not acted on it yet")
+    retrying = any(p.role == "next" and p.spec_hash == wanted for p in processes)
+    if attempts and current != wanted and not retrying:
+        return out("failed", failure.reason if failure else "", failure.message if failure else "")
+    if status.phase is Phase.FAILED:
+        return out("failed", status.reason, status.message)
+    if current == wanted and status.ready and all(p.role == "current" for p in processes):
+        return out("complete", "Complete", f"pid {status.pid} serves spec {wanted}")
+    progressing = _condition(status, "Progressing")
+    if progressing is not None and progressing.status == "True" and progressing.message:
+        return out("progressing", progressing.reason, progressing.message)
+    detail = ": ".join(p for p in (status.reason, status.message) if p)
+    return out("progressing", status.phase.value, detail or status.phase.value)
 
 
 def model_path(model_id: str) -> str:

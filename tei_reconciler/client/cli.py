@@ -1,5 +1,6 @@
 """The kubectl-style client commands: `get`, `describe`, `logs`, `diff`, `apply`, `start`,
-`stop`, `restart`, `delete` and `wait`, each a few requests to a running reconciler's REST API.
+`stop`, `restart`, `delete`, `wait`, `models` and `rollout`, each a few requests to a running
+reconciler's REST API.
 
 The commands never touch the state file or a process themselves: the server owns both, so the
 client works the same against a local reconciler and one in a cluster (`--server`). Exit
@@ -18,7 +19,7 @@ from typing import TextIO
 
 import anyio
 
-from tei_reconciler.client import commands, models
+from tei_reconciler.client import commands, models, rollout
 from tei_reconciler.client.http import DEFAULT_SERVER, Client, Connection, ServerError, Unreachable
 from tei_reconciler.client.render import server_error
 
@@ -144,6 +145,11 @@ SPECS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]]
     "delete": ("remove an instance from the desired state", _lifecycle, commands.delete),
     "wait": ("wait until an instance is ready, stopped or deleted", _wait, commands.wait),
     "models": ("list, fetch and remove models (ls | pull | rm)", models.setup, models.run),
+    "rollout": (
+        "follow or restart an instance's rollout (status | restart)",
+        rollout.setup,
+        rollout.run,
+    ),
 }
 
 
@@ -189,7 +195,7 @@ def run(command: str, argv: list[str], out: TextIO | None = None) -> int:
     except commands.CommandError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.status if command != "diff" else 2
-    except models.PullFailed as exc:
+    except (models.PullFailed, rollout.RolloutFailed) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     except KeyboardInterrupt:
@@ -240,3 +246,7 @@ def main_wait(argv: list[str]) -> int:
 
 def main_models(argv: list[str]) -> int:
     return run("models", argv)
+
+
+def main_rollout(argv: list[str]) -> int:
+    return run("rollout", argv)

@@ -33,7 +33,7 @@ class CommandError(Exception):
         self.status = status
 
 
-def _path(name: str) -> str:
+def instance_path(name: str) -> str:
     return f"/instances/{quote(name, safe='')}"
 
 
@@ -54,7 +54,7 @@ def _revision(etag: str | None) -> str:
 
 async def get(api: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.name is not None:
-        body = (await api.request("GET", _path(args.name))).json()
+        body = (await api.request("GET", instance_path(args.name))).json()
         items = [body]
     else:
         body = items = (await api.request("GET", "/instances")).json()
@@ -66,8 +66,8 @@ async def get(api: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def describe(api: Client, args: argparse.Namespace, out: TextIO) -> int:
-    item = (await api.request("GET", _path(args.name))).json()
-    events = (await api.request("GET", _path(args.name) + "/events")).json()
+    item = (await api.request("GET", instance_path(args.name))).json()
+    events = (await api.request("GET", instance_path(args.name) + "/events")).json()
     if args.output == "json":
         _json(out, {"instance": item, "events": events})
     else:
@@ -84,17 +84,17 @@ async def logs(api: Client, args: argparse.Namespace, out: TextIO) -> int:
         if args.tail == 0:
             params["end"] = 0  # no lines, but still a 404 for an unknown instance
     if not args.follow:
-        body = (await api.request("GET", _path(args.name) + "/logs", params=params)).json()
+        body = (await api.request("GET", instance_path(args.name) + "/logs", params=params)).json()
         if args.output == "json":
             _json(out, body)
         else:
             out.writelines(line + "\n" for line in body["lines"])
         return 0
     if args.tail == 0:
-        count = await api.request("GET", _path(args.name) + "/logs", params=params)
+        count = await api.request("GET", instance_path(args.name) + "/logs", params=params)
         params = {"start": count.json()["total_lines"]}
     params["follow"] = "true"
-    async for event, data in api.events(_path(args.name) + "/logs", params=params):
+    async for event, data in api.events(instance_path(args.name) + "/logs", params=params):
         if event != "log":
             continue
         if args.output == "json":
@@ -158,7 +158,7 @@ async def apply(api: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _lifecycle(api: Client, args: argparse.Namespace, out: TextIO, verb: str) -> int:
-    item = (await api.request("POST", f"{_path(args.name)}/{verb}")).json()
+    item = (await api.request("POST", f"{instance_path(args.name)}/{verb}")).json()
     if args.output == "json":
         _json(out, item)
     else:
@@ -183,7 +183,7 @@ async def restart(api: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def delete(api: Client, args: argparse.Namespace, out: TextIO) -> int:
-    await api.request("DELETE", _path(args.name))
+    await api.request("DELETE", instance_path(args.name))
     if args.output == "json":
         _json(out, {"name": args.name, "deleted": True})
     else:
@@ -191,9 +191,18 @@ async def delete(api: Client, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _met(condition: str, item: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+def _met(
+    condition: str, item: Mapping[str, Any], desired: Mapping[str, Any], revision: str | None
+) -> bool:
     if condition == "ready":
-        return bool(item.get("ready")) and same_spec(item.get("spec") or {}, desired)
+        # Ready with this spec, run by its process: during a surge rollout the old process
+        # is Ready (and shown with the new desired spec) until the new one takes over.
+        running = (item.get("rollout") or {}).get("current_spec_hash")
+        return (
+            bool(item.get("ready"))
+            and same_spec(item.get("spec") or {}, desired)
+            and (revision is None or running == revision)
+        )
     if condition == "stopped":
         return item.get("phase") == "Stopped"
     return False
@@ -217,17 +226,18 @@ async def wait(api: Client, args: argparse.Namespace, out: TextIO) -> int:
 
     with anyio.move_on_after(args.timeout):
         try:
-            first = (await api.request("GET", _path(name))).json()
+            first = (await api.request("GET", instance_path(name))).json()
         except ServerError as exc:
             if condition == "deleted" and exc.code == "INSTANCE_NOT_FOUND":
                 out.write(f"instance/{name} condition met (deleted)\n")
                 return 0
             raise
         desired = first.get("spec") or {}
+        revision = (first.get("rollout") or {}).get("spec_hash")
         last = _phase(first)
         progress(last)
         try:
-            async for event, data in api.events(_path(name) + "/events"):
+            async for event, data in api.events(instance_path(name) + "/events"):
                 if event == "deleted":
                     if condition == "deleted":
                         out.write(f"instance/{name} condition met (deleted)\n")
@@ -239,7 +249,7 @@ async def wait(api: Client, args: argparse.Namespace, out: TextIO) -> int:
                 if shown != last:
                     last = shown
                     progress(shown)
-                if _met(condition, data, desired):
+                if _met(condition, data, desired, revision):
                     out.write(f"instance/{name} condition met ({condition})\n")
                     return 0
         except ServerError as exc:  # gone between the first read and the watch

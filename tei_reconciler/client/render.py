@@ -108,9 +108,30 @@ def describe(item: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> st
     ]
     if item.get("backoff_until"):
         fields.append(("Back-off until", item["backoff_until"]))
+    rollout = item.get("rollout")
+    if rollout:
+        fields.append(("Rollout", rollout_text(rollout)))
     width = max(len(k) for k, _ in fields) + 2
     out = [f"{(k + ':').ljust(width)}{_show(v)}" for k, v in fields]
     out.extend(last_state(item.get("last_exit"), width))
+
+    processes = item.get("processes") or []
+    if len(processes) > 1:
+        out += _section(
+            "Processes",
+            ("ROLE", "PID", "PORT", "STATE", "SPEC", "AGE"),
+            [
+                [
+                    str(p["role"]),
+                    str(p["pid"]),
+                    _show(p.get("port")),
+                    str(p["state"]),
+                    str(p["spec_hash"]),
+                    age_since(p.get("created_at")),
+                ]
+                for p in processes
+            ],
+        )
 
     conditions = item.get("conditions") or []
     rows = [
@@ -143,6 +164,16 @@ def describe(item: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> st
     ]
     out += _section("Events", ("TYPE", "REASON", "COUNT", "LAST SEEN", "MESSAGE"), rows)
     return "\n".join(line.rstrip("\n") for line in out) + "\n"
+
+
+def rollout_text(rollout: Mapping[str, Any]) -> str:
+    """`surge, complete (spec 3f2a...)`, or the reason and message while it is not."""
+    head = f"{rollout.get('strategy')}, {rollout.get('state')}"
+    if rollout.get("state") == "complete":
+        return f"{head} (spec {rollout.get('spec_hash')})"
+    attempts = rollout.get("attempts") or 0
+    tried = f", {attempts} failed attempt(s)" if attempts else ""
+    return f"{head}{tried} ({rollout.get('reason')}: {rollout.get('message')})"
 
 
 def last_state(last_exit: Mapping[str, Any] | None, width: int) -> list[str]:

@@ -24,7 +24,7 @@ from starlette.middleware import Middleware
 
 from tei_reconciler.api import PlannedAction, create_app, serve_api
 from tei_reconciler.api.context import ModelCommands
-from tei_reconciler.desired.spec import DesiredState, InstanceSpec
+from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.status import InstanceStatus
@@ -62,7 +62,12 @@ class Server:
             "prometheus_port": 9100,
         }
         if phase is Phase.RUNNING:
-            values |= {"pid": 4242, "created_at": 1_700_000_000.0, "ready_since": 1_700_000_001.0}
+            values |= {
+                "pid": 4242,
+                "created_at": 1_700_000_000.0,
+                "ready_since": 1_700_000_001.0,
+                "spec_hash": spec_hash(values["spec"]),  # type: ignore[arg-type]
+            }
         values.update(fields)
         status = InstanceStatus(**values)  # type: ignore[arg-type]
         self.store.put(status)
