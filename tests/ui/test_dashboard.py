@@ -203,6 +203,41 @@ def test_the_instance_page_shows_why_the_last_process_ended_and_what_it_wrote(
     )
 
 
+def test_a_rollout_shows_both_processes_then_its_failure_while_the_old_process_serves(
+    page: Any, reconciler: Reconciler, tmp_path: Path
+) -> None:
+    reconciler.create("roll-a")
+    wait_until(lambda: phase(page, "roll-a") == "Running", what="roll-a Running on the page")
+    assert cell(page, "roll-a", "rollout") == "up to date"
+    never_ready = {
+        "model_id": "hash/384",
+        "gpu": "none",
+        "env": {"TEI_ENGINE_FAULTS": "health=fail"},
+    }
+    with reconciler.api() as api:
+        assert api.put("/instances/roll-a", json=never_ready).status_code == 200
+    wait_until(
+        lambda: cell(page, "roll-a", "rollout").startswith("rolling out"), what="the rollout"
+    )
+    assert "keeps serving" in cell(page, "roll-a", "rollout")
+    assert phase(page, "roll-a") == "Running"
+    page.get(f"{reconciler.url}/ui/#/instances/roll-a")
+    roles = "table.processes tbody th"
+    wait_until(lambda: text_of(page, roles) == "current\nnext", what="both processes")
+    assert "Starting" in text_of(page, "table.processes tbody tr[data-role=next]")
+    screenshot(page, tmp_path / "rolling.png")
+    with reconciler.api() as api:
+        late = {**never_ready, "progress_deadline_secs": 1}
+        assert api.put("/instances/roll-a", json=late).status_code == 200
+    rollout = 'section[aria-labelledby="s-rollout"]'
+    wait_until(lambda: "ProgressDeadlineExceeded" in text_of(page, rollout), what="the failure")
+    assert "failed" in text_of(page, rollout)
+    wait_until(lambda: text_of(page, roles) == "current", what="the new process stopped")
+    instance = reconciler.instance("roll-a")
+    assert instance is not None
+    assert instance["ready"]
+
+
 def test_a_hundred_instances_fit_one_table_with_counts_and_a_filter(
     page: Any, reconciler: Reconciler, tmp_path: Path
 ) -> None:

@@ -4,7 +4,7 @@ import { ApiError, getJSON, watch } from "./api.js";
 import { formatMs, formatPercent, formatRate, lineChart } from "./charts.js";
 import { model, subscribe } from "./model.js";
 import { highlight, specToml } from "./toml.js";
-import { actionButtons, age, errorText, gpuText, h, phaseBadge, readyText, when } from "./ui.js";
+import { actionButtons, age, errorText, gpuText, h, phaseBadge, readyText, rolloutBadge, when } from "./ui.js";
 
 const LOG_TAIL = 200;
 const LOG_KEEP = 2000; // lines kept on the page while following
@@ -32,6 +32,51 @@ function statusList(item) {
     field("Failed health checks in a row", String(item.health_check_failures ?? 0)),
     field("Last health check", item.last_health_check ? age(item.last_health_check, " ago") : null),
     item.backoff_until ? field("Next start no sooner than", when(item.backoff_until)) : null,
+  );
+}
+
+// The rollout (kubectl rollout status) and every process of the instance: during a surge the
+// new one starting beside the current one, then the old one draining after the switch.
+function rolloutView(item) {
+  const rollout = item.rollout;
+  if (!rollout) return h("p", { class: "muted" }, "Not observed yet.");
+  const facts = h(
+    "dl",
+    { class: "facts" },
+    field("State", h("span", {}, rolloutBadge(rollout), rollout.state === "complete" ? "" : ` ${rollout.reason}`)),
+    rollout.state === "complete" ? null : field("Message", rollout.message),
+    field("Strategy", rollout.strategy),
+    field("Desired spec", h("code", {}, rollout.spec_hash)),
+    field("Running spec", rollout.current_spec_hash ? h("code", {}, rollout.current_spec_hash) : null),
+    rollout.attempts ? field("Failed attempts", String(rollout.attempts)) : null,
+  );
+  const processes = item.processes || [];
+  if (!processes.length) return facts;
+  return h(
+    "div",
+    {},
+    facts,
+    h(
+      "table",
+      { class: "plain processes" },
+      h("thead", {}, h("tr", {}, ["Role", "PID", "Port", "State", "Spec", "Started"].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        processes.map((p) =>
+          h(
+            "tr",
+            { dataset: { role: p.role } },
+            h("th", { scope: "row" }, p.role),
+            h("td", { class: "num" }, String(p.pid)),
+            h("td", { class: "num" }, p.port ?? "–"),
+            h("td", { class: `process-${p.state}` }, p.state),
+            h("td", {}, h("code", {}, p.spec_hash)),
+            h("td", {}, age(p.created_at, " ago")),
+          ),
+        ),
+      ),
+    ),
   );
 }
 
@@ -123,6 +168,7 @@ export function mountInstance(main, name) {
   const gone = h("p", { class: "banner warn", role: "status", hidden: true }, `${name} is not in the state file any more.`);
   const status = h("div");
   const exit = h("div");
+  const rollout = h("div");
   const charts = h("div", { class: "charts" });
   const conditions = h("div");
   const events = h("div");
@@ -137,7 +183,7 @@ export function mountInstance(main, name) {
     header,
     gone,
     h("div", { class: "columns" },
-      h("div", {}, section("s-status", "Status", status), section("s-exit", "Last exit", exit), section("s-conditions", "Conditions", conditions)),
+      h("div", {}, section("s-status", "Status", status), section("s-rollout", "Rollout", rollout), section("s-exit", "Last exit", exit), section("s-conditions", "Conditions", conditions)),
       h("div", {}, section("s-traffic", "Traffic", charts), section("s-spec", "Spec", spec)),
     ),
     section("s-events", "Events", events),
@@ -153,6 +199,7 @@ export function mountInstance(main, name) {
     }
     header.replaceChildren(h("h1", {}, name, " ", phaseBadge(item)), h("div", { class: "tools" }, actionButtons(item)));
     status.replaceChildren(statusList(item));
+    rollout.replaceChildren(rolloutView(item));
     exit.replaceChildren(lastExit(item));
     conditions.replaceChildren(conditionsTable(item));
     spec.replaceChildren(tomlBlock(specToml(name, item.spec || {})));

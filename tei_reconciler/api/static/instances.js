@@ -3,7 +3,7 @@
 
 import { formatMs, formatPercent, formatRate } from "./charts.js";
 import { model, sortedNames, subscribe } from "./model.js";
-import { actionButtons, age, gpuText, h, markWritable, phaseBadge, readyText } from "./ui.js";
+import { actionButtons, age, gpuText, h, markWritable, phaseBadge, readyText, rolloutBadge } from "./ui.js";
 
 const PHASES = ["Pending", "Starting", "Running", "Stopping", "Stopped", "CrashLoopBackOff", "Failed"];
 const COLUMNS = ["Name", "Phase", "Ready", "Model", "GPU", "Port", "Restarts", "Age", "Traffic (1 min)", "Rollout", "Actions"];
@@ -17,12 +17,13 @@ function trafficCell(name) {
   return h("span", { class: t.errors ? "traffic bad" : "traffic" }, parts.join(" · "));
 }
 
-// The data plane and rollout state, once the API reports one (`rollout`, `data_plane`).
+// Whether the instance runs its desired spec: up to date, rolling out (what it waits for, in a
+// few words), or failed (the old process keeps serving; the reason on hover and below).
 function rolloutCell(item) {
-  const value = item.rollout ?? item.data_plane ?? null;
-  if (value === null) return h("span", { class: "muted" }, "–");
-  if (typeof value === "string") return value;
-  return value.phase || value.state || value.reason || JSON.stringify(value);
+  const rollout = item.rollout;
+  if (!rollout || rollout.state === "complete") return rolloutBadge(rollout);
+  const detail = rollout.state === "failed" ? rollout.reason : rollout.message;
+  return [rolloutBadge(rollout), detail ? h("small", { class: "why", title: rollout.message }, detail) : null];
 }
 
 // Why an instance is not well, in a few words under its phase (the whole text on hover).
@@ -46,7 +47,7 @@ function row(item) {
     h("td", { class: "num" }, String(item.restarts ?? 0)),
     h("td", { class: "num" }, item.created_at ? age(item.created_at) : h("span", { class: "muted" }, "–")),
     h("td", { class: "traffic-cell" }, trafficCell(item.name)),
-    h("td", {}, rolloutCell(item)),
+    h("td", { class: "rollout-cell" }, rolloutCell(item)),
     h("td", { class: "actions" }, actionButtons(item, { compact: true })),
   );
 }

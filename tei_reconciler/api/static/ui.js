@@ -64,6 +64,14 @@ export function phaseBadge(item) {
   return h("span", { class: `phase phase-${item.phase}`, title: title || null }, item.phase);
 }
 
+// How the instance stands against its desired spec (`rollout`): a badge, and what it waits for.
+export function rolloutBadge(rollout) {
+  if (!rollout) return h("span", { class: "muted" }, "–");
+  const text = { complete: "up to date", progressing: "rolling out", failed: "failed" }[rollout.state] || rollout.state;
+  const title = rollout.state === "complete" ? `spec ${rollout.spec_hash} (${rollout.strategy})` : `${rollout.reason}: ${rollout.message}`;
+  return h("span", { class: `rollout rollout-${rollout.state}`, title }, text);
+}
+
 export function readyText(item) {
   return h("span", { class: item.ready ? "ready yes" : "ready no", title: item.ready ? "Ready: takes traffic" : "not Ready" }, item.ready ? "1/1" : "0/1");
 }
