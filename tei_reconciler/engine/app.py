@@ -124,6 +124,8 @@ async def run(args: Namespace, faults: Faults) -> int:
     await infer.warmup()
     if faults.ready_delay:
         await anyio.sleep(faults.ready_delay)
+    if faults.start_error is not None:
+        raise StartupError(f"fault injection: {faults.start_error}")
 
     host = bind_host(args.hostname)
     try:

@@ -4,6 +4,8 @@ Off unless the environment variable `TEI_ENGINE_FAULTS` is set to comma-separate
 pairs, for example `ready_delay=2,exit_after_requests=3,health=fail`:
 
 - `ready_delay=SECS`: wait this long after loading, before the port opens.
+- `start_error=TEXT`: fail the start with this error once loaded, before the port opens
+  (exit 1, as TEI does when a model cannot load: e.g. `start_error=CUDA out of memory`).
 - `exit_after_requests=N`: exit (with `exit_code`) once N inference requests were answered.
 - `exit_after_secs=SECS`: exit (with `exit_code`) this long after becoming ready.
 - `exit_code=N`: the status for the two exits above (default 1).
@@ -33,6 +35,7 @@ ENV = "TEI_ENGINE_FAULTS"
 @dataclass(frozen=True, slots=True)
 class Faults:
     ready_delay: float = 0.0
+    start_error: str | None = None
     exit_after_requests: int | None = None
     exit_after_secs: float | None = None
     exit_code: int = 1
@@ -54,6 +57,7 @@ def parse_faults(environ: Mapping[str, str] | None = None) -> Faults:
     try:
         faults = Faults(
             ready_delay=float(values.pop("ready_delay", 0)),
+            start_error=values.pop("start_error", None) or None,
             exit_after_requests=_opt_int(values.pop("exit_after_requests", None)),
             exit_after_secs=_opt_float(values.pop("exit_after_secs", None)),
             exit_code=int(values.pop("exit_code", 1)),

@@ -185,6 +185,16 @@ def test_bad_fault_specs_fail_loudly() -> None:
     assert "unknown fault(s) explode" in done.stderr
 
 
+def test_start_error_fault_fails_the_start_before_the_port_opens() -> None:
+    done = run_engine(
+        "--model-id", "hash/8", "--port", str(free_port()),
+        env={"TEI_ENGINE_FAULTS": "start_error=CUDA out of memory"},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "fault injection: CUDA out of memory" in done.stderr
+    assert "Ready" not in done.stderr
+
+
 def test_exit_after_requests_fault_exits_with_the_given_code() -> None:
     engine = spawn("hash/8", faults="exit_after_requests=2,exit_code=3")
     try:

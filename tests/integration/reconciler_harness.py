@@ -17,6 +17,7 @@ import psutil
 from anyio.abc import TaskStatus
 
 from tei_reconciler.control.controller import Controller
+from tei_reconciler.dataplane.serve import DataPlaneRunner
 from tei_reconciler.desired.spec import MARKER_INSTANCE, MARKER_OWNER
 from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.routing import RoutingTable
@@ -156,6 +157,18 @@ def _port_recorded(part: Part, ports: list[int]) -> Part:
     return run
 
 
+class _PortsRecorded(FrontEnds):
+    """`run`'s front ends, each reporting the port it bound into `ports`."""
+
+    def __init__(self, settings: Settings, ports: list[int]) -> None:
+        super().__init__(settings)
+        self.ports = ports
+
+    def build(self, table: RoutingTable, store: StatusStore) -> tuple[DataPlaneRunner, list[Part]]:
+        runner, parts = super().build(table, store)
+        return runner, [_port_recorded(p, self.ports) for p in parts]
+
+
 @asynccontextmanager
 async def reconciler(
     settings: Settings, state: str | None = None, *, with_front_ends: bool = False
@@ -168,10 +181,8 @@ async def reconciler(
     state_file.parent.mkdir(parents=True, exist_ok=True)
     store, table = StatusStore(), RoutingTable()
     ports: list[int] = []
-    parts = []
-    if with_front_ends:  # as `run` builds them (the data plane its settings choose)
-        _, built = FrontEnds(settings).build(table, store)
-        parts = [_port_recorded(p, ports) for p in built]
+    # As `run` builds them (the data plane its settings choose, which drains what it stops).
+    front = _PortsRecorded(settings, ports) if with_front_ends else None
     try:
         async with anyio.create_task_group() as tg:
             controller: Controller = await tg.start(
@@ -179,7 +190,7 @@ async def reconciler(
                     settings,
                     store=store,
                     table=table,
-                    extra=parts,
+                    front=front,
                     handle_signals=False,
                     task_status=task_status,
                 )

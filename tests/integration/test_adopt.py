@@ -26,6 +26,7 @@ from .reconciler_harness import (
     script,
     write_atomic,
 )
+from support.reconciler import Reconciler
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -73,6 +74,16 @@ def serving(port: int) -> bool:
 def port_of(proc: psutil.Process) -> int:
     argv = proc.cmdline()
     return int(argv[argv.index("--port") + 1])
+
+
+def serving_children(owner: str, count: int) -> list[psutil.Process] | None:
+    """The owner's `count` instance processes once each serves (None before, also while a
+    process seen a moment ago is gone)."""
+    try:
+        procs = children(owner)
+        return procs if len(procs) == count and all(serving(port_of(p)) for p in procs) else None
+    except psutil.Error:
+        return None
 
 
 @pytest.fixture
@@ -136,6 +147,68 @@ async def test_instances_survive_a_reconciler_kill_and_are_adopted_without_resta
         still = h.status("alpha")
         assert still is not None
         assert still.pid == pids["alpha"]
+
+
+async def test_a_rollout_interrupted_by_a_reconciler_kill_completes_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    first = Reconciler(tmp_path / "first", config='data_plane = "grpcio"\n')
+    owner = Controller.owner_of(fast_settings(tmp_path, state_file=str(first.state_file)))
+    first.start()
+    try:
+        first.create("alpha")
+        old = await eventually(
+            lambda: (i := first.instance("alpha")) is not None and i["ready"] and i,
+            what="alpha Ready",
+        )
+        # The new spec's process takes a while to answer: the rollout is under way when the
+        # reconciler dies.
+        with first.api() as api:
+            slow = {
+                "model_id": "hash/384",
+                "gpu": "none",
+                "env": {"TEI_ENGINE_FAULTS": "ready_delay=3"},
+            }
+            assert api.put("/instances/alpha", json=slow).status_code == 200
+        rolling = await eventually(
+            lambda: (i := first.instance("alpha")) is not None and len(i["processes"]) == 2 and i,
+            what="the new process beside the old one",
+        )
+    finally:
+        assert first.process is not None
+        first.process.kill()  # SIGKILL: no shutdown code runs
+        first.process.wait()
+    new = next(p["pid"] for p in rolling["processes"] if p["role"] == "next")
+    assert serving(old["port"])  # the old process still serves meanwhile
+    settings = fast_settings(
+        tmp_path,
+        state_file=str(first.state_file),
+        runtime_dir=str(first.root / "runtime"),
+        data_plane="grpcio",
+    )
+    try:
+        async with reconciler(settings) as h:
+            done = await eventually(
+                lambda: (
+                    (s := h.status("alpha")) is not None
+                    and s.ready
+                    and s.pid == new
+                    and [p.role for p in s.processes] == ["current"]
+                    and s
+                ),
+                what="the rollout to finish with the adopted new process",
+            )
+            # None orphaned, none duplicated: the old one stopped, nothing else started.
+            assert [p.pid for p in children(owner)] == [new]
+            adopted = [e.message for e in h.store.events("alpha") if e.reason == "Adopted"]
+            assert (
+                f"adopted running process {new} (the new process of an unfinished rollout)"
+                in adopted
+            )
+            assert done.port == next(p["port"] for p in rolling["processes"] if p["pid"] == new)
+    finally:
+        for proc in children(owner, data_plane=True):
+            proc.kill()
 
 
 async def test_keep_on_shutdown_leaves_instances_running_for_the_next_reconciler(
