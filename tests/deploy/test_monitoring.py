@@ -161,6 +161,7 @@ def test_each_alert_says_what_to_look_at_and_how_bad_it_is() -> None:
         "TeiNoReadyInstanceForModel",
         "TeiRouterErrorRatioHigh",
         "TeiReconcileActionsFailing",
+        "TeiRolloutFailing",
     } <= alerts.keys()
     assert alerts["TeiInstanceCrashLooping"]["for"] == "10m"
     assert alerts["TeiSpecInvalid"]["for"] == "15m"
@@ -198,7 +199,7 @@ def test_the_alert_rules_pass_promtool(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout
+    assert "SUCCESS: 7 rules found" in done.stdout
 
 
 def test_the_alerts_fire_when_they_should_and_not_otherwise(tmp_path: Path) -> None:
