@@ -29,6 +29,7 @@ from tei_reconciler.drivers.process import (
     ProcessHandle,
     build_argv,
     build_env,
+    hand_over_log,
     resolve_binary,
 )
 from tei_reconciler.errors import ActionError, PermanentError
@@ -127,10 +128,11 @@ class Actuator:
                     assignment = self.ports.assign(spec, explicit=explicit)
                 argv = self.argv_for(spec, port=assignment.port, prom=assignment.prometheus_port)
                 env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner)
-                log_offset = log_size(self.driver.log_path(spec.name))
+                log = self.driver.log_path(spec.name, beside=beside)
+                log_offset = log_size(log)
                 with anyio.CancelScope(shield=True):  # a spawned child is never lost untracked
                     handle = await self.driver.spawn(
-                        argv, env, name=spec.name, hash_=spec_hash(spec)
+                        argv, env, name=spec.name, hash_=spec_hash(spec), log=log
                     )
         except Exception as exc:  # the one boundary: every failure to start is an outcome
             if beside:
@@ -141,6 +143,7 @@ class Actuator:
                 handle,
                 spec=spec,
                 placement=Placement(assignment.port, assignment.prometheus_port, cuda),
+                log_path=log,
                 log_offset=log_offset,
                 now=self.clock.now(),
                 wall=wall,
@@ -223,6 +226,7 @@ class Actuator:
         self.ports.book_next(rt.name)
         new = rt.current
         assert new is not None
+        self._hand_over_log(rt, new, old)
         metrics.ACTIONS.labels("switch", "ok").inc()
         if old is not None:
             message = (
@@ -233,6 +237,20 @@ class Actuator:
             message = f"pid {new.pid} took over: the old process was gone"
         self.store.record_event(rt.name, "Normal", "Switched", message, self.clock.wall())
         return old
+
+    def _hand_over_log(self, rt: Runtime, new: ProcessRecord, old: ProcessRecord | None) -> None:
+        """The new process's log becomes the instance's; the old one's the first backup."""
+        main = self.driver.log_path(rt.name)
+        if new.log_path == main:
+            return  # adopted as the instance's process: it already writes there
+        try:
+            moved = hand_over_log(main, new.log_path, backups=self.settings.log_backups)
+        except OSError as exc:  # the logs stay where they are; serving is unaffected
+            log.warning("cannot hand the log of %s over to its new process: %s", rt.name, exc)
+            return
+        new.log_path = main
+        if old is not None and moved is not None:
+            old.log_path = moved
 
     async def retire(self, rt: Runtime, old: ProcessRecord | None) -> None:
         """Drain the old process of a finished rollout (its calls in flight end, up to
@@ -423,7 +441,7 @@ class Actuator:
 
     def _last_lines(self, rt: Runtime, record: ProcessRecord) -> tuple[str, ...]:
         """The end of what the process that just ended wrote (a bounded read of its log)."""
-        return last_lines(self.driver.log_path(rt.name), since=record.log_offset)
+        return last_lines(record.log_path, since=record.log_offset)
 
     async def probe_loop(self, rt: Runtime, record: ProcessRecord) -> None:
         """Probe `record`'s process until it ends; results go into it and may mark dirty."""

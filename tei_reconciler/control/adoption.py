@@ -78,6 +78,7 @@ class _Adopter:
             placement=Placement(found.port, found.prometheus_port, found.gpu_id),
             now=self.clock.now(),
             created_at=started if started is not None else self.clock.wall(),
+            log_path=self.driver.log_path(name, beside=role is Role.NEXT),
             role=role,
         )
         if found.port is not None and found.prometheus_port is not None:

@@ -266,10 +266,11 @@ class Controller:
 
     def _rotate_logs(self) -> None:
         for name, rt in self.runtimes.items():
-            if rt.processes():
+            logs = {record.log_path for _, record in rt.processes()}
+            for path in sorted(logs):
                 try:
                     rotate_log(
-                        self.driver.log_path(name),
+                        path,
                         max_bytes=self.settings.log_max_bytes,
                         backups=self.settings.log_backups,
                     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from pathlib import Path
 from typing import NamedTuple
 
 import anyio
@@ -72,6 +73,7 @@ class ProcessRecord:
         generation: int,
         now: float,
         created_at: float,
+        log_path: Path,
         log_offset: int = 0,
     ) -> None:
         self.handle = handle
@@ -80,7 +82,8 @@ class ProcessRecord:
         self.generation = generation  # unique per instance: routing tells processes apart by it
         self.started_at = now  # monotonic
         self.created_at = created_at  # wall
-        self.log_offset = log_offset  # size of the instance log when it started
+        self.log_path = log_path  # where its output goes (moves when a rollout hands over)
+        self.log_offset = log_offset  # size of that log when it started
         self.stop_requested = False
         self.startup_ok = False
         self.ready = False
@@ -193,6 +196,7 @@ class Runtime:
         placement: Placement,
         now: float,
         created_at: float,
+        log_path: Path,
         log_offset: int = 0,
     ) -> ProcessRecord:
         self.generation += 1
@@ -203,6 +207,7 @@ class Runtime:
             generation=self.generation,
             now=now,
             created_at=created_at,
+            log_path=log_path,
             log_offset=log_offset,
         )
 
@@ -214,12 +219,18 @@ class Runtime:
         placement: Placement,
         now: float,
         created_at: float,
+        log_path: Path,
         role: Role = Role.CURRENT,
     ) -> ProcessRecord:
         """A process found running (adopted) now represents the instance, or is the new
-        process of its rollout (`role`)."""
+        process of its rollout (`role`); it writes to `log_path`."""
         record = self._record(
-            handle, spec=spec, placement=placement, now=now, created_at=created_at
+            handle,
+            spec=spec,
+            placement=placement,
+            now=now,
+            created_at=created_at,
+            log_path=log_path,
         )
         if role is Role.NEXT:
             self.next = record
@@ -234,6 +245,7 @@ class Runtime:
         *,
         spec: InstanceSpec,
         placement: Placement,
+        log_path: Path,
         log_offset: int,
         now: float,
         wall: float,
@@ -241,9 +253,15 @@ class Runtime:
     ) -> ProcessRecord:
         """A process this reconciler spawned: the instance's current process (a restart when
         one ran before), or with `beside` the new process of a rollout. Either ends any start
-        failure. Its output starts at `log_offset` in the instance's log."""
+        failure. Its output starts at `log_offset` in `log_path`."""
         record = self._record(
-            handle, spec=spec, placement=placement, now=now, created_at=wall, log_offset=log_offset
+            handle,
+            spec=spec,
+            placement=placement,
+            now=now,
+            created_at=wall,
+            log_path=log_path,
+            log_offset=log_offset,
         )
         if beside:
             self.next = record

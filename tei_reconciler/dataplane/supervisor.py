@@ -190,7 +190,9 @@ class EnvoySupervisor:
         env = envoy_env(self.base_env, owner=self.owner, digest=self.digest)
         with anyio.CancelScope(shield=True):  # a spawned child is never lost untracked
             try:
-                handle = await self.driver.spawn(argv, env, name=LOG_NAME, hash_=self.digest)
+                handle = await self.driver.spawn(
+                    argv, env, name=LOG_NAME, hash_=self.digest, log=self.log_path
+                )
             except Exception as exc:
                 raise DataPlaneError(f"cannot start Envoy: {exc}") from exc
         self.handle = handle

@@ -248,10 +248,12 @@ def group_alive(pgid: int) -> bool:
 class Driver(Protocol):
     """The seam between the controller and the OS (tests pass a fake)."""
 
-    def log_path(self, name: str) -> Path: ...
+    def log_path(self, name: str, *, beside: bool = False) -> Path:
+        """An instance's log; `beside`: the log of a rollout's new process."""
+        ...
 
     async def spawn(
-        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str
+        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str, log: Path
     ) -> ProcessHandle: ...
 
     async def stop(self, handle: ProcessHandle, grace: float) -> ExitInfo: ...
@@ -269,18 +271,18 @@ class ProcessDriver:
         self.owner = owner
         self.clock = clock
 
-    def log_path(self, name: str) -> Path:
-        return self.runtime_dir.log(name)
+    def log_path(self, name: str, *, beside: bool = False) -> Path:
+        return self.runtime_dir.next_log(name) if beside else self.runtime_dir.log(name)
 
     async def spawn(
-        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str
+        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str, log: Path
     ) -> ProcessHandle:
-        """Start `argv` in a new session, output appended to the instance's log.
+        """Start `argv` in a new session, output appended to `log`.
 
         Raises PermanentError("BinaryNotFound") when the program cannot be executed.
         """
-        self.runtime_dir.logs.mkdir(parents=True, exist_ok=True)
-        log_fd = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             process = await anyio.open_process(
                 argv,
@@ -366,6 +368,28 @@ def _flag_int(argv: list[str], flag: str) -> int | None:
     return None
 
 
+def _shift_backups(path: Path, backups: int) -> None:
+    """`log.1` becomes `log.2` and so on, the oldest dropped: room for a new `log.1`."""
+    for i in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+
+
+def hand_over_log(path: Path, new: Path, *, backups: int) -> Path | None:
+    """A rollout's new process took over the instance: its log (`new`) becomes the instance's
+    log (`path`), and the old process's becomes the first backup, where it goes on writing
+    until it stops (a rename keeps each process's open file). Returns where the old process's
+    output is now (None: no backups are kept, so nowhere that can be read)."""
+    moved = path.with_name(f"{path.name}.1")
+    if backups > 0 and path.exists():
+        _shift_backups(path, backups)
+        os.replace(path, moved)
+    if new.exists():
+        os.replace(new, path)
+    return moved if backups > 0 else None
+
+
 def rotate_log(path: Path, *, max_bytes: int, backups: int) -> bool:
     """Copy-truncate rotation: the child keeps its append-mode descriptor and simply
     continues at the start of the emptied file. Returns whether it rotated."""
@@ -377,10 +401,7 @@ def rotate_log(path: Path, *, max_bytes: int, backups: int) -> bool:
     if backups <= 0:
         os.truncate(path, 0)
         return True
-    for i in range(backups - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    _shift_backups(path, backups)
     shutil.copyfile(path, path.with_name(f"{path.name}.1"))
     os.truncate(path, 0)
     return True

@@ -70,8 +70,8 @@ class FakeDriver:
         self.stop_gate: anyio.Event | None = None
         self.adopted: dict[int, FakeHandle] = {}
 
-    def log_path(self, name: str) -> Path:
-        return Path("/nonexistent") / f"{name}.log"
+    def log_path(self, name: str, *, beside: bool = False) -> Path:
+        return Path("/nonexistent") / (f"{name}.next.log" if beside else f"{name}.log")
 
     def spawns_of(self, name: str) -> list[FakeHandle]:
         return [h for n, _, h in self.spawned if n == name]
@@ -85,7 +85,7 @@ class FakeDriver:
         return adopted.spec_hash if adopted is not None else None
 
     async def spawn(
-        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str
+        self, argv: list[str], env: dict[str, str], *, name: str, hash_: str, log: Path
     ) -> ProcessHandle:
         if self.spawn_gate is not None:
             await self.spawn_gate.wait()

@@ -18,7 +18,13 @@ from tei_reconciler.desired.spec import (
 )
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.ports import PortBook
-from tei_reconciler.drivers.process import build_argv, build_env, resolve_binary, rotate_log
+from tei_reconciler.drivers.process import (
+    build_argv,
+    build_env,
+    hand_over_log,
+    resolve_binary,
+    rotate_log,
+)
 from tei_reconciler.errors import PermanentError
 
 from support.net import port_base
@@ -125,6 +131,29 @@ def test_copy_truncate_rotation_keeps_the_writer_appending(tmp_path: Path) -> No
     assert (tmp_path / "bge.log.2").read_text().startswith("generation 1")
     assert not (tmp_path / "bge.log.3").exists()
     assert not rotate_log(log, max_bytes=100, backups=2)
+
+
+def test_a_rollout_hands_the_instance_log_to_the_new_process_and_each_keeps_writing_its_own(
+    tmp_path: Path,
+) -> None:
+    log, new_log = tmp_path / "bge.log", tmp_path / "bge.next.log"
+    (tmp_path / "bge.log.1").write_text("older\n")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    old, new = os.open(log, flags), os.open(new_log, flags)
+    try:
+        os.write(old, b"old serving\n")
+        os.write(new, b"new loading\n")
+        moved = hand_over_log(log, new_log, backups=2)
+        os.write(old, b"old draining\n")
+        os.write(new, b"new serving\n")
+    finally:
+        os.close(old)
+        os.close(new)
+    assert moved == tmp_path / "bge.log.1"
+    assert log.read_text() == "new loading\nnew serving\n"
+    assert moved.read_text() == "old serving\nold draining\n"
+    assert (tmp_path / "bge.log.2").read_text() == "older\n"
+    assert not new_log.exists()
 
 
 def _book(tmp_path: Path, start: int) -> PortBook:
