@@ -217,9 +217,12 @@ def test_a_rollout_shows_both_processes_then_its_failure_while_the_old_process_s
     with reconciler.api() as api:
         assert api.put("/instances/roll-a", json=never_ready).status_code == 200
     wait_until(
-        lambda: cell(page, "roll-a", "rollout").startswith("rolling out"), what="the rollout"
+        lambda: (
+            cell(page, "roll-a", "rollout").startswith("rolling out")
+            and "keeps serving" in cell(page, "roll-a", "rollout")
+        ),
+        what="the rollout, the old process serving",
     )
-    assert "keeps serving" in cell(page, "roll-a", "rollout")
     assert phase(page, "roll-a") == "Running"
     page.get(f"{reconciler.url}/ui/#/instances/roll-a")
     roles = "table.processes tbody th"
