@@ -56,6 +56,10 @@ class StartNext(msgspec.Struct, frozen=True, kw_only=True, tag="start-next"):
     name: str
     spec: InstanceSpec
 
+    @property
+    def reason(self) -> str:
+        return "spec changed: a new process starts beside the serving one"
+
 
 class Promote(msgspec.Struct, frozen=True, kw_only=True, tag="switch"):
     """The new process is Ready (or the old one is gone): routing switches to it in one step,
@@ -63,6 +67,10 @@ class Promote(msgspec.Struct, frozen=True, kw_only=True, tag="switch"):
     stopped."""
 
     name: str
+
+    @property
+    def reason(self) -> str:
+        return "the new process is Ready: traffic switches to it, the old one drains"
 
 
 class AbortNext(msgspec.Struct, frozen=True, kw_only=True, tag="abort-next"):

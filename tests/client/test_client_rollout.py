@@ -136,3 +136,29 @@ async def test_wait_for_ready_waits_for_the_process_of_the_new_spec(tmp_path: Pa
         server.observe("alpha", Phase.RUNNING, spec=server.spec("alpha"), spec_hash=old)
         done = await cli("wait", "alpha", "--timeout", "0.5", "--server", server.url)
     assert done.returncode == 1
+
+
+async def test_describe_shows_the_rollout_and_both_processes_while_it_rolls(
+    tmp_path: Path,
+) -> None:
+    async with served(tmp_path, instances(["alpha"])) as server:
+        server.observe("alpha", Phase.RUNNING)
+        old, new = edit(server)
+        starting = "new process pid 7 is starting; pid 4242 keeps serving"
+        server.observe(
+            "alpha",
+            Phase.RUNNING,
+            spec=server.spec("alpha"),
+            spec_hash=old,
+            processes=(process("current", 4242, old), process("next", 7, new, "Starting")),
+            conditions=(progressing(starting),),
+        )
+        done = await cli("describe", "alpha", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    rollout = next(line for line in done.stdout.splitlines() if line.startswith("Rollout:"))
+    assert rollout.split(None, 1)[1] == f"surge, progressing (RollingUpdate: {starting})"
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert ["current", "4242", "8142", "Ready", old] == rows[
+        rows.index(["ROLE", "PID", "PORT", "STATE", "SPEC", "AGE"]) + 1
+    ][:5]
+    assert any(r[:4] == ["next", "7", "8107", "Starting"] for r in rows)

@@ -303,3 +303,9 @@ def test_a_rollout_is_driven_to_its_end_by_passes_alone() -> None:
         assert action == expected
         assert assess(NEW, observed, NOW, POLICY).phase == "Running"
     assert assess(NEW, steps[-1][0], NOW, POLICY).rollout is None
+
+
+def test_a_dry_run_says_what_each_rollout_step_does() -> None:
+    assert "beside the serving one" in StartNext(name="a", spec=NEW).reason
+    assert "traffic switches" in Promote(name="a").reason
+    assert AbortNext(name="a", reason="Superseded").reason == "Superseded"
