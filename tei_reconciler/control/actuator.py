@@ -1,10 +1,12 @@
-"""The actuator: carries out the planner's Start and Stop actions, and follows each process.
+"""The actuator: carries out the planner's actions (start, stop, and a rollout's start beside,
+switch and abort), and follows each process (`following.py`).
 
 It is the one boundary where acting on the world can fail: every error of a start becomes an
-outcome (phase `Failed` with a reason, retried on a slow curve), every exit becomes data
-(`last_exit`, crash backoff), every probe result becomes data (consecutive failures,
-readiness). It never decides what to do next; it records what happened and asks the
-controller for another pass.
+outcome (phase `Failed` with a reason, retried on a slow curve; a failed rollout when it was
+the new process of one), every exit becomes data (`last_exit`, crash backoff), every probe
+result becomes data (consecutive failures, readiness). A process that leaves routing alive is
+drained before it is stopped. It never decides what to do next; it records what happened and
+asks the controller for another pass.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import msgspec
 
 from tei_reconciler import metrics
 from tei_reconciler._types import Clock
+from tei_reconciler.control.following import Following
 from tei_reconciler.control.models import ModelGlue
-from tei_reconciler.control.runtime import Placement, Probed, ProcessRecord, Role, Runtime
+from tei_reconciler.control.runtime import Placement, ProcessRecord, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.gpus import cuda_visible_devices
-from tei_reconciler.drivers.logtail import last_lines, log_size
+from tei_reconciler.drivers.logtail import log_size
 from tei_reconciler.drivers.ports import PortBook
-from tei_reconciler.drivers.probe import ProbeOutcome, Prober, probe_forever
+from tei_reconciler.drivers.probe import Prober
 from tei_reconciler.drivers.process import (
     Driver,
     ProcessHandle,
@@ -35,9 +38,9 @@ from tei_reconciler.drivers.process import (
 from tei_reconciler.errors import ActionError, PermanentError
 from tei_reconciler.planner.actions import AbortNext, Stop
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
-from tei_reconciler.planner.observed import Failure, RolloutFailure
+from tei_reconciler.planner.observed import Failure
 from tei_reconciler.planner.policy import Policy
-from tei_reconciler.planner.status import STOPPED_BECAUSE, ExitInfo, ProbeResult, exit_summary
+from tei_reconciler.planner.status import STOPPED_BECAUSE, ExitInfo, exit_summary
 from tei_reconciler.routing import Backend
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
@@ -48,15 +51,12 @@ log = logging.getLogger(__name__)
 #: calls in flight have ended (routing.DataPlane.drain).
 Drain = Callable[[Backend], Awaitable[None]]
 
-#: The `tei_reconciler_rollouts` outcome of each way a rollout fails.
-_OUTCOME = {"RolloutFailed": "failed", "ProgressDeadlineExceeded": "deadline_exceeded"}
-
 
 def _unbound(*args: object) -> None:
     raise RuntimeError("the actuator acts only for a controller (Actuator.bind)")
 
 
-class Actuator:
+class Actuator(Following):
     """Acts for the controller, which binds itself on creation (`bind`): `changed` asks for a
     pass, `spawn` runs a task in the controller's task group, `forget` drops an instance the
     controller no longer tracks. `drain` (when a data plane is there) waits for a process's
@@ -105,11 +105,6 @@ class Actuator:
         forget: Callable[[str], None],
     ) -> None:
         self.changed, self.spawn, self.forget = changed, spawn, forget
-
-    def follow(self, rt: Runtime, record: ProcessRecord) -> None:
-        """Watch a new (spawned or adopted) process: its exit and its health."""
-        self.spawn(self.watch_exit, rt, record)
-        self.spawn(self.probe_loop, rt, record)
 
     async def start(
         self, rt: Runtime, spec: InstanceSpec, *, explicit: set[int], beside: bool = False
@@ -204,18 +199,6 @@ class Actuator:
                 spec_hash(spec),
                 wall,
             )
-
-    def _rollout_failed(
-        self, rt: Runtime, reason: str, message: str, hash_: str, wall: float
-    ) -> None:
-        """The rollout to `hash_` failed; the current process keeps serving."""
-        previous = rt.rollout_failure
-        attempts = previous.attempts + 1 if previous and previous.spec_hash == hash_ else 1
-        rt.rollout_failure = RolloutFailure(
-            reason=reason, message=message, spec_hash=hash_, attempts=attempts
-        )
-        metrics.ROLLOUTS.labels(_OUTCOME[reason]).inc()
-        self.store.record_event(rt.name, "Warning", reason, message, wall)
 
     # ---- rollouts -----------------------------------------------------------------------
     def switch(self, rt: Runtime) -> ProcessRecord | None:
@@ -402,103 +385,6 @@ class Actuator:
         return exit_
 
     # ---- following a process -------------------------------------------------------------
-    async def watch_exit(self, rt: Runtime, record: ProcessRecord) -> None:
-        exit_ = await record.handle.watch()
-        if record.stop_requested or rt.role_of(record) is None:
-            return  # a stop we asked for: whoever stopped it does the bookkeeping
-        self.on_crash(rt, record, exit_)
-
-    def on_crash(self, rt: Runtime, record: ProcessRecord, exit_: ExitInfo) -> None:
-        now = self.clock.now()
-        healthy_for = record.healthy_for(now)
-        exit_ = msgspec.structs.replace(exit_, last_lines=self._last_lines(rt, record))
-        role = rt.ended(record, exit_)
-        self.spawn(self.prober.forget, rt.name, record.pid)
-        if role is None or role is Role.OLD:  # the old one of a rollout: its stop goes on
-            self.changed()
-            return
-        rt.crash = record_crash(
-            rt.crash,
-            now=now,
-            healthy_for=healthy_for,
-            spec_hash=record.spec_hash,
-            policy=self.backoff,
-        )
-        how = exit_summary(exit_)
-        last = f': "{exit_.last_lines[-1]}"' if exit_.last_lines else ""
-        wall = self.clock.wall()
-        if role is Role.NEXT:
-            self.ports.release_next(rt.name)
-            message = f"new process pid {record.pid} {how}{last}; retry in {rt.crash.delay:g}s"
-            self._rollout_failed(rt, "RolloutFailed", message, record.spec_hash, wall)
-            log.warning("%s: rollout failed: %s", rt.name, message)
-        else:
-            metrics.RESTARTS.labels("Crashed").inc()
-            message = f"pid {record.pid} {how}{last}; restart in {rt.crash.delay:g}s"
-            self.store.record_event(rt.name, "Warning", "BackOff", message, wall)
-            log.warning("%s: %s", rt.name, message)
-        self.changed()
-
-    def _last_lines(self, rt: Runtime, record: ProcessRecord) -> tuple[str, ...]:
-        """The end of what the process that just ended wrote (a bounded read of its log)."""
-        return last_lines(record.log_path, since=record.log_offset)
-
-    async def probe_loop(self, rt: Runtime, record: ProcessRecord) -> None:
-        """Probe `record`'s process until it ends; results go into it and may mark dirty."""
-        port = record.placement.port
-        if port is None or rt.role_of(record) is None:
-            return  # it exited (or was replaced) before this task began: nothing to cancel us
-        policy = self.policy.for_instance(record.spec)
-
-        def report(outcome: ProbeOutcome) -> None:
-            if rt.role_of(record) is None:
-                return
-            wall = self.clock.wall()
-            record.probes.append(
-                ProbeResult(
-                    at=wall, ok=outcome.ok, latency_ms=outcome.latency_ms, message=outcome.message
-                )
-            )
-            if self.on_probe(rt, record, outcome.ok, outcome.message, wall):
-                self.changed()
-
-        with anyio.CancelScope() as scope:
-            record.probe_scope = scope
-            await probe_forever(
-                self.prober,
-                rt.name,
-                record.pid,
-                self.settings.instance_host,
-                port,
-                interval=policy.health_interval_secs,
-                within=policy.health_timeout_secs,
-                started=lambda: record.startup_ok,
-                report=report,
-            )
-
-    def on_probe(
-        self, rt: Runtime, record: ProcessRecord, ok: bool, message: str, wall: float
-    ) -> bool:
-        """Fold one probe result into the process's record; True when a pass should look."""
-        threshold = self.policy.for_instance(record.spec).failure_threshold
-        verdict = record.probed(ok, threshold=threshold, now=self.clock.now(), wall=wall)
-        new = rt.role_of(record) is Role.NEXT
-        if verdict is Probed.STARTUP_FAILED:
-            metrics.PROBE_FAILURES.labels("startup").inc()
-        elif verdict is Probed.STARTED:
-            reason = "NewProcessReady" if new else "Ready"
-            what = f"pid {record.pid} " if new else ""
-            self.store.record_event(
-                rt.name, "Normal", reason, f"{what}startup probe succeeded", wall
-            )
-        elif verdict is Probed.FAILED:
-            metrics.PROBE_FAILURES.labels("liveness").inc()
-            self.store.record_event(
-                rt.name, "Warning", "Unhealthy", f"liveness probe failed: {message}", wall
-            )
-        # A recovery needs a pass too: it publishes the failure count back at 0.
-        return verdict in (Probed.STARTED, Probed.RECOVERED, Probed.FAILED)
-
     def argv_for(self, spec: InstanceSpec, *, port: int, prom: int) -> list[str]:
         """The command line this reconciler launches `spec` with on these ports."""
         prefix = resolve_binary(self.settings.tei_binary, self.settings.tei_protocol)
