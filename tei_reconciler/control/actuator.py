@@ -206,6 +206,8 @@ class Actuator(Following):
         the routing table right after this): new calls go to it from now on. Returns the old
         process, which `retire` drains and stops."""
         old = rt.promote()
+        if old is not None:
+            old.cancel_probes()  # out of routing now: only its stop is left
         self.ports.book_next(rt.name)
         new = rt.current
         assert new is not None

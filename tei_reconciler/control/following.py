@@ -96,7 +96,10 @@ class Following:
             log.warning("%s: rollout failed: %s", rt.name, message)
         else:
             metrics.RESTARTS.labels("Crashed").inc()
-            message = f"pid {record.pid} {how}{last}; restart in {rt.crash.delay:g}s"
+            then = f"restart in {rt.crash.delay:g}s"
+            if rt.next is not None:  # a rollout's new process is there to take over
+                then = f"new process pid {rt.next.pid} takes over"
+            message = f"pid {record.pid} {how}{last}; {then}"
             self.store.record_event(rt.name, "Warning", "BackOff", message, wall)
             log.warning("%s: %s", rt.name, message)
         self.changed()
