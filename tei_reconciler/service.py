@@ -8,6 +8,11 @@ whatever front ends are handed in (`extra`: the REST API and the gRPC router), a
 status store and one routing table. SIGTERM and
 SIGINT cancel the group; the controller then stops every instance in parallel within the
 grace period, or leaves them running for the next reconciler (`on_shutdown = "keep"`).
+
+Every part runs for the life of the process (`tasks.essential`): one that returns or fails
+is a crash of the whole process (exit status 1, one log line naming it), never a process
+that keeps answering `/health` with a dead control loop. A crash leaves the instances
+running, as a kill -9 would, for the restarted reconciler to adopt.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.tasks import PartEnded, essential
 from tei_reconciler.traffic import TrafficRing
 
 log = logging.getLogger("tei_reconciler")
@@ -109,14 +115,23 @@ async def serve(
             if handle_signals:
                 await tg.start(_cancel_on_signal, tg.cancel_scope)
             await tg.start(registry.run)
+            crashed = controller.abandon  # a crash leaves every instance to the next reconciler
             for part in extra:
-                await tg.start(part, controller)
+                await tg.start(
+                    partial(essential, _part_name(part), part, controller, crashed=crashed)
+                )
             # The watcher first: an edit made while the first pass runs is not left to the resync.
-            await tg.start(
-                partial(watch_state_file, Path(settings.state_file), controller.mark_dirty)
-            )
-            await tg.start(controller.run)
+            watcher = partial(watch_state_file, Path(settings.state_file), controller.mark_dirty)
+            await tg.start(partial(essential, "the state file watcher", watcher, crashed=crashed))
+            await tg.start(partial(essential, "the controller", controller.run, crashed=crashed))
             task_status.started(controller)
+
+
+def _part_name(part: Part) -> str:
+    return _PART_NAMES.get(part.__name__, part.__name__)
+
+
+_PART_NAMES = {"rest_api": "the REST API", "grpc_router": "the gRPC router"}
 
 
 def front_ends(settings: Settings) -> list[Part]:
@@ -198,7 +213,8 @@ def settings_from_args(argv: list[str]) -> Settings:
     return load_settings(cli, os.environ, args.config)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, extra: Sequence[Part] = ()) -> int:
+    """`tei-reconciler run`; `extra` parts run beside the front ends (for tests)."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -207,7 +223,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # one line per event otherwise
     try:
         settings = settings_from_args(argv)
-        parts = front_ends(settings)
+        parts = [*front_ends(settings), *extra]
     except SpecError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"{problem}\n")
@@ -215,12 +231,32 @@ def main(argv: list[str]) -> int:
     except AuthConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    return run_service(settings, parts)
+
+
+def run_service(settings: Settings, parts: Sequence[Part]) -> int:
+    """Serve until signalled (exit status 0). A part that ends or fails while the process
+    runs is a crash: one log line says which and why, the instances are left running for the
+    next reconciler to adopt, and the exit status is 1, so a supervisor (systemd, the
+    kubelet) restarts the process instead of it living on half dead."""
     failure: str | None = None
+    crashed = False
     try:
         anyio.run(partial(serve, settings, extra=parts), backend="asyncio")
     except* (AlreadyRunning, OSError) as group:  # a port that cannot be bound: nothing was changed
         failure = "; ".join(str(exc) for exc in group.exceptions)
+    except* PartEnded as group:
+        log.critical("%s: exiting (status 1) to be restarted", _describe(group))
+        crashed = True
+    except* Exception as group:
+        log.critical(
+            "crashed: %s: exiting (status 1) to be restarted", _describe(group), exc_info=group
+        )
+        crashed = True
     if failure is not None:
         sys.stderr.write(f"error: {failure}\n")
-        return 1
-    return 0
+    return 1 if failure is not None or crashed else 0
+
+
+def _describe(group: BaseExceptionGroup[BaseException]) -> str:
+    return "; ".join(str(exc) or type(exc).__name__ for exc in group.exceptions)

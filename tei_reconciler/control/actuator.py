@@ -10,7 +10,8 @@ controller for another pass.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 import msgspec
@@ -23,7 +24,7 @@ from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.logtail import last_lines, log_size
 from tei_reconciler.drivers.ports import PortBook
-from tei_reconciler.drivers.probe import ProbeOutcome, Prober, probe_forever
+from tei_reconciler.drivers.probe import ProbeOutcome, Prober, ProbeTarget, probe_forever
 from tei_reconciler.drivers.process import (
     Driver,
     ProcessHandle,
@@ -39,8 +40,16 @@ from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import ExitInfo, ProbeResult, exit_summary
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.tasks import stray
 
 log = logging.getLogger(__name__)
+
+FOLLOW_RETRY_SECS = 1.0  # before following a process again after its follower failed
+
+
+def _task_name(task: Callable[..., object]) -> str:
+    inner = getattr(task, "func", task)  # a functools.partial names its function
+    return str(getattr(inner, "__name__", "task"))
 
 
 def _unbound(*args: object) -> None:
@@ -93,6 +102,47 @@ class Actuator:
         forget: Callable[[str], None],
     ) -> None:
         self.changed, self.spawn, self.forget = changed, spawn, forget
+
+    async def guarded(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """The one boundary of every per-instance task (start, stop, watch_exit, probe_loop,
+        reap; the controller runs each through here): an error that ends one, or a
+        cancellation nobody asked for, is logged once with its traceback, shown as an
+        `InternalError` event of the instance, and becomes an outcome. It never reaches the
+        controller's task group, where it would end the loop of every instance."""
+        try:
+            await task(*args)
+        except BaseException as exc:
+            if not stray(exc):
+                raise
+            self._task_failed(task, args, exc)
+
+    def _task_failed(
+        self, task: Callable[..., Awaitable[None]], args: tuple[Any, ...], exc: BaseException
+    ) -> None:
+        """The outcome of a task that failed unexpectedly: the instance is no longer busy (the
+        next pass decides again), and a follower of the current process (its exit watcher or
+        probe loop) follows it again after `FOLLOW_RETRY_SECS`."""
+        what = _task_name(task)
+        rt = args[0] if args and isinstance(args[0], Runtime) else None
+        metrics.TASK_ERRORS.labels(what).inc()
+        log.error("%s of %s failed unexpectedly", what, rt.name if rt else "-", exc_info=exc)
+        if rt is None:
+            return
+        self.store.record_event(
+            rt.name, "Warning", "InternalError", f"{what} failed: {exc!r}", self.clock.wall()
+        )
+        rt.busy = None
+        handle = args[1] if len(args) > 1 and isinstance(args[1], ProcessHandle) else None
+        if handle is not None and rt.handle is handle and handle.alive:
+            self.spawn(self._follow_again, task, rt, handle, *args[2:])
+        self.changed()
+
+    async def _follow_again(
+        self, task: Callable[..., Awaitable[None]], rt: Runtime, handle: ProcessHandle, *rest: Any
+    ) -> None:
+        await anyio.sleep(FOLLOW_RETRY_SECS)
+        if rt.handle is handle and handle.alive:
+            self.spawn(task, rt, handle, *rest)
 
     def follow(self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None) -> None:
         """Watch a new (spawned or adopted) process: its exit and its health."""
@@ -192,7 +242,6 @@ class Actuator:
         rt.ended(
             msgspec.structs.replace(exit_, reason=action.reason, last_lines=self._last_lines(rt))
         )
-        await self.prober.forget(rt.name)  # the next process may serve another model type
         if action.crash:
             rt.crash = record_crash(
                 rt.crash,
@@ -245,7 +294,6 @@ class Actuator:
             self.clock.wall(),
         )
         log.warning("%s: pid %d %s; restart in %gs", rt.name, handle.pid, how, rt.crash.delay)
-        self.spawn(self.prober.forget, rt.name)
         self.changed()
 
     def _last_lines(self, rt: Runtime) -> tuple[str, ...]:
@@ -273,13 +321,14 @@ class Actuator:
             if self.on_probe(rt, outcome.ok, outcome.message, wall):
                 self.changed()
 
+        target = ProbeTarget(
+            name=rt.name, pid=handle.pid, host=self.settings.instance_host, port=port
+        )
         with anyio.CancelScope() as scope:
             rt.probe_scope = scope
             await probe_forever(
                 self.prober,
-                rt.name,
-                self.settings.instance_host,
-                port,
+                target,
                 interval=policy.health_interval_secs,
                 within=policy.health_timeout_secs,
                 started=lambda: rt.startup_ok,

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -40,6 +41,7 @@ from tei_reconciler.planner.policy import Policy
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.tasks import PartEnded, stray
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class Controller:
         self._dirty = anyio.Event()
         self._tg: TaskGroup | None = None
         self._last_rotate = 0.0
+        self._abandoned = False  # crashing: leave the instances running at exit
         self.passes = 0  # completed reconcile passes (tests and the bench wait on it)
 
     @property
@@ -108,27 +111,39 @@ class Controller:
 
     # ---- the loop ----------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Reconcile until cancelled. The loop's end by an error is a crash: the instances are
+        left running at exit for the next reconciler (`abandon`)."""
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                found = self.driver.discover()
-                self._found_at_boot = bool(found)  # the first read knows what already runs
-                await self.source.refresh()
-                self._adopt(found)
-                self._found_at_boot = False
-                requeue = await self._pass()
-                task_status.started()
-                while True:
-                    wait = self.settings.resync_interval_secs
-                    if requeue is not None:
-                        wait = min(wait, max(0.0, requeue - self.clock.now()))
-                    with anyio.move_on_after(wait):
-                        await self._dirty.wait()
-                    self._dirty = anyio.Event()
-                    requeue = await self._pass()
+            await self._loop(task_status)
+        except BaseException as exc:
+            if stray(exc):
+                self.abandon()
+            raise
+        else:  # only a cancellation nobody asked for ends the loop's task group quietly
+            self.abandon()
+            raise PartEnded("the control loop's task group ended")
         finally:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
+
+    async def _loop(self, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            found = self.driver.discover()
+            self._found_at_boot = bool(found)  # the first read knows what already runs
+            await self.source.refresh()
+            self._adopt(found)
+            self._found_at_boot = False
+            requeue = await self._pass()
+            task_status.started()
+            while True:
+                wait = self.settings.resync_interval_secs
+                if requeue is not None:
+                    wait = min(wait, max(0.0, requeue - self.clock.now()))
+                with anyio.move_on_after(wait):
+                    await self._dirty.wait()
+                self._dirty = anyio.Event()
+                requeue = await self._pass()
 
     async def _pass(self) -> float | None:
         started = time.perf_counter()
@@ -188,9 +203,10 @@ class Controller:
         )
 
     # ---- act ---------------------------------------------------------------------------
-    def _spawn_task(self, func: Callable[..., object], *args: object) -> None:
+    def _spawn_task(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a per-instance task in the loop's task group, through the actuator's boundary."""
         assert self._tg is not None
-        self._tg.start_soon(func, *args)  # type: ignore[arg-type]
+        self._tg.start_soon(self.actuator.guarded, func, *args)
 
     def _dispatch(self, action: Action) -> None:
         metrics.ACTIONS.labels(type(action).__name__.lower(), "dispatched").inc()
@@ -213,7 +229,6 @@ class Controller:
         self.runtimes.pop(name, None)
         self.store.forget(name)
         self.ports.release(name)
-        self._spawn_task(self.prober.forget, name)
 
     def _release_stale_ports(self) -> None:
         """Free the sticky ports of instances removed while no reconciler was running: no
@@ -259,15 +274,20 @@ class Controller:
                     log.warning("cannot rotate the log of %s: %s", name, exc)
 
     # ---- shutdown ----------------------------------------------------------------------
+    def abandon(self) -> None:
+        """The process is crashing: leave every instance running at exit, as a kill -9 would,
+        for the next reconciler to adopt (whatever `on_shutdown` says)."""
+        self._abandoned = True
+
     async def _shutdown(self) -> None:
         handles = [rt.handle for rt in self.runtimes.values() if rt.handle is not None]
-        if self.settings.on_shutdown == "stop" and handles:
+        if self._abandoned and handles:
+            log.warning("leaving %d instance(s) running for the next reconciler", len(handles))
+        elif self.settings.on_shutdown == "stop" and handles:
             log.info("stopping %d instance(s)", len(handles))
             async with anyio.create_task_group() as tg:
                 for handle in handles:
                     tg.start_soon(self.actuator.reap, handle)
-        for name in list(self.runtimes):
-            await self.prober.forget(name)
         aclose = getattr(self.prober, "aclose", None)
         if aclose is not None:
             await aclose()

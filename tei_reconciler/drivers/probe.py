@@ -3,14 +3,18 @@
 An unhealthy instance is data, never an exception: every probe returns a `ProbeOutcome`.
 The gRPC build is asked through `grpc.health.v1` for the service of its model type (Embed,
 Predict or Rerank; learned once from `tei.v1.Info`), falling back to `tei.v1.Info` where the
-health service is missing; the HTTP build answers `GET /health`. Channels are kept per
-instance (tei-manager opened a fresh channel per check) and closed when the process goes.
+health service is missing; the HTTP build answers `GET /health`. A probe belongs to one
+process (`ProbeTarget`): its channel lives as long as that process's probe loop (tei-manager
+opened a fresh channel per check) and is closed by the loop itself when it ends, so nothing
+of one process's probe can reach another's.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import anyio
@@ -20,6 +24,9 @@ import msgspec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
+from tei_reconciler.tasks import stray
+
+log = logging.getLogger(__name__)
 
 STARTUP_PERIOD = 0.25  # seconds between startup probes (capped by the liveness period)
 
@@ -38,89 +45,115 @@ class ProbeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
+class ProbeTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """One process to probe. Probe state (a channel, the model type learned) belongs to one
+    process, never to an instance name: two processes of one instance (a replacement under
+    way, an instance deleted and created again) are probed apart."""
+
+    name: str  # the instance (for messages)
+    pid: int
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+
+class Probe(Protocol):
+    """Probes one process; open for as long as its probe loop runs."""
+
+    async def check(self, within: float) -> ProbeOutcome: ...
+
+
 class Prober(Protocol):
-    """Probes one instance endpoint; `forget` releases what was kept for it."""
+    """Opens a probe of one process; what the probe holds is released when its block ends."""
 
-    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome: ...
-
-    async def forget(self, name: str) -> None: ...
+    def probe(self, target: ProbeTarget) -> AbstractAsyncContextManager[Probe]: ...
 
 
 def _elapsed_ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def _failed(start: float, exc: grpc.aio.AioRpcError) -> ProbeOutcome:
+    return ProbeOutcome(
+        ok=False, latency_ms=_elapsed_ms(start), message=f"{exc.code().name}: {exc.details()}"
+    )
+
+
 class GrpcProber:
-    """`grpc.health.v1.Health/Check` of the model's service, falling back to `tei.v1.Info`."""
+    """`grpc.health.v1.Health/Check` of the model's service, falling back to `tei.v1.Info`;
+    one channel per probed process."""
 
-    def __init__(self) -> None:
-        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
-        self._services: dict[str, str] = {}
-
-    def _channel(self, name: str, address: str) -> grpc.aio.Channel:
-        kept = self._channels.get(name)
-        if kept is not None and kept[0] == address:
-            return kept[1]
-        channel = grpc.aio.insecure_channel(address)
-        self._channels[name] = (address, channel)
-        return channel
-
-    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome:
-        start = time.perf_counter()
-        target_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        channel = self._channel(name, f"{target_host}:{port}")
+    @asynccontextmanager
+    async def probe(self, target: ProbeTarget) -> AsyncIterator[Probe]:
+        channel = grpc.aio.insecure_channel(target.address)
         try:
-            service = self._services.get(name)
+            yield _GrpcProbe(channel)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.close()
+
+
+class _GrpcProbe:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._service: str | None = None  # learned once: a process serves one model type
+
+    async def check(self, within: float) -> ProbeOutcome:
+        start = time.perf_counter()
+        try:
+            service = self._service
             if service is None:
-                info = await tei_pb2_grpc.InfoStub(channel).Info(
+                info = await tei_pb2_grpc.InfoStub(self._channel).Info(
                     tei_pb2.InfoRequest(), timeout=within
                 )
-                service = _SERVICE_BY_TYPE.get(info.model_type, "tei.v1.Embed")
-                self._services[name] = service
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                service = self._service = _SERVICE_BY_TYPE.get(info.model_type, "tei.v1.Embed")
+            reply = await health_pb2_grpc.HealthStub(self._channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=within
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
-                return await self._info(channel, start, within)
-            return ProbeOutcome(
-                ok=False,
-                latency_ms=_elapsed_ms(start),
-                message=f"{exc.code().name}: {exc.details()}",
-            )
+                return await self._info(start, within)
+            return _failed(start, exc)
         ok = reply.status == health_pb2.HealthCheckResponse.SERVING
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         return ProbeOutcome(ok=ok, latency_ms=_elapsed_ms(start), message=f"{service} {status}")
 
-    async def _info(self, channel: grpc.aio.Channel, start: float, within: float) -> ProbeOutcome:
+    async def _info(self, start: float, within: float) -> ProbeOutcome:
         try:
-            await tei_pb2_grpc.InfoStub(channel).Info(tei_pb2.InfoRequest(), timeout=within)
+            await tei_pb2_grpc.InfoStub(self._channel).Info(tei_pb2.InfoRequest(), timeout=within)
         except grpc.aio.AioRpcError as exc:
-            return ProbeOutcome(
-                ok=False,
-                latency_ms=_elapsed_ms(start),
-                message=f"{exc.code().name}: {exc.details()}",
-            )
+            return _failed(start, exc)
         return ProbeOutcome(ok=True, latency_ms=_elapsed_ms(start), message="tei.v1.Info OK")
-
-    async def forget(self, name: str) -> None:
-        self._services.pop(name, None)
-        kept = self._channels.pop(name, None)
-        if kept is not None:
-            await kept[1].close()
 
 
 class HttpProber:
-    """`GET /health` on TEI's HTTP build: 200 means the model answers."""
+    """`GET /health` on TEI's HTTP build: 200 means the model answers. One client (its
+    connection pool) serves every probe; `aclose` releases it."""
 
     def __init__(self) -> None:
         self._client = httpx.AsyncClient()
 
-    async def check(self, name: str, host: str, port: int, within: float) -> ProbeOutcome:
+    @asynccontextmanager
+    async def probe(self, target: ProbeTarget) -> AsyncIterator[Probe]:
+        yield _HttpProbe(self._client, f"http://{target.address}/health")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class _HttpProbe:
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self._client = client
+        self._url = url
+
+    async def check(self, within: float) -> ProbeOutcome:
         start = time.perf_counter()
-        url_host = f"[{host}]" if ":" in host else host
         try:
-            response = await self._client.get(f"http://{url_host}:{port}/health", timeout=within)
+            response = await self._client.get(self._url, timeout=within)
         except httpx.HTTPError as exc:
             return ProbeOutcome(
                 ok=False, latency_ms=_elapsed_ms(start), message=f"{type(exc).__name__}: {exc}"
@@ -130,12 +163,6 @@ class HttpProber:
             ok=ok, latency_ms=_elapsed_ms(start), message=f"GET /health {response.status_code}"
         )
 
-    async def forget(self, name: str) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
 
 def make_prober(protocol: str) -> GrpcProber | HttpProber:
     return HttpProber() if protocol == "http" else GrpcProber()
@@ -143,25 +170,37 @@ def make_prober(protocol: str) -> GrpcProber | HttpProber:
 
 async def probe_forever(
     prober: Prober,
-    name: str,
-    host: str,
-    port: int,
+    target: ProbeTarget,
     *,
     interval: float,
     within: float,
     started: Callable[[], bool],
     report: Callable[[ProbeOutcome], None],
 ) -> None:
-    """Probe one instance until cancelled: every `STARTUP_PERIOD` until `started()` (so Ready
-    comes quickly), then every `interval`. A probe that overruns `within` is a failure; one
-    instance's probes never wait for another's (each instance has its own task)."""
-    while True:
-        outcome = None
-        with anyio.move_on_after(within + 1.0):
-            outcome = await prober.check(name, host, port, within)
-        if outcome is None:
-            outcome = ProbeOutcome(
-                ok=False, latency_ms=(within + 1.0) * 1000, message=f"no answer within {within:g}s"
+    """Probe one process until cancelled: every `STARTUP_PERIOD` until `started()` (so Ready
+    comes quickly), then every `interval`. A probe that overruns `within` is a failure, and so
+    is one that raises (a stray cancellation included): whatever a probe does, it reports an
+    outcome and the loop goes on. One process's probes never wait for another's (each has its
+    own task)."""
+    async with prober.probe(target) as probe:
+        while True:
+            outcome = await _check(probe, within)
+            report(outcome)
+            await anyio.sleep(interval if started() else min(interval, STARTUP_PERIOD))
+
+
+async def _check(probe: Probe, within: float) -> ProbeOutcome:
+    start = time.perf_counter()
+    with anyio.move_on_after(within + 1.0):
+        try:
+            return await probe.check(within)
+        except BaseException as exc:
+            if not stray(exc):
+                raise
+            log.warning("probe failed unexpectedly", exc_info=exc)
+            return ProbeOutcome(
+                ok=False, latency_ms=_elapsed_ms(start), message=f"probe error: {exc!r}"
             )
-        report(outcome)
-        await anyio.sleep(interval if started() else min(interval, STARTUP_PERIOD))
+    return ProbeOutcome(
+        ok=False, latency_ms=(within + 1.0) * 1000, message=f"no answer within {within:g}s"
+    )

@@ -19,13 +19,13 @@ from tei_reconciler.control.controller import Controller
 from tei_reconciler.settings import Settings
 
 from .reconciler_harness import (
-    children,
     fast_settings,
     instance_toml,
     reconciler,
     script,
     write_atomic,
 )
+from support.processes import children
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio

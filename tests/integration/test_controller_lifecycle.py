@@ -12,13 +12,13 @@ import pytest
 from tei_reconciler.control.controller import Controller
 
 from .reconciler_harness import (
-    children,
     fast_settings,
     instance_toml,
     passes,
     reconciler,
     write_atomic,
 )
+from support.processes import children
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
