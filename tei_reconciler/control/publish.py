@@ -153,11 +153,16 @@ def publish(
     wall: float,
 ) -> None:
     """Write every instance's status, the routing table and the phase gauge. `desired` is
-    None while no valid state file has been read: the processes found are kept as they are."""
+    None while no valid state file has been read: the processes found are kept as they are.
+    An instance neither desired nor tracked is gone from the store too (one that never had a
+    process, such as a stopped one, has no runtime for a Forget to drop)."""
     counts = dict.fromkeys(Phase, 0)
     endpoints = []
     rows = []
-    for name in sorted((desired or {}).keys() | runtimes.keys()):
+    shown = (desired or {}).keys() | runtimes.keys()
+    for gone in {s.name for s in store.all()} - shown:
+        store.forget(gone)
+    for name in sorted(shown):
         spec = desired.get(name) if desired is not None else None
         rt = runtimes.get(name)
         verdict = None if desired is not None or rt is None else _unknown_desire(rt)
