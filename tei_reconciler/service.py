@@ -39,6 +39,7 @@ from tei_reconciler.build import build_controller, build_models
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.control.watcher import watch_state_file
 from tei_reconciler.desired.statefile import StateFile
+from tei_reconciler.drivers.family import become_subreaper
 from tei_reconciler.errors import AuthConfigError, SpecError, TeiReconcilerError
 from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.router import serve_router
@@ -241,6 +242,7 @@ def run_service(settings: Settings, parts: Sequence[Part]) -> int:
     kubelet) restarts the process instead of it living on half dead."""
     failure: str | None = None
     crashed = False
+    become_subreaper()  # daemons of instances stay ours to stop when their parent is gone
     try:
         anyio.run(partial(serve, settings, extra=parts), backend="asyncio")
     except* (AlreadyRunning, OSError) as group:  # a port that cannot be bound: nothing was changed

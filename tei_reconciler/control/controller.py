@@ -160,6 +160,7 @@ class Controller:
         if now - self._last_rotate >= _ROTATE_EVERY:
             self._last_rotate = now
             self._rotate_logs()
+            self.driver.reap_orphans()
         metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
         self.passes += 1
         return requeue
@@ -226,8 +227,10 @@ class Controller:
             self._spawn_task(self.actuator.stop, rt, action)
 
     def _forget(self, name: str) -> None:
+        """Drop an instance everywhere at once: the API and the router never disagree on it."""
         self.runtimes.pop(name, None)
         self.store.forget(name)
+        self.table.update([e for e in self.table.all() if e.name != name])
         self.ports.release(name)
 
     def _release_stale_ports(self) -> None:

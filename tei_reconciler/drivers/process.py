@@ -1,14 +1,15 @@
 """The process driver: spawn, watch, stop and adopt TEI processes.
 
 Every instance runs in its own session (so its own process group): a stop signals the whole
-group, so no grandchild outlives its instance, and a terminal's Ctrl-C or the reconciler's own
-death never reaches the children. Output goes straight from the child to an append-mode log
+group and every process carrying the spawn's token (family.py), so no grandchild outlives its
+instance, not even one that left the group; a terminal's Ctrl-C or the reconciler's own death
+never reaches the children. Output goes straight from the child to an append-mode log
 file (not through a pipe): a child keeps running and logging when the reconciler is killed,
 which is what lets the next reconciler adopt it without a restart.
 
 Children are found again by the markers in their environment (owner digest, instance name,
-spec hash). An adopted process is not our child and cannot be waited for; its exit is watched
-through a pidfd, or by polling when pidfds are unavailable.
+spec hash, process token). An adopted process is not our child and cannot be waited for; its
+exit is watched through a pidfd, or by polling when pidfds are unavailable.
 
 Spawning happens only on the event-loop thread (anyio.open_process), never from a worker
 thread: see reconciler-semantics.md on threads and PR_SET_PDEATHSIG.
@@ -38,9 +39,16 @@ from tei_reconciler.desired.fields import FIELDS
 from tei_reconciler.desired.spec import (
     MARKER_INSTANCE,
     MARKER_OWNER,
+    MARKER_PROCESS,
     MARKER_SPEC_HASH,
     InstanceSpec,
     spec_hash,
+)
+from tei_reconciler.drivers.family import (
+    family_alive,
+    new_token,
+    reap_orphans,
+    signal_family,
 )
 from tei_reconciler.errors import PermanentError
 from tei_reconciler.paths import RuntimeDir
@@ -149,6 +157,7 @@ class Found(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     instance: str
     spec_hash: str
+    token: str | None = None  # its process token (None: started before tokens existed)
     port: int | None
     prometheus_port: int | None
     gpu_id: str | None
@@ -156,7 +165,8 @@ class Found(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ProcessHandle:
-    """One process group leader, spawned by us (`process`) or adopted (`psutil_proc`)."""
+    """One process group leader, spawned by us (`process`) or adopted (`psutil_proc`), and
+    its family: `owner` and `token` mark every process it starts (see family.py)."""
 
     def __init__(
         self,
@@ -166,9 +176,13 @@ class ProcessHandle:
         clock: Clock,
         process: Process | None = None,
         psutil_proc: psutil.Process | None = None,
+        owner: str = "",
+        token: str | None = None,
     ) -> None:
         self.pid = pid
         self.spec_hash = spec_hash
+        self.owner = owner
+        self.token = token
         self.adopted = process is None
         self._clock = clock
         self._process = process
@@ -196,7 +210,8 @@ class ProcessHandle:
         else:
             await self._wait_foreign()
         self.exit = exit_info(code, self._clock.wall())
-        kill_group(self.pid, signal.SIGKILL)  # nothing of a dead instance may hold its port
+        # Nothing of a dead instance may hold its port, not even a daemon it left behind.
+        signal_family(self.pid, self.owner, self.token, signal.SIGKILL)
         self._exited.set()
         return self.exit
 
@@ -225,26 +240,6 @@ class ProcessHandle:
         return self.exit
 
 
-def kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in the group."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
-
-
 class Driver(Protocol):
     """The seam between the controller and the OS (tests pass a fake)."""
 
@@ -260,6 +255,8 @@ class Driver(Protocol):
 
     def adopt(self, found: Found) -> ProcessHandle | None: ...
 
+    def reap_orphans(self) -> None: ...
+
 
 class ProcessDriver:
     """Spawns and stops instance process groups; finds this owner's children."""
@@ -268,6 +265,8 @@ class ProcessDriver:
         self.runtime_dir = RuntimeDir(runtime_dir)
         self.owner = owner
         self.clock = clock
+        self._spawned: dict[int, ProcessHandle] = {}  # children whose exit we collect ourselves
+        self._spawning = 0
 
     def log_path(self, name: str) -> Path:
         return self.runtime_dir.log(name)
@@ -280,14 +279,16 @@ class ProcessDriver:
         Raises PermanentError("BinaryNotFound") when the program cannot be executed.
         """
         self.runtime_dir.logs.mkdir(parents=True, exist_ok=True)
+        token = new_token()
         log_fd = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._spawning += 1
         try:
             process = await anyio.open_process(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                env=env,
+                env={**env, MARKER_PROCESS: token},
                 start_new_session=True,
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
@@ -301,27 +302,53 @@ class ProcessDriver:
                 "BinaryNotFound", f"cannot execute {argv[0]!r}: {exc.strerror or exc}"
             ) from exc
         finally:
+            self._spawning -= 1
             os.close(log_fd)
-        return ProcessHandle(pid=process.pid, spec_hash=hash_, clock=self.clock, process=process)
+        handle = ProcessHandle(
+            pid=process.pid,
+            spec_hash=hash_,
+            clock=self.clock,
+            process=process,
+            owner=self.owner,
+            token=token,
+        )
+        self._spawned[process.pid] = handle
+        return handle
 
     async def stop(self, handle: ProcessHandle, grace: float) -> ExitInfo:
-        """SIGTERM the group, wait up to `grace` for all of it, then SIGKILL the group."""
-        kill_group(handle.pid, signal.SIGTERM)
-        with anyio.move_on_after(grace):
+        """SIGTERM the family (the group, and every process carrying the handle's token, in
+        whatever session), wait up to `grace` for all of it, then SIGKILL it."""
+        owner, token = handle.owner, handle.token
+
+        async def gone() -> None:
             await handle.wait()
-            while group_alive(handle.pid):  # noqa: ASYNC110 - no event exists for "group empty"
+            while family_alive(handle.pid, owner, token):  # noqa: ASYNC110 - no event for it
                 await anyio.sleep(_POLL)
-        if handle.alive or group_alive(handle.pid):
-            kill_group(handle.pid, signal.SIGKILL)
+
+        signal_family(handle.pid, owner, token, signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await gone()
+        if handle.alive or family_alive(handle.pid, owner, token):
+            signal_family(handle.pid, owner, token, signal.SIGKILL)
             with anyio.move_on_after(10):
-                await handle.wait()
-                while group_alive(handle.pid):  # noqa: ASYNC110
-                    await anyio.sleep(_POLL)
-        return await handle.wait()
+                await gone()
+        exit_ = await handle.wait()
+        self.reap_orphans()
+        return exit_
+
+    def reap_orphans(self) -> None:
+        """Collect the orphans re-parented to this (subreaper) process that have ended."""
+        if self._spawning:
+            return  # a child being spawned may end before its handle exists: look again later
+        for pid in [pid for pid, h in self._spawned.items() if not h.alive]:
+            del self._spawned[pid]  # its watcher has collected it
+        reap_orphans(self._spawned)
 
     def discover(self) -> list[Found]:
-        """Running group leaders whose markers name this owner."""
+        """Running group leaders whose markers name this owner: of the processes sharing one
+        process token (a process and the daemons it left), the one that started first."""
         found: list[Found] = []
+        starts: dict[int, float] = {}
         for proc in psutil.process_iter(["pid", "status"]):
             try:
                 if proc.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(proc.pid) != proc.pid:
@@ -330,6 +357,7 @@ class ProcessDriver:
                 if env.get(MARKER_OWNER) != self.owner or MARKER_INSTANCE not in env:
                     continue
                 cmdline = proc.cmdline()
+                started = proc.create_time()
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
             found.append(
@@ -337,13 +365,15 @@ class ProcessDriver:
                     pid=proc.pid,
                     instance=env[MARKER_INSTANCE],
                     spec_hash=env.get(MARKER_SPEC_HASH, ""),
+                    token=env.get(MARKER_PROCESS),
                     port=_flag_int(cmdline, "--port"),
                     prometheus_port=_flag_int(cmdline, "--prometheus-port"),
                     gpu_id=env.get("CUDA_VISIBLE_DEVICES"),
                     argv=tuple(cmdline),
                 )
             )
-        return found
+            starts[proc.pid] = started
+        return _first_of_each_token(found, starts)
 
     def adopt(self, found: Found) -> ProcessHandle | None:
         try:
@@ -351,8 +381,27 @@ class ProcessDriver:
         except psutil.Error:
             return None
         return ProcessHandle(
-            pid=found.pid, spec_hash=found.spec_hash, clock=self.clock, psutil_proc=proc
+            pid=found.pid,
+            spec_hash=found.spec_hash,
+            clock=self.clock,
+            psutil_proc=proc,
+            owner=self.owner,
+            token=found.token,
         )
+
+
+def _first_of_each_token(found: list[Found], starts: dict[int, float]) -> list[Found]:
+    """One process per process token: the first started (the instance's own process; the
+    others are daemons it left, stopped with it)."""
+    first: dict[str, Found] = {}
+    kept: list[Found] = []
+    for one in sorted(found, key=lambda f: (starts[f.pid], f.pid)):
+        if one.token is None:
+            kept.append(one)
+        elif one.token not in first:
+            first[one.token] = one
+            kept.append(one)
+    return kept
 
 
 def _flag_int(argv: list[str], flag: str) -> int | None:

@@ -108,6 +108,9 @@ class FakeDriver:
     def discover(self) -> list[Found]:
         return list(self.found)
 
+    def reap_orphans(self) -> None:
+        return None
+
     def adopt(self, found: Found) -> ProcessHandle | None:
         handle = FakeHandle(spec_hash=found.spec_hash, clock=self.clock, adopted=True)
         handle.pid = found.pid

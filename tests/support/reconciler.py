@@ -30,9 +30,12 @@ _ROUTER = re.compile(r"gRPC router listening on \S+?:(\d+)")
 class Reconciler:
     """A `tei-reconciler run` child process on 127.0.0.1 port 0, with its state file."""
 
-    def __init__(self, root: Path, config: str | None = None) -> None:
+    def __init__(
+        self, root: Path, config: str | None = None, settings: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.config = config  # the --config TOML (e.g. [auth]), if any
+        self.settings = settings or {}  # more TEI_RECONCILER_<KEY> settings (over the defaults)
         self.state_file = root / "state" / "state.toml"
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text("[instances]\n")
@@ -55,6 +58,7 @@ class Reconciler:
             "STOP_GRACE_SECS": "5",
             "HUGGINGFACE_HUB_CACHE": str(self.root / "hub"),  # never the user's own cache
             "HF_OFFLINE": "true",  # and never the real Hub
+            **self.settings,
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEI_RECONCILER_")}
         env.update({f"TEI_RECONCILER_{k}": v for k, v in settings.items()})
