@@ -6,7 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ("engine_bench", "router_overhead", "reconciler_bench", "api_bench")
+BENCHES = (
+    "engine_bench",
+    "router_overhead",
+    "throughput",
+    "dataplane_recovery",
+    "reconciler_bench",
+    "api_bench",
+)
 
 
 def main() -> int:

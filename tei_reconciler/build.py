@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tei_reconciler._types import Clock, SystemClock
-from tei_reconciler.control.actuator import Actuator
+from tei_reconciler.control.actuator import Actuator, Drain
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.source import DesiredSource, Loader, file_loader
@@ -44,9 +44,11 @@ def build_controller(
     prober: Prober | None = None,
     gpus: tuple[int, ...] | None = None,
     base_env: Mapping[str, str] | None = None,
+    drain: Drain | None = None,
     models: ModelGlue | None = None,
 ) -> Controller:
-    """The controller of `settings.state_file`, with its source, drivers and actuator."""
+    """The controller of `settings.state_file`, with its source, drivers and actuator;
+    `drain` is the data plane's, which the actuator waits on before stopping an instance."""
     clock = clock or SystemClock()
     runtime_dir = RuntimeDir(Path(settings.runtime_dir))
     owner = Controller.owner_of(settings)
@@ -83,6 +85,7 @@ def build_controller(
         gpus=detect_gpus() if gpus is None else gpus,
         base_env=_child_env(os.environ if base_env is None else base_env, models),
         owner=owner,
+        drain=drain,
         models=models,
     )
     return Controller(

@@ -3,6 +3,7 @@
     TeiReconcilerError
     ├── SpecError               a state or config file is invalid (carries every problem found)
     ├── AuthConfigError         a CA, certificate, key or tokens file of [auth] cannot be loaded
+    ├── DataPlaneError          the data plane asked for cannot run (no Envoy binary, ...)
     ├── StateFileError          the state file cannot be read or written
     │   ├── StateFileTooLarge   larger than max_state_bytes: never read, let alone parsed
     │   ├── StateReadOnly       the file is GitOps-owned (symlink, read-only mount): never written
@@ -50,6 +51,11 @@ class SpecError(TeiReconcilerError):
 
 class AuthConfigError(TeiReconcilerError):
     """A file `[auth]` names (CA, server certificate or key, tokens) cannot be loaded."""
+
+
+class DataPlaneError(TeiReconcilerError):
+    """The data plane the settings ask for cannot run here (`data_plane = "envoy"` without an
+    Envoy binary, an instance host Envoy cannot address)."""
 
 
 class StateFileError(TeiReconcilerError):

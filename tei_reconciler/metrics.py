@@ -9,16 +9,27 @@ gone leaves no series behind. Metrics live on prometheus_client's default regist
 `instance` is the TEI instance's name. Prometheus also gives every scraped series an
 `instance` label of its own (the target); the ServiceMonitor in manifests/monitoring sets
 `honorLabels` so the name wins, and the pod stays known by its `pod` label.
+
+The router's metrics describe traffic, whichever data plane carries it: the grpcio router
+counts its own calls, and with Envoy a source added with `add_router_source` yields Envoy's
+statistics under the same names and labels at scrape time; samples with the same labels are
+summed, so one scrape shows all traffic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 __all__ = [
     "ACTIONS",
+    "DATA_PLANE_CONFIG_REJECTED",
+    "DATA_PLANE_CONFIG_VERSION",
+    "DATA_PLANE_RESTARTS",
+    "DATA_PLANE_UP",
     "INSTANCES",
     "INSTANCE_INFO",
     "INSTANCE_PHASE",
@@ -95,30 +106,138 @@ RECONCILE_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 
-# The gRPC router. `instance` is a name from the routing table (bounded by max_instances) or ""
-# for calls refused before routing; `method` is one of the served method paths.
+# The gRPC router. `instance` is a name from the routing table (bounded by max_instances), ""
+# for calls refused before routing, or "model:<model_id>" for calls Envoy balanced across a
+# model's instances; `method` is one of the served method paths.
 ROUTER_REQUESTS = Counter(
     "tei_reconciler_router_requests",
     "gRPC calls handled by the router, by instance, method and status code.",
     ["instance", "method", "code"],
+    registry=None,
+)
+INSTANCE_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
 )
 ROUTER_LATENCY = Histogram(
     "tei_reconciler_router_request_duration_seconds",
     "Time from the router receiving a call to its final status, by method.",
     ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=LATENCY_BUCKETS,
+    registry=None,
 )
 ROUTER_INSTANCE_LATENCY = Histogram(
     "tei_reconciler_router_instance_request_duration_seconds",
     "Time from the router receiving a call to its final status, by instance (all methods).",
     ["instance"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=INSTANCE_LATENCY_BUCKETS,
+    registry=None,
 )
 ROUTER_IN_FLIGHT = Gauge(
     "tei_reconciler_router_in_flight_requests",
     "Calls the router is relaying to each instance right now.",
     ["instance"],
+    registry=None,
 )
+
+# The data plane (DESIGN.md section 10).
+DATA_PLANE_UP = Gauge(
+    "tei_reconciler_data_plane_up",
+    "1 while the data plane serves the gRPC port (Envoy running and initialized, or the "
+    "grpcio router listening), by data plane (envoy, grpcio).",
+    ["data_plane"],
+)
+DATA_PLANE_RESTARTS = Counter(
+    "tei_reconciler_data_plane_restarts",
+    "Times Envoy exited on its own and was started again.",
+)
+DATA_PLANE_CONFIG_VERSION = Gauge(
+    "tei_reconciler_data_plane_config_version",
+    "Routing snapshot versions sent to Envoy: the newest published, and the one it applied.",
+    ["state"],
+)
+DATA_PLANE_CONFIG_REJECTED = Counter(
+    "tei_reconciler_data_plane_config_rejected",
+    "Routing snapshots Envoy rejected (NACK), by resource (clusters, endpoints, routes).",
+    ["resource"],
+)
+
+RouterSource = Callable[[], Iterable[Metric]]
+_ROUTER_METRICS = (ROUTER_REQUESTS, ROUTER_LATENCY, ROUTER_INSTANCE_LATENCY, ROUTER_IN_FLIGHT)
+
+
+class _RouterMetrics(Collector):
+    """The router's metrics, plus whatever the data plane's sources report under their names."""
+
+    def __init__(self) -> None:
+        self.sources: list[RouterSource] = []
+
+    def describe(self) -> Iterator[Metric]:
+        for metric in _ROUTER_METRICS:
+            yield from metric.describe()
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            family.name: family for metric in _ROUTER_METRICS for family in metric.collect()
+        }
+        for source in list(self.sources):
+            for extra in source():
+                family = families.get(extra.name)
+                if family is not None:
+                    _merge(family, extra)
+        yield from families.values()
+
+
+def _merge(family: Metric, extra: Metric) -> None:
+    index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(family.samples)}
+    for sample in extra.samples:
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        at = index.get(key)
+        if at is None:
+            index[key] = len(family.samples)
+            family.samples.append(sample)
+        else:
+            old = family.samples[at]
+            family.samples[at] = old._replace(value=old.value + sample.value)
+
+
+_ROUTER = _RouterMetrics()
+REGISTRY.register(_ROUTER)
+
+
+def add_router_source(source: RouterSource) -> Callable[[], None]:
+    """Report `source`'s samples with the router's metrics; returns the remover."""
+    _ROUTER.sources.append(source)
+    return lambda: _ROUTER.sources.remove(source)
 
 
 def set_instances(instances: Iterable[tuple[str, str, str, bool]]) -> None:

@@ -3,9 +3,15 @@
 The controller publishes a new immutable snapshot whenever an instance becomes Ready, stops
 being Ready, or moves to another port; the gRPC router only reads snapshots. This is the
 router's whole view of the world: it never reads the state file or the status store.
+
+A `DataPlane` is what carries the traffic the table describes (the grpcio router, or Envoy
+programmed by the reconciler): the controller asks it to drain an instance before stopping
+it, the REST API asks whether traffic reaches an instance yet.
 """
 
 from __future__ import annotations
+
+from typing import Literal, Protocol
 
 import anyio
 import msgspec
@@ -72,3 +78,36 @@ class RoutingTable:
 
     def ready_for_model(self, model_id: str) -> list[Endpoint]:
         return [e for e in self.ready() if e.model_id == model_id]
+
+
+class DataPlaneStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What `GET /health` and `/ready` say about the data plane."""
+
+    kind: Literal["envoy", "grpcio"]
+    up: bool  # serving the gRPC port
+    detail: str = ""  # one line: the binary and pid, or why the kind was chosen
+    restarts: int = 0  # Envoy exits the reconciler recovered from
+    config_version: int | None = None  # routing snapshot Envoy applied (None: none yet)
+    config_rejected: int = 0  # snapshots Envoy rejected
+
+
+class DataPlane(Protocol):
+    """The reader of the routing table that carries the gRPC traffic."""
+
+    @property
+    def kind(self) -> Literal["envoy", "grpcio"]: ...
+
+    def routes_to(self, name: str) -> bool:
+        """Whether new calls for instance `name` reach its current process now."""
+        ...
+
+    async def wait_routed(self, name: str) -> None:
+        """Return once `routes_to(name)` (callers bound the wait)."""
+        ...
+
+    async def drain(self, name: str) -> None:
+        """Return once no new call reaches `name` and none is in flight to it (the instance
+        has already left the table's Ready set; callers bound the wait)."""
+        ...
+
+    def status(self) -> DataPlaneStatus: ...

@@ -88,6 +88,8 @@ class Settings(_Base, frozen=True):
     max_message_mb: int = 40
     idle_channel_secs: float = 600.0
     default_instance: str | None = None
+    data_plane: Literal["auto", "envoy", "grpcio"] = "auto"  # who carries gRPC traffic
+    envoy_binary: str = "auto"  # "auto" (the `envoy` extra, then PATH) | a path
     max_body_bytes: int = 1024 * 1024  # REST request body limit
     max_state_bytes: int = DEFAULT_MAX_BYTES  # a larger state file is refused unread
     max_concurrent_starts: int = 4
@@ -219,6 +221,8 @@ RULES: dict[str, Callable[[object], object]] = {
     "max_message_mb": _int(1),
     "idle_channel_secs": _secs(),
     "default_instance": _instance,
+    "data_plane": _one_of("auto", "envoy", "grpcio"),
+    "envoy_binary": _text,
     "max_body_bytes": _int(1),
     "max_state_bytes": _int(1),
     "max_concurrent_starts": _int(1),

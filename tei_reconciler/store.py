@@ -158,5 +158,5 @@ class StatusStore:
 def _log_event(event: Event) -> None:
     """Every event also goes to the log, so `journalctl`/`kubectl logs` tell the same story."""
     level = logging.WARNING if event.type == "Warning" else logging.INFO
-    subject = event.instance or (f"model {event.model}" if event.model else "state file")
+    subject = event.instance or (f"model {event.model}" if event.model else "reconciler")
     log.log(level, "%s: %s: %s", subject, event.reason, event.message)

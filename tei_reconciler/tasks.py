@@ -6,6 +6,11 @@ in every call on a channel that another task closed. anyio reads a task that end
 the whole control loop silently. `cancelled_here()` tells a cancellation of ours (an enclosing
 scope was cancelled: re-raise it) from such a stray one (an error like any other).
 
+A library may also replace the cancellation anyio delivered with one of its own (grpc.aio
+raises a fresh `CancelledError` from a call cancelled under it), which anyio's scope then does
+not recognise and lets through. `scoped(scope)` is a cancel scope that owns whatever
+cancellation leaves it once it was cancelled (and no scope around it was).
+
 `stray(exc)` is the test every boundary uses; `essential` runs a part of the process (the
 controller, the REST API, the router, the watcher) whose end, by return or by error, is a
 crash of the whole process, never a zombie that keeps answering.
@@ -14,7 +19,8 @@ crash of the whole process, never a zombie that keeps answering.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -39,6 +45,20 @@ def stray(exc: BaseException) -> bool:
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         return not cancelled_here()
     return isinstance(exc, Exception)
+
+
+@contextmanager
+def scoped(scope: anyio.CancelScope) -> Iterator[anyio.CancelScope]:
+    """Enter `scope` (a CancelScope, `move_on_after`, ...); once it has been cancelled or has
+    timed out, a cancellation leaving it ends here even when a library raised it in place of
+    anyio's own, unless a scope around it was cancelled too."""
+    try:
+        with scope:
+            yield scope
+    except anyio.get_cancelled_exc_class():
+        if scope.cancel_called and not cancelled_here():
+            return
+        raise
 
 
 async def essential(

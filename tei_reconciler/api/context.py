@@ -20,6 +20,7 @@ from tei_reconciler.desired.spec import DesiredState, InstanceSpec
 from tei_reconciler.desired.statefile import StateFile
 from tei_reconciler.errors import Problem, SpecError, StateFileError
 from tei_reconciler.planner.status import InstanceStatus
+from tei_reconciler.routing import DataPlane
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 from tei_reconciler.traffic import TrafficRing
@@ -57,6 +58,7 @@ class ApiContext:
     clock: Clock
     closing: anyio.Event | None = None  # set when the server starts shutting down
     traffic: TrafficRing = field(default_factory=TrafficRing)  # fed by the data plane
+    data_plane: DataPlane | None = None  # what carries the gRPC traffic, when there is one
     models: ModelCommands | None = None  # the model registry (None: no model routes)
     _cache: Snapshot | None = field(default=None, repr=False)
     _parsing: anyio.Lock = field(default_factory=anyio.Lock, repr=False)
@@ -116,6 +118,11 @@ class ApiContext:
         """The desired spec (None when not in the file) and observed status of `name`."""
         desired = await self.effective()
         return desired.instances.get(name), self.store.get(name)
+
+    def routed_by(self, name: str) -> str | None:
+        """The data plane that sends new calls to instance `name` now, if any does."""
+        plane = self.data_plane
+        return plane.kind if plane is not None and plane.routes_to(name) else None
 
     def plan(self, desired: DesiredState) -> list[PlannedAction]:
         return [planned(a) for a in self.preview(desired)]

@@ -103,8 +103,21 @@ def wait_timeout(request: Request) -> float | None:
 
 
 async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> None:
-    """Block until the store shows `spec` Ready; 504 `TIMEOUT` after `seconds`."""
+    """Block until the store shows `spec` Ready and the data plane sends traffic to it (with
+    Envoy: Envoy applied routes to its process); 504 `TIMEOUT` after `seconds`."""
+    with anyio.move_on_after(seconds):
+        await _store_ready(ctx, spec)
+        if ctx.data_plane is not None:
+            await ctx.data_plane.wait_routed(spec.name)
+        return
+    raise ApiError(
+        504,
+        "TIMEOUT",
+        f"the change to {spec.name!r} was written, but it was not Ready within {seconds:g} s",
+    )
 
+
+async def _store_ready(ctx: ApiContext, spec: InstanceSpec) -> None:
     wanted = msgspec.to_builtins(spec)
 
     def ready(status: InstanceStatus | None) -> bool:
@@ -117,18 +130,12 @@ async def wait_ready(ctx: ApiContext, spec: InstanceSpec, seconds: float) -> Non
     with ctx.store.subscribe() as changes:
         if ready(ctx.store.get(spec.name)):
             return
-        with anyio.move_on_after(seconds):
-            async for change in changes:
-                if not isinstance(change, StoreChange) or change.name != spec.name:
-                    continue
-                if ready(ctx.store.get(spec.name)):
-                    return
-                await _still_desired(ctx, spec.name)
-    raise ApiError(
-        504,
-        "TIMEOUT",
-        f"the change to {spec.name!r} was written, but it was not Ready within {seconds:g} s",
-    )
+        async for change in changes:
+            if not isinstance(change, StoreChange) or change.name != spec.name:
+                continue
+            if ready(ctx.store.get(spec.name)):
+                return
+            await _still_desired(ctx, spec.name)
 
 
 async def _still_desired(ctx: ApiContext, name: str) -> None:
@@ -149,7 +156,8 @@ async def _answer(
     spec = desired.instances[name]
     if wait is not None:
         await wait_ready(ctx, spec, wait)
-    return json_response(instance_out(spec, ctx.store.get(name), ctx.clock.wall()), status)
+    out = instance_out(spec, ctx.store.get(name), ctx.clock.wall(), ctx.routed_by(name))
+    return json_response(out, status)
 
 
 async def list_instances(request: Request) -> Response:
@@ -157,7 +165,10 @@ async def list_instances(request: Request) -> Response:
     desired = await ctx.effective()
     names = sorted(set(desired.instances) | {s.name for s in ctx.store.all()})
     now = ctx.clock.wall()
-    body = [instance_out(desired.instances.get(n), ctx.store.get(n), now) for n in names]
+    body = [
+        instance_out(desired.instances.get(n), ctx.store.get(n), now, ctx.routed_by(n))
+        for n in names
+    ]
     return json_response(body)
 
 
@@ -187,7 +198,7 @@ async def get_instance(request: Request) -> Response:
     spec, status = await ctx.lookup(name)
     if spec is None and status is None:
         raise ApiError(404, "INSTANCE_NOT_FOUND", f"instance {name!r} not found")
-    return json_response(instance_out(spec, status, ctx.clock.wall()))
+    return json_response(instance_out(spec, status, ctx.clock.wall(), ctx.routed_by(name)))
 
 
 async def apply_instance(request: Request) -> Response:

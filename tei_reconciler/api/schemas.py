@@ -20,6 +20,7 @@ import msgspec
 from tei_reconciler.desired.fields import FIELDS
 from tei_reconciler.desired.spec import NAME_MAX, NAME_PATTERN, DesiredRun, InstanceSpec
 from tei_reconciler.planner.phase import AnchorStatus, Phase
+from tei_reconciler.routing import DataPlaneStatus
 
 GpuIndex = Annotated[int, msgspec.Meta(ge=0)]
 #: The state file's name rule, stated for the document; the state file's validator applies it
@@ -145,6 +146,7 @@ class InstanceOut(Response, frozen=True, kw_only=True):
     last_exit: ExitOut | None
     backoff_until: datetime | None
     events: str  # URL of this instance's event log
+    routed_by: str | None = None  # the data plane sending new calls to it now (envoy, grpcio)
 
 
 class EventOut(Response, frozen=True, kw_only=True):
@@ -198,6 +200,7 @@ class StateWriteResponse(Response, frozen=True, kw_only=True):
 class HealthResponse(Response, frozen=True, kw_only=True):
     status: Literal["healthy"]
     timestamp: datetime
+    data_plane: DataPlaneStatus | None = None  # what carries the gRPC port
 
 
 class ReadyResponse(Response, frozen=True, kw_only=True):
@@ -207,6 +210,7 @@ class ReadyResponse(Response, frozen=True, kw_only=True):
     instances: int
     spec_valid: bool  # false: the file is invalid now and the last good state stays in force
     warnings: list[str]  # why spec_valid is false (the details are in GET /plan)
+    data_plane: DataPlaneStatus | None = None
 
 
 class ProgressOut(Response, frozen=True, kw_only=True):

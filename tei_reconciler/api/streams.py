@@ -124,7 +124,9 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
             now = ctx.clock.wall()
             for status in ctx.store.all():
                 if name is None or status.name == name:
-                    yield sse("status", instance_out(status.spec, status, now))
+                    yield sse(
+                        "status", instance_out(status.spec, status, now, ctx.routed_by(status.name))
+                    )
             for model in ctx.store.models() if name is None else ():
                 yield sse("model", model_out(model))
             while True:
@@ -143,7 +145,10 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                     yield sse("deleted", {"name": change.name})
                 else:
                     status = change.status
-                    yield sse("status", instance_out(status.spec, status, ctx.clock.wall()))
+                    out = instance_out(
+                        status.spec, status, ctx.clock.wall(), ctx.routed_by(status.name)
+                    )
+                    yield sse("status", out)
 
     return changes
 

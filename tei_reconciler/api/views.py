@@ -52,9 +52,13 @@ def _gpu_id(spec: InstanceSpec) -> int | None:
 
 
 def instance_out(
-    spec: InstanceSpec | None, status: InstanceStatus | None, now: float
+    spec: InstanceSpec | None,
+    status: InstanceStatus | None,
+    now: float,
+    routed_by: str | None = None,
 ) -> InstanceOut:
-    """The instance body; `now` is epoch seconds (for `uptime_secs`)."""
+    """The instance body; `now` is epoch seconds (for `uptime_secs`); `routed_by` is the data
+    plane that sends new calls to it now, if any does."""
     shown = spec if spec is not None else status.spec if status is not None else None
     if shown is None:
         raise ValueError("an instance needs a spec or a status")
@@ -104,6 +108,7 @@ def instance_out(
         last_exit=exit_out(status.last_exit) if status and status.last_exit else None,
         backoff_until=ts(status.backoff_until) if status else None,
         events=f"/instances/{shown.name}/events",
+        routed_by=routed_by,
     )
 
 

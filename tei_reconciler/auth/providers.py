@@ -170,6 +170,12 @@ class TokenProvider:
             return Decision(Verdict.INVALID, "invalid bearer token")
         return Decision.allowed(Principal(method="token", token_id=token_id(token)))
 
+    def digests(self) -> tuple[str, ...]:
+        """The hex SHA-256 of every accepted token (the tokens file re-read if it changed),
+        for a data plane that checks tokens itself without ever holding one."""
+        self._refresh()
+        return tuple(d.hex() for d in self._digests)
+
     def _refresh(self) -> None:
         if self._file is None:
             return

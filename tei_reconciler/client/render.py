@@ -12,7 +12,7 @@ from typing import Any
 
 from tei_reconciler.client.http import ServerError
 
-INSTANCE_COLUMNS = ("NAME", "PHASE", "READY", "MODEL", "PORT", "GPU", "RESTARTS", "AGE")
+INSTANCE_COLUMNS = ("NAME", "PHASE", "READY", "TRAFFIC", "MODEL", "PORT", "GPU", "RESTARTS", "AGE")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -57,6 +57,7 @@ def instance_row(item: Mapping[str, Any]) -> list[str]:
         str(item["name"]),
         str(item["phase"]),
         "1/1" if item.get("ready") else "0/1",
+        _show(item.get("routed_by")),  # the data plane sending it calls now (envoy, grpcio)
         str(item["model_id"]),
         _show(item.get("port")),
         gpu_text(spec.get("gpu")),
@@ -94,6 +95,7 @@ def describe(item: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> st
         ("Desired state", item.get("desired_state")),
         ("Phase", phase),
         ("Ready", "True" if item.get("ready") else "False"),
+        ("Traffic", f"routed by {item['routed_by']}" if item.get("routed_by") else "none"),
         ("Port", item.get("port")),
         ("Prometheus port", item.get("prometheus_port")),
         ("GPU", gpu_text((item.get("spec") or {}).get("gpu"))),

@@ -40,11 +40,15 @@ from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import ExitInfo, ProbeResult, exit_summary
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
-from tei_reconciler.tasks import stray
+from tei_reconciler.tasks import scoped, stray
 
 log = logging.getLogger(__name__)
 
 FOLLOW_RETRY_SECS = 1.0  # before following a process again after its follower failed
+
+#: The data plane's drain: returns once no new call reaches the instance and its calls in
+#: flight have ended (routing.DataPlane.drain).
+Drain = Callable[[str], Awaitable[None]]
 
 
 def _task_name(task: Callable[..., object]) -> str:
@@ -59,7 +63,8 @@ def _unbound(*args: object) -> None:
 class Actuator:
     """Acts for the controller, which binds itself on creation (`bind`): `changed` asks for a
     pass, `spawn` runs a task in the controller's task group, `forget` drops an instance the
-    controller no longer tracks."""
+    controller no longer tracks. `drain` (when a data plane is there) waits for an instance's
+    calls before it is stopped."""
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class Actuator:
         gpus: tuple[int, ...],
         base_env: Mapping[str, str],
         owner: str,
+        drain: Drain | None = None,
         models: ModelGlue | None = None,
     ) -> None:
         self.settings = settings
@@ -90,7 +96,8 @@ class Actuator:
         self.owner = owner
         self.changed: Callable[[], None] = _unbound
         self.spawn: Callable[..., None] = _unbound
-        self.forget: Callable[[str], None] = _unbound
+        self.forget: Callable[[Runtime], None] = _unbound
+        self.drain = drain
         self.models = models
         self._starts = anyio.CapacityLimiter(max(1, settings.max_concurrent_starts))
 
@@ -99,7 +106,7 @@ class Actuator:
         *,
         changed: Callable[[], None],
         spawn: Callable[..., None],
-        forget: Callable[[str], None],
+        forget: Callable[[Runtime], None],
     ) -> None:
         self.changed, self.spawn, self.forget = changed, spawn, forget
 
@@ -119,9 +126,10 @@ class Actuator:
     def _task_failed(
         self, task: Callable[..., Awaitable[None]], args: tuple[Any, ...], exc: BaseException
     ) -> None:
-        """The outcome of a task that failed unexpectedly: the instance is no longer busy (the
-        next pass decides again), and a follower of the current process (its exit watcher or
-        probe loop) follows it again after `FOLLOW_RETRY_SECS`."""
+        """The outcome of a task that failed unexpectedly: after a start or a stop the
+        instance is no longer busy (the next pass decides again); a follower of the current
+        process (its exit watcher or probe loop) follows it again after `FOLLOW_RETRY_SECS`,
+        unless the process is being stopped."""
         what = _task_name(task)
         rt = args[0] if args and isinstance(args[0], Runtime) else None
         metrics.TASK_ERRORS.labels(what).inc()
@@ -131,9 +139,10 @@ class Actuator:
         self.store.record_event(
             rt.name, "Warning", "InternalError", f"{what} failed: {exc!r}", self.clock.wall()
         )
-        rt.busy = None
         handle = args[1] if len(args) > 1 and isinstance(args[1], ProcessHandle) else None
-        if handle is not None and rt.handle is handle and handle.alive:
+        if getattr(task, "func", task) in (self.start, self.stop):  # it made the instance busy
+            rt.busy = None
+        elif handle is not None and rt.handle is handle and handle.alive and not rt.stop_requested:
             self.spawn(self._follow_again, task, rt, handle, *args[2:])
         self.changed()
 
@@ -141,7 +150,7 @@ class Actuator:
         self, task: Callable[..., Awaitable[None]], rt: Runtime, handle: ProcessHandle, *rest: Any
     ) -> None:
         await anyio.sleep(FOLLOW_RETRY_SECS)
-        if rt.handle is handle and handle.alive:
+        if rt.handle is handle and handle.alive and not rt.stop_requested:
             self.spawn(task, rt, handle, *rest)
 
     def follow(self, rt: Runtime, handle: ProcessHandle, spec: InstanceSpec | None) -> None:
@@ -238,6 +247,11 @@ class Actuator:
         rt.stop_requested = True
         rt.cancel_probes()
         healthy_for = rt.healthy_for(self.clock.now())
+        if self.drain is not None and not action.crash:
+            # The instance has left routing: let the calls it serves finish (a process that
+            # failed its probes is replaced at once, as Kubernetes does).
+            with anyio.move_on_after(self.settings.stop_grace_secs):
+                await self.drain(rt.name)
         exit_ = await self.driver.stop(handle, self.settings.stop_grace_secs)
         rt.ended(
             msgspec.structs.replace(exit_, reason=action.reason, last_lines=self._last_lines(rt))
@@ -262,7 +276,7 @@ class Actuator:
         rt.busy = None
         metrics.ACTIONS.labels("stop", "ok").inc()
         if action.forget:
-            self.forget(rt.name)
+            self.forget(rt)
         self.changed()
 
     async def watch_exit(self, rt: Runtime, handle: ProcessHandle) -> None:
@@ -324,7 +338,7 @@ class Actuator:
         target = ProbeTarget(
             name=rt.name, pid=handle.pid, host=self.settings.instance_host, port=port
         )
-        with anyio.CancelScope() as scope:
+        with scoped(anyio.CancelScope()) as scope:
             rt.probe_scope = scope
             await probe_forever(
                 self.prober,

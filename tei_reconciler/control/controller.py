@@ -80,7 +80,7 @@ class Controller:
         self.actuator = actuator
         self.models = models
         source.bind(running=self._running)
-        actuator.bind(changed=self.mark_dirty, spawn=self._spawn_task, forget=self._forget)
+        actuator.bind(changed=self.mark_dirty, spawn=self._spawn_task, forget=self._forget_runtime)
         self.runtimes: dict[str, Runtime] = {}
         self._found_at_boot = False
         self._dirty = anyio.Event()
@@ -232,6 +232,13 @@ class Controller:
         self.store.forget(name)
         self.table.update([e for e in self.table.all() if e.name != name])
         self.ports.release(name)
+
+    def _forget_runtime(self, rt: Runtime) -> None:
+        """Drop `rt`'s instance once its removal is done, unless the name already lives again
+        (created anew while the old process was being stopped): a record is dropped, never
+        the name's current one."""
+        if self.runtimes.get(rt.name) is rt:
+            self._forget(rt.name)
 
     def _release_stale_ports(self) -> None:
         """Free the sticky ports of instances removed while no reconciler was running: no

@@ -24,7 +24,7 @@ import msgspec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
-from tei_reconciler.tasks import stray
+from tei_reconciler.tasks import scoped, stray
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ async def probe_forever(
 
 async def _check(probe: Probe, within: float) -> ProbeOutcome:
     start = time.perf_counter()
-    with anyio.move_on_after(within + 1.0):
+    with scoped(anyio.move_on_after(within + 1.0)):
         try:
             return await probe.check(within)
         except BaseException as exc:

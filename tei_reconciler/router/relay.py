@@ -62,11 +62,12 @@ class Relay:
         *,
         request_timeout_secs: float,
         default_instance: str | None,
+        balancer: Balancer | None = None,
         traffic: TrafficSink | None = None,
     ) -> None:
         self.table = table
         self.pool = pool
-        self.balancer = Balancer()
+        self.balancer = balancer or Balancer()
         self.request_timeout_secs = request_timeout_secs
         self.default_instance = default_instance
         self.traffic = traffic  # the dashboard's recent-traffic ring
@@ -183,6 +184,13 @@ class Relay:
                     finished = True
                 except grpc.aio.AioRpcError as exc:
                     failed = exc
+                except asyncio.CancelledError:
+                    # grpc.aio ends the read of a call cancelled here with a CancelledError
+                    # of its own, which anyio does not take for its cancellation: without
+                    # this, a refused stream would leave the handler as if the client had
+                    # cancelled, and the client would never get its status.
+                    if refused is None:
+                        raise
                 tg.cancel_scope.cancel()
         finally:
             call.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import anyio
 import grpc
 from google.protobuf.message import DecodeError, Message
 
@@ -36,6 +37,7 @@ class Balancer:
     def __init__(self) -> None:
         self.outstanding: dict[str, int] = {}
         self._turn = itertools.count()
+        self._idle: dict[str, anyio.Event] = {}
 
     def acquire(self, name: str) -> None:
         self.outstanding[name] = self.outstanding.get(name, 0) + 1
@@ -44,8 +46,16 @@ class Balancer:
         left = self.outstanding.get(name, 0) - 1
         if left > 0:
             self.outstanding[name] = left
-        else:
-            self.outstanding.pop(name, None)
+            return
+        self.outstanding.pop(name, None)
+        idle = self._idle.pop(name, None)
+        if idle is not None:
+            idle.set()
+
+    async def idle(self, name: str) -> None:
+        """Return once no request is in flight to `name`."""
+        while self.outstanding.get(name, 0) > 0:
+            await self._idle.setdefault(name, anyio.Event()).wait()
 
     def pick(self, candidates: list[Endpoint]) -> Endpoint:
         if len(candidates) == 1:

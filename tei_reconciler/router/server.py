@@ -1,10 +1,11 @@
 """Running the router: one grpc.aio server for every instance, until cancelled.
 
 `serve_router` binds, reports the bound port through `task_status.started(port)` (port 0
-picks a free one), then runs a maintenance task that mirrors the routing table into the
-health service and closes the channels of instances that left it or idled out. On
-cancellation it stops in uvicorn's order: health reports NOT_SERVING, the server stops
-accepting and gives running calls `stop_grace_secs`, then the instance channels close.
+picks a free one; behind Envoy it binds a private Unix socket, `bind="unix:PATH"`), then
+runs a maintenance task that mirrors the routing table into the health service and closes
+the channels of instances that left it or idled out. On cancellation it stops in uvicorn's
+order: health reports NOT_SERVING, the server stops accepting and gives running calls
+`stop_grace_secs`, then the instance channels close.
 Auth plugs in from outside: server interceptors and server credentials are parameters; so
 does `traffic`, the dashboard's ring that every finished call is recorded in. The router is
 handed the manager's settings whole, as the REST API is; `RouterSettings` says what it reads
@@ -28,6 +29,7 @@ from tei_reconciler.router.multiplexer import method_handlers
 from tei_reconciler.router.passthrough import generic_handlers
 from tei_reconciler.router.pool import ChannelPool
 from tei_reconciler.router.relay import Relay
+from tei_reconciler.router.routes import Balancer
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.traffic import TrafficSink
 
@@ -62,6 +64,8 @@ async def serve_router(
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    balancer: Balancer | None = None,
+    bind: str | None = None,
     traffic: TrafficSink | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -72,6 +76,7 @@ async def serve_router(
         pool,
         request_timeout_secs=settings.request_timeout_secs,
         default_instance=settings.default_instance,
+        balancer=balancer,
         traffic=traffic,
     )
     health = HealthSync(table)
@@ -93,16 +98,19 @@ async def serve_router(
     health.add_to(server)
     add_reflection(server, [MULTIPLEXER_SERVICE, *TEI_SERVICES, HEALTH_SERVICE])
     host = settings.grpc_host
-    address = f"{host}:{settings.grpc_port}"
-    if credentials is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, credentials)
+    address = bind or f"{host}:{settings.grpc_port}"
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpcio raises this for a port that is taken
+        raise OSError(f"gRPC router cannot bind {address}: the address is in use") from exc
     if not bound:
         raise OSError(f"gRPC router cannot bind {address}")
     await health.apply()
     await server.start()
-    log.info("gRPC router listening on %s:%d", host, bound)
+    log.info("gRPC router listening on %s", bind or f"{host}:{bound}")
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_maintain, relay, health)

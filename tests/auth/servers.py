@@ -1,5 +1,5 @@
-"""The real REST app (create_app) and the real gRPC router, served on 127.0.0.1 port 0 with
-whatever `build_rest_auth` / `build_grpc_auth` make of the settings."""
+"""The real REST app (create_app) and the real gRPC data plane, served on 127.0.0.1 port 0
+with whatever `build_rest_auth` / the data plane make of the settings' `[auth]`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from typing import Any
 import anyio
 import msgspec
 
+from tei_reconciler._types import SystemClock
 from tei_reconciler.api import create_app
 from tei_reconciler.api.serve import serve_api
-from tei_reconciler.auth import build_grpc_auth, build_rest_auth
+from tei_reconciler.auth import build_rest_auth
+from tei_reconciler.dataplane.binary import Choice, find_envoy
+from tei_reconciler.dataplane.serve import DataPlaneRunner
 from tei_reconciler.desired.statefile import StateFile
-from tei_reconciler.router import serve_router
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import AuthSettings, Settings
 from tei_reconciler.store import StatusStore
@@ -29,6 +31,7 @@ def settings_with(tmp_path: Path, auth: AuthSettings) -> Settings:
         state_file=str(tmp_path / "state.toml"),
         api_port=0,
         grpc_port=0,
+        stop_grace_secs=1,
         auth=auth,
     )
 
@@ -58,23 +61,21 @@ async def _serve_api(app: Any, context: Any, *, task_status: Any) -> None:
 
 
 @asynccontextmanager
-async def grpc_router(settings: Settings) -> AsyncIterator[int]:
-    """Serve the router (no instances) with the auth the settings ask for; yields its port."""
-    interceptors, credentials = build_grpc_auth(settings)
-
-    async def run(*, task_status: Any) -> None:
-        await serve_router(
-            RoutingTable(),
-            msgspec.structs.replace(
-                settings, grpc_host="127.0.0.1", grpc_port=0, stop_grace_secs=1.0
-            ),
-            interceptors=interceptors,
-            credentials=credentials,
-            task_status=task_status,
-        )
-
+async def grpc_router(settings: Settings, data_plane: str = "grpcio") -> AsyncIterator[int]:
+    """Serve the data plane (no instances) with the auth the settings ask for; yields its
+    port. With Envoy, Envoy terminates TLS and checks every call, as in production."""
+    choice = Choice(kind="envoy", binary=find_envoy("auto"), reason="test")
+    if data_plane == "grpcio":
+        choice = Choice(kind="grpcio", binary=None, reason="test")
+    runner = DataPlaneRunner(
+        msgspec.structs.replace(settings, grpc_host="127.0.0.1", grpc_port=0, stop_grace_secs=1.0),
+        RoutingTable(),
+        store=StatusStore(),
+        clock=SystemClock(),
+        choice=choice,
+    )
     async with anyio.create_task_group() as tg:
-        port: int = await tg.start(run)
+        port: int = await tg.start(runner.serve)
         try:
             yield port
         finally:

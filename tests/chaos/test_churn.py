@@ -22,7 +22,10 @@ CYCLES_PER_NAME = 60
 
 @pytest.fixture
 def reconciler(tmp_path: Path) -> Iterator[Reconciler]:
-    server = Reconciler(tmp_path)
+    # The control loop is under test, not the data plane: the grpcio router keeps it lean
+    # (Envoy's drain on every stop costs a configuration round trip; tests/chaos/test_random.py
+    # runs the default data plane).
+    server = Reconciler(tmp_path, settings={"DATA_PLANE": "grpcio"})
     server.start()
     try:
         yield server

@@ -28,9 +28,19 @@ async def test_get_lists_every_instance_with_its_phase_and_readiness(tmp_path: P
         done = await cli("get", "--server", server.url)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "READY", "MODEL", "PORT", "GPU", "RESTARTS", "AGE"]
-    assert lines[1].split()[:6] == ["alpha", "Running", "1/1", "hash/384", "8081", "none"]
-    assert lines[2].split()[:5] == ["beta", "Pending", "0/1", "hash/384", "8082"]
+    assert lines[0].split() == [
+        "NAME",
+        "PHASE",
+        "READY",
+        "TRAFFIC",
+        "MODEL",
+        "PORT",
+        "GPU",
+        "RESTARTS",
+        "AGE",
+    ]
+    assert lines[1].split()[:7] == ["alpha", "Running", "1/1", "-", "hash/384", "8081", "none"]
+    assert lines[2].split()[:6] == ["beta", "Pending", "0/1", "-", "hash/384", "8082"]
 
 
 async def test_get_with_json_output_prints_the_apis_instance_body(tmp_path: Path) -> None:

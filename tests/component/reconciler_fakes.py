@@ -119,9 +119,11 @@ class FakeDriver:
 
 
 class FakeProber:
-    """`mode[name]`: "ok" (default), "fail", "hang", or "stray" (raise a cancellation nobody
-    asked for, as grpc.aio does on a closed channel). `open[name]`: probes of that instance's
-    processes open now (each process's probe loop opens its own)."""
+    """`mode[name]`: "ok" (default), "fail", "hang", "stray" (raise a cancellation nobody
+    asked for, as grpc.aio does on a closed channel), or "hang-grpc" (hang, and when cancelled
+    raise a fresh cancellation in place of anyio's, as a cancelled grpc.aio call does).
+    `open[name]`: probes of that instance's processes open now (each process's probe loop
+    opens its own)."""
 
     def __init__(self) -> None:
         self.mode: dict[str, str] = {}
@@ -143,6 +145,12 @@ class FakeProber:
             await anyio.sleep_forever()
         if mode == "stray":
             raise anyio.get_cancelled_exc_class()()
+        if mode == "hang-grpc":
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                pass
+            raise anyio.get_cancelled_exc_class()()  # outside the except: no __context__
         return ProbeOutcome(ok=mode == "ok", latency_ms=0.1, message=mode)
 
 

@@ -43,6 +43,23 @@ async def test_a_probe_raising_a_stray_cancellation_is_a_failed_probe_and_the_lo
         assert (await world.phase("b", "Running")).ready
 
 
+async def test_a_probe_cancelled_under_a_library_that_replaces_the_cancellation_ends_cleanly(
+    tmp_path: Path,
+) -> None:
+    """grpc.aio answers a cancelled call with a CancelledError of its own, which anyio's scope
+    does not recognise: a timed-out probe is still a failed probe, and a stop still ends the
+    probe loop quietly."""
+    world = World(tmp_path, failure_threshold=2)
+    async with running(world):
+        world.set_desired(A)
+        await world.phase("a", "Running")
+        world.prober.mode["a"] = "hang-grpc"
+        status = await world.phase("a", "CrashLoopBackOff")  # two timeouts: restarted
+        assert "no answer within" in status.probes[-1].message
+        assert world.prober.open["a"] == 0  # the probe loop of the stopped process ended
+        assert not [e for e in world.store.events("a") if e.reason == "InternalError"]
+
+
 async def test_a_stop_ended_by_a_stray_cancellation_is_an_event_and_is_tried_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,7 +18,7 @@ from anyio.abc import TaskStatus
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.routing import RoutingTable
-from tei_reconciler.service import Part, front_ends, serve
+from tei_reconciler.service import FrontEnds, Part, serve
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
@@ -87,7 +87,7 @@ class Harness:
         self.controller = controller
         self.store = store
         self.table = table
-        self.ports: list[int] = []  # with front_ends: the REST API's port, then the router's
+        self.ports: list[int] = []  # with front ends: the REST API's port, then the gRPC port
 
     @property
     def api_url(self) -> str:
@@ -140,14 +140,17 @@ async def reconciler(
     settings: Settings, state: str | None = None, *, with_front_ends: bool = False
 ) -> AsyncIterator[Harness]:
     """A running reconciler (controller + watcher, and with `with_front_ends` the REST API and
-    the router of `tei-reconciler run`); on exit it stops every instance."""
+    the data plane of `tei-reconciler run`); on exit it stops every instance."""
     state_file = Path(settings.state_file)
     if state is not None:
         write_atomic(state_file, state)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     store, table = StatusStore(), RoutingTable()
     ports: list[int] = []
-    parts = [_port_recorded(p, ports) for p in front_ends(settings)] if with_front_ends else []
+    parts = []
+    if with_front_ends:  # as `run` builds them (the data plane its settings choose)
+        _, built = FrontEnds(settings).build(table, store)
+        parts = [_port_recorded(p, ports) for p in built]
     try:
         async with anyio.create_task_group() as tg:
             controller: Controller = await tg.start(
@@ -168,7 +171,9 @@ async def reconciler(
                 tg.cancel_scope.cancel()
     finally:
         leftovers = (
-            children(Controller.owner_of(settings)) if settings.on_shutdown == "stop" else []
+            children(Controller.owner_of(settings), data_plane=True)
+            if settings.on_shutdown == "stop"
+            else []
         )
         for proc in leftovers:
             proc.kill()

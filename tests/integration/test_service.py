@@ -121,3 +121,56 @@ def test_a_part_that_ends_makes_run_exit_non_zero_and_leaves_the_instances_to_ad
     finally:
         for child in children(owner):
             child.kill()
+
+
+def run_once(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`tei-reconciler run` with one instance in its state file, until it exits."""
+    state = tmp_path / "state.toml"
+    state.write_text(instance_toml("alpha"))
+    environ = {
+        **os.environ,
+        "TEI_RECONCILER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "TEI_RECONCILER_API_PORT": "0",
+        "TEI_RECONCILER_TEI_BINARY": "builtin",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tei_reconciler", "run", "--state", str(state), *argv],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_data_plane_envoy_without_its_binary_stops_run_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "envoy"
+    result = run_once(
+        tmp_path,
+        "--grpc-port",
+        "0",
+        TEI_RECONCILER_DATA_PLANE="envoy",
+        TEI_RECONCILER_ENVOY_BINARY=str(missing),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data_plane = \"envoy\", but no Envoy binary at envoy_binary = '{missing}'"
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runtime" / "logs" / "alpha.log").exists()
+
+
+def test_a_held_grpc_port_stops_the_reconciler_on_either_data_plane(
+    tmp_path: Path, data_plane: str
+) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = run_once(tmp_path, "--grpc-port", str(port), TEI_RECONCILER_DATA_PLANE=data_plane)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert str(port) in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runtime" / "logs" / "alpha.log").exists()

@@ -2,7 +2,8 @@
 
 Used where a test must see the backend's side of a call (metadata, deadlines, cancellation)
 or needs a status the engine does not produce. Inputs starting with "fail:" are refused with
-RESOURCE_EXHAUSTED, inputs starting with "slow" wait until cancelled.
+RESOURCE_EXHAUSTED, inputs starting with "slow" wait until cancelled, inputs starting with
+"hold" wait until the test sets `recorder.release` (then answer).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Recorder:
         self.time_remaining: list[float | None] = []
         self.cancelled = anyio.Event()
         self.slow_started = anyio.Event()
+        self.held = 0  # "hold" calls waiting for `release`
+        self.release = anyio.Event()
 
 
 class FakeEmbed(tei_pb2_grpc.EmbedServicer):
@@ -43,6 +46,9 @@ class FakeEmbed(tei_pb2_grpc.EmbedServicer):
         self.recorder.time_remaining.append(context.time_remaining())
         if request.inputs.startswith("fail:"):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "model is overloaded")
+        if request.inputs.startswith("hold"):
+            self.recorder.held += 1
+            await self.recorder.release.wait()
         if request.inputs.startswith("slow"):
             self.recorder.slow_started.set()
             try:

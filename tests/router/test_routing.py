@@ -17,7 +17,7 @@ from .fake_backend import fake_backend, vector
 from .harness import endpoint, mux_client, mux_to, mux_to_fake, running_router, to
 from support.clock import FakeClock
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_data_plane")]
 
 
 def embed(target: mux.Target, text: str = "hello") -> mux.EmbedRequest:

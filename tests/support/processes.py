@@ -8,13 +8,18 @@ import psutil
 from tei_reconciler.desired.spec import MARKER_INSTANCE, MARKER_OWNER
 
 
-def children(owner: str, instance: str | None = None) -> list[psutil.Process]:
-    """Live processes carrying this reconciler's owner marker (optionally one instance's)."""
+def children(
+    owner: str, instance: str | None = None, *, data_plane: bool = False
+) -> list[psutil.Process]:
+    """Live instance processes carrying this reconciler's owner marker (optionally one
+    instance's); with `data_plane`, its Envoy too."""
     found = []
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
             if env.get(MARKER_OWNER) != owner or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if MARKER_INSTANCE not in env and not (data_plane and instance is None):
                 continue
             if instance is None or env.get(MARKER_INSTANCE) == instance:
                 found.append(proc)

@@ -24,7 +24,7 @@ from support.net import port_base
 from support.waiting import DEADLINE, wait_until
 
 _LISTENING = re.compile(r"REST API listening on (http://\S+?:\d+)")
-_ROUTER = re.compile(r"gRPC router listening on \S+?:(\d+)")
+_ROUTER = re.compile(r"data plane \w+ listening on \S+?:(\d+)")
 
 
 class Reconciler:
@@ -83,10 +83,14 @@ class Reconciler:
             found = _LISTENING.search(self.log.read_text(errors="replace"))
             return found.group(1) if found else None
 
-        self.url = wait_until(listening, what="the REST API to listen")
-        router = wait_until(
-            lambda: _ROUTER.search(self.log.read_text()), what="the router to listen"
-        )
+        try:
+            self.url = wait_until(listening, what="the REST API to listen")
+            router = wait_until(
+                lambda: _ROUTER.search(self.log.read_text()), what="the data plane to listen"
+            )
+        except BaseException:
+            self.stop()  # a run that never came up must not outlive the test
+            raise
         self.grpc_port = int(router.group(1))
 
     def stop(self) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,12 +34,17 @@ class _Wait:
 async def eventually(
     check: Callable[[], object], *, within: float = DEADLINE, what: str = "condition"
 ) -> Any:
-    """Poll `check` until it returns something truthy, and return that."""
+    """Poll `check` (a function, or a coroutine function) until it returns something truthy,
+    and return that."""
     wait = _Wait(within, what, str)
-    while not (result := check()):
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
         wait.give_up()
         await anyio.sleep(POLL)
-    return result
 
 
 def wait_until(

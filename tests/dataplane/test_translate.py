@@ -1,0 +1,237 @@
+"""Translation is pure: a routing-table snapshot in, Envoy resources out. The tables below
+read the routes back in the order Envoy matches them, as (routing key, target cluster)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.route.v3 import route_pb2
+
+from tei_reconciler.dataplane.translate import (
+    AuthContext,
+    Plan,
+    grpc_timeout,
+    instance_cluster,
+    model_cluster,
+    translate,
+)
+from tei_reconciler.planner.phase import Phase
+from tei_reconciler.routing import Endpoint
+
+PLAN = Plan(request_timeout_secs=30)
+
+
+def ep(name: str, model: str = "org/m", *, ready: bool = True, port: int = 8080) -> Endpoint:
+    return Endpoint(
+        name=name,
+        model_id=model,
+        host="127.0.0.1",
+        port=port,
+        ready=ready,
+        phase=Phase.RUNNING if ready else Phase.STARTING,
+    )
+
+
+def routes(config: route_pb2.RouteConfiguration) -> list[tuple[str, str]]:
+    """Each route as (what it matches, where it goes)."""
+    out = []
+    for route in config.virtual_hosts[0].routes:
+        keys = [
+            f"{h.name.removeprefix('x-tei-')}="
+            + (h.string_match.exact if h.string_match.HasField("exact") else "*")
+            for h in route.match.headers
+        ]
+        out.append(
+            (route.match.prefix + (" " + ",".join(keys) if keys else ""), route.route.cluster)
+        )
+    return out
+
+
+def health(resources: object, cluster: str) -> list[tuple[int, str]]:
+    for assignment in resources.endpoints:  # type: ignore[attr-defined]
+        if assignment.cluster_name == cluster:
+            return [
+                (
+                    e.endpoint.address.socket_address.port_value,
+                    health_check_pb2.HealthStatus.Name(e.health_status),
+                )
+                for locality in assignment.endpoints
+                for e in locality.lb_endpoints
+            ]
+    raise AssertionError(f"no endpoints for {cluster}")
+
+
+M = model_cluster("org/m")
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "default", "expected"),
+    [
+        pytest.param(
+            [],
+            None,
+            [
+                ("/tei.v1. instance=*", "router"),
+                ("/tei.v1. model=*", "router"),
+                ("/tei.v1.", "router"),
+                ("/", "router"),
+            ],
+            id="no instances: everything to the Python router (it says why)",
+        ),
+        pytest.param(
+            [ep("a")],
+            None,
+            [
+                ("/tei.v1. instance=a", "instance_a"),
+                ("/tei.v1. instance=*", "router"),
+                ("/tei.v1. model=org/m", M),
+                ("/tei.v1. model=*", "router"),
+                ("/tei.v1.", "instance_a"),
+                ("/", "router"),
+            ],
+            id="the only instance takes calls without routing keys",
+        ),
+        pytest.param(
+            [ep("a", ready=False)],
+            None,
+            [
+                ("/tei.v1. instance=*", "router"),
+                ("/tei.v1. model=*", "router"),
+                ("/tei.v1.", "router"),
+                ("/", "router"),
+            ],
+            id="a not-Ready instance gets no route: the router answers UNAVAILABLE",
+        ),
+        pytest.param(
+            [ep("a"), ep("b", "org/n")],
+            None,
+            [
+                ("/tei.v1. instance=a", "instance_a"),
+                ("/tei.v1. instance=b", "instance_b"),
+                ("/tei.v1. instance=*", "router"),
+                ("/tei.v1. model=org/m", M),
+                ("/tei.v1. model=org/n", model_cluster("org/n")),
+                ("/tei.v1. model=*", "router"),
+                ("/tei.v1.", "router"),
+                ("/", "router"),
+            ],
+            id="two instances and no default: an ambiguous call goes to the router",
+        ),
+        pytest.param(
+            [ep("a"), ep("b")],
+            "b",
+            [
+                ("/tei.v1. instance=a", "instance_a"),
+                ("/tei.v1. instance=b", "instance_b"),
+                ("/tei.v1. instance=*", "router"),
+                ("/tei.v1. model=org/m", M),
+                ("/tei.v1. model=*", "router"),
+                ("/tei.v1.", "instance_b"),
+                ("/", "router"),
+            ],
+            id="the default instance takes calls without routing keys",
+        ),
+        pytest.param(
+            [ep("a"), ep("b", ready=False)],
+            "b",
+            [
+                ("/tei.v1. instance=a", "instance_a"),
+                ("/tei.v1. instance=*", "router"),
+                ("/tei.v1. model=org/m", M),
+                ("/tei.v1. model=*", "router"),
+                ("/tei.v1.", "router"),
+                ("/", "router"),
+            ],
+            id="a default that is not Ready: the router answers, never another instance",
+        ),
+    ],
+)
+def test_routes_follow_the_python_routers_order(
+    endpoints: list[Endpoint], default: str | None, expected: list[tuple[str, str]]
+) -> None:
+    resources = translate(endpoints, Plan(request_timeout_secs=30, default_instance=default))
+    assert routes(resources.routes[0]) == expected
+
+
+def test_every_known_instance_is_an_endpoint_healthy_when_ready_and_draining_otherwise() -> None:
+    resources = translate(
+        [ep("a", port=1), ep("b", port=2, ready=False), ep("c", "x/y", port=3)], PLAN
+    )
+    assert [c.name for c in resources.clusters] == [
+        "instance_a",
+        "instance_b",
+        "instance_c",
+        M,
+        model_cluster("x/y"),
+    ]
+    assert health(resources, "instance_b") == [(2, "DRAINING")]
+    assert health(resources, M) == [(1, "HEALTHY"), (2, "DRAINING")]
+    assert resources.routed == {"a": ("127.0.0.1:1", 0), "c": ("127.0.0.1:3", 0)}
+    assert resources.cluster_labels[M] == "model:org/m"
+    assert resources.cluster_labels["instance_b"] == "b"
+
+
+def test_clusters_balance_by_least_request_and_never_fall_back_to_draining_endpoints() -> None:
+    (cluster, *_) = translate([ep("a")], PLAN).clusters
+    assert cluster.lb_policy == cluster.LbPolicy.LEAST_REQUEST
+    assert cluster.common_lb_config.healthy_panic_threshold.value == 0
+    assert cluster.eds_cluster_config.eds_config.HasField("ads")
+
+
+def test_routes_to_instances_strip_the_routing_keys_and_carry_the_deadline() -> None:
+    config = translate([ep("a")], Plan(request_timeout_secs=12.5)).routes[0]
+    route = config.virtual_hosts[0].routes[0]
+    assert list(route.request_headers_to_remove) == ["x-tei-instance", "x-tei-model"]
+    (added,) = route.request_headers_to_add
+    assert (added.header.key, added.header.value) == ("grpc-timeout", "12500m")
+    assert added.append_action == added.ADD_IF_ABSENT  # the client's own deadline wins
+    assert route.route.timeout.ToSeconds() == 0  # no cut-off of long streams
+    assert route.route.max_stream_duration.max_stream_duration.ToMilliseconds() == 12500
+    assert route.route.max_stream_duration.grpc_timeout_header_max.ToSeconds() == 0
+
+
+def test_model_cluster_names_are_safe_for_envoy_stat_names_and_stable() -> None:
+    name = model_cluster("BAAI/bge-large-en-v1.5")
+    assert name == model_cluster("BAAI/bge-large-en-v1.5")
+    assert name != model_cluster("BAAI/bge-large-en-v1.6")
+    assert "." not in name
+    assert "/" not in name
+    assert instance_cluster("bge-1") == "instance_bge-1"
+
+
+def test_an_ipv6_instance_is_addressed_without_brackets() -> None:
+    v6 = msgspec.structs.replace(ep("a"), host="::1")
+    resources = translate([v6], PLAN)
+    address = resources.endpoints[0].endpoints[0].lb_endpoints[0].endpoint.address
+    assert address.socket_address.address == "::1"
+    assert resources.routed["a"] == ("[::1]:8080", 0)
+
+
+def test_auth_rules_travel_with_the_routes_and_only_when_auth_is_on() -> None:
+    auth = AuthContext(
+        mtls=True,
+        token=True,
+        allowed_subjects=("client1",),
+        token_digests=("ab" * 32,),
+        exempt_services=("grpc.health.v1.Health",),
+    )
+    with_auth = translate([ep("a")], Plan(request_timeout_secs=30, auth=auth)).routes[0]
+    without = translate([ep("a")], PLAN).routes[0]
+    per_filter = with_auth.virtual_hosts[0].typed_per_filter_config
+    assert "envoy.filters.http.lua" in per_filter
+    assert "envoy.filters.http.lua" not in without.virtual_hosts[0].typed_per_filter_config
+    assert b"ab" * 32 in per_filter["envoy.filters.http.lua"].value  # a digest, never a token
+
+
+def test_the_same_snapshot_translates_to_equal_resources() -> None:
+    table = [ep("b", port=2), ep("a", port=1)]
+    assert translate(table, PLAN) == translate(list(reversed(table)), PLAN)
+
+
+@pytest.mark.parametrize(
+    ("secs", "header"),
+    [(30, "30000m"), (0.0001, "1m"), (12.5, "12500m"), (10**6, "1000000S"), (10**9, "99999999S")],
+)
+def test_grpc_timeout_headers_fit_grpcs_eight_digits(secs: float, header: str) -> None:
+    assert grpc_timeout(secs) == header
