@@ -9,6 +9,7 @@ controller for another pass.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -21,17 +22,12 @@ from tei_reconciler._types import Clock
 from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.runtime import Placement, Probed, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
+from tei_reconciler.drivers.command import build_argv, build_env, resolve_binary
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.logtail import last_lines, log_size
 from tei_reconciler.drivers.ports import PortBook
 from tei_reconciler.drivers.probe import ProbeOutcome, Prober, ProbeTarget, probe_forever
-from tei_reconciler.drivers.process import (
-    Driver,
-    ProcessHandle,
-    build_argv,
-    build_env,
-    resolve_binary,
-)
+from tei_reconciler.drivers.process import Driver, ProcessHandle
 from tei_reconciler.errors import ActionError, PermanentError
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
 from tei_reconciler.planner.observed import Failure
@@ -44,6 +40,7 @@ from tei_reconciler.tasks import scoped, stray
 
 log = logging.getLogger(__name__)
 
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 FOLLOW_RETRY_SECS = 1.0  # before following a process again after its follower failed
 
 #: The data plane's drain: returns once no new call reaches the instance and its calls in
@@ -212,6 +209,10 @@ class Actuator:
     def _start_failed(self, rt: Runtime, spec: InstanceSpec, exc: Exception, wall: float) -> None:
         if isinstance(exc, ActionError):
             reason, message = exc.reason, exc.message
+        elif isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            # The log, the port book, a model check: whatever needed the disk found it full.
+            reason = "DiskFull"
+            message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
         else:  # a bug or an OS surprise: still an outcome, logged once with its traceback
             reason, message = "StartFailed", f"{type(exc).__name__}: {exc}"
             log.error("starting %s failed unexpectedly", spec.name, exc_info=exc)

@@ -32,9 +32,10 @@ from tei_reconciler.control.publish import publish
 from tei_reconciler.control.runtime import Runtime
 from tei_reconciler.control.source import DesiredSource
 from tei_reconciler.desired.spec import DesiredState
+from tei_reconciler.drivers.logrotate import Done, Rotation, rotate_log
 from tei_reconciler.drivers.ports import PortBook
 from tei_reconciler.drivers.probe import Prober
-from tei_reconciler.drivers.process import Driver, Found, owner_digest, rotate_log
+from tei_reconciler.drivers.process import Driver, Found, owner_digest
 from tei_reconciler.planner.observed import Busy, ObservedInstance
 from tei_reconciler.planner.plan import Action, Forget, Start, Stop, plan
 from tei_reconciler.planner.policy import Policy
@@ -45,7 +46,7 @@ from tei_reconciler.tasks import PartEnded, stray
 
 log = logging.getLogger(__name__)
 
-_ROTATE_EVERY = 5.0  # seconds between log size checks
+HOUSEKEEPING_SECS = 1.0  # between two log size checks (and reaps of orphans)
 
 
 class Controller:
@@ -85,7 +86,6 @@ class Controller:
         self._found_at_boot = False
         self._dirty = anyio.Event()
         self._tg: TaskGroup | None = None
-        self._last_rotate = 0.0
         self._abandoned = False  # crashing: leave the instances running at exit
         self.passes = 0  # completed reconcile passes (tests and the bench wait on it)
 
@@ -135,6 +135,7 @@ class Controller:
             self._adopt(found)
             self._found_at_boot = False
             requeue = await self._pass()
+            tg.start_soon(self._housekeep)
             task_status.started()
             while True:
                 wait = self.settings.resync_interval_secs
@@ -157,10 +158,6 @@ class Controller:
                 self._dispatch(action)
             self._release_stale_ports()
         self._publish(now)
-        if now - self._last_rotate >= _ROTATE_EVERY:
-            self._last_rotate = now
-            self._rotate_logs()
-            self.driver.reap_orphans()
         metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
         self.passes += 1
         return requeue
@@ -271,17 +268,44 @@ class Controller:
             wall=self.clock.wall(),
         )
 
-    def _rotate_logs(self) -> None:
-        for name, rt in self.runtimes.items():
-            if rt.handle is not None:
-                try:
-                    rotate_log(
-                        self.driver.log_path(name),
-                        max_bytes=self.settings.log_max_bytes,
-                        backups=self.settings.log_backups,
-                    )
-                except OSError as exc:
-                    log.warning("cannot rotate the log of %s: %s", name, exc)
+    async def _housekeep(self) -> None:
+        """Every `HOUSEKEEPING_SECS`, whatever else happens: rotate the logs of running
+        instances (on a worker thread: a copy may take a while), so `log_max_bytes` holds
+        within seconds however fast a child writes; and reap orphans that ended."""
+        while True:
+            await anyio.sleep(HOUSEKEEPING_SECS)
+            logs = {n: self.driver.log_path(n) for n, rt in self.runtimes.items() if rt.handle}
+            for name, outcome in (await anyio.to_thread.run_sync(self._rotate, logs)).items():
+                self._rotated(name, outcome)
+            self.driver.reap_orphans()
+
+    def _rotate(self, logs: dict[str, Path]) -> dict[str, Rotation | OSError]:
+        """On a worker thread: rotate each log that needs it."""
+        done: dict[str, Rotation | OSError] = {}
+        for name, path in logs.items():
+            try:
+                rotation = rotate_log(
+                    path, max_bytes=self.settings.log_max_bytes, backups=self.settings.log_backups
+                )
+            except OSError as exc:
+                done[name] = exc
+                continue
+            if rotation:
+                done[name] = rotation
+        return done
+
+    def _rotated(self, name: str, outcome: Rotation | OSError) -> None:
+        if isinstance(outcome, OSError):
+            log.warning("cannot rotate the log of %s: %s", name, outcome)
+        elif outcome.done is Done.TRUNCATED:
+            self.store.record_event(
+                name,
+                "Warning",
+                "LogTruncated",
+                f"the log outgrew log_max_bytes and no backup could be written "
+                f"({outcome.error}): emptied without one",
+                self.clock.wall(),
+            )
 
     # ---- shutdown ----------------------------------------------------------------------
     def abandon(self) -> None:

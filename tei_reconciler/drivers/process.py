@@ -21,11 +21,8 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -35,14 +32,11 @@ import psutil
 from anyio.abc import Process
 
 from tei_reconciler._types import Clock
-from tei_reconciler.desired.fields import FIELDS
 from tei_reconciler.desired.spec import (
     MARKER_INSTANCE,
     MARKER_OWNER,
     MARKER_PROCESS,
     MARKER_SPEC_HASH,
-    InstanceSpec,
-    spec_hash,
 )
 from tei_reconciler.drivers.family import (
     family_alive,
@@ -54,34 +48,6 @@ from tei_reconciler.errors import PermanentError
 from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.planner.status import ExitInfo
 
-#: TEI reads each of its flags from an env var with a generic name (tei-wire.md section 4):
-#: a leaked `PORT` or `HOSTNAME` (Docker sets it) would silently change a child's behaviour.
-TEI_ENV_NAMES = frozenset(
-    {
-        "PORT",
-        "HOSTNAME",
-        "MODEL_ID",
-        "REVISION",
-        "API_KEY",
-        "POOLING",
-        "DTYPE",
-        "AUTO_TRUNCATE",
-        "JSON_OUTPUT",
-        "PROMETHEUS_PORT",
-        "PAYLOAD_LIMIT",
-        "TOKENIZATION_WORKERS",
-        "SERVED_MODEL_NAME",
-        "DEFAULT_PROMPT_NAME",
-        "DEFAULT_PROMPT",
-        "DENSE_PATH",
-        "UDS_PATH",
-        "DISABLE_SPANS",
-        "OTLP_ENDPOINT",
-        "OTLP_SERVICE_NAME",
-        "CORS_ALLOW_ORIGIN",
-        "CUDA_VISIBLE_DEVICES",
-    }
-)
 #: exec errors that no retry soon can fix (the file is there but is not a program to run)
 _NOT_RUNNABLE = frozenset({errno.ENOEXEC, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _POLL = 0.05  # seconds between checks while a process group winds down
@@ -90,55 +56,6 @@ _POLL = 0.05  # seconds between checks while a process group winds down
 def owner_digest(state_file: Path) -> str:
     """The owner marker: identifies children of the reconciler of this state file."""
     return hashlib.sha256(os.path.abspath(state_file).encode()).hexdigest()[:16]
-
-
-def resolve_binary(tei_binary: str, protocol: str) -> list[str]:
-    """The argv prefix that starts TEI: `auto`, `builtin`, or a path."""
-    builtin = [sys.executable, "-m", "tei_reconciler", "engine"]
-    if protocol == "http":
-        builtin.append("--http")
-    if tei_binary == "builtin":
-        return builtin
-    if tei_binary == "auto":
-        found = shutil.which("text-embeddings-router")
-        return [found] if found else builtin
-    return [tei_binary]
-
-
-def build_argv(
-    prefix: list[str], spec: InstanceSpec, *, host: str, port: int, prom: int
-) -> list[str]:
-    """DESIGN.md section 5: every field that has a TEI flag (in the field table's order, each
-    when set; the ports as assigned), `--hostname` after the port, `--json-output`, then
-    `extra_args`."""
-    assigned = {"port": port, "prometheus_port": prom}
-    argv = [*prefix]
-    for name, field in FIELDS.items():
-        if field.flag is None:
-            continue
-        value = assigned[name] if field.assigned else getattr(spec, name)
-        if value is not None:
-            argv += [field.flag, field.render(value)]
-        if name == "port":
-            argv += ["--hostname", host]
-    return [*argv, "--json-output", *spec.extra_args]
-
-
-def build_env(
-    base: Mapping[str, str], spec: InstanceSpec, *, cuda: str, owner: str
-) -> dict[str, str]:
-    """The manager's env minus TEI's generic names and our own settings, plus the instance's."""
-    env = {
-        k: v
-        for k, v in base.items()
-        if k not in TEI_ENV_NAMES and not k.startswith(("MAX_", "TEI_RECONCILER_"))
-    }
-    env.update(spec.env)
-    env["CUDA_VISIBLE_DEVICES"] = cuda
-    env[MARKER_OWNER] = owner
-    env[MARKER_INSTANCE] = spec.name
-    env[MARKER_SPEC_HASH] = spec_hash(spec)
-    return env
 
 
 def exit_info(returncode: int | None, at: float) -> ExitInfo:
@@ -413,23 +330,3 @@ def _flag_int(argv: list[str], flag: str) -> int | None:
             with contextlib.suppress(ValueError):
                 return int(value)
     return None
-
-
-def rotate_log(path: Path, *, max_bytes: int, backups: int) -> bool:
-    """Copy-truncate rotation: the child keeps its append-mode descriptor and simply
-    continues at the start of the emptied file. Returns whether it rotated."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
-        return False
-    if backups <= 0:
-        os.truncate(path, 0)
-        return True
-    for i in range(backups - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-    os.truncate(path, 0)
-    return True

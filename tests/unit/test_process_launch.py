@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -16,9 +17,10 @@ from tei_reconciler.desired.spec import (
     InstanceSpec,
     spec_hash,
 )
+from tei_reconciler.drivers.command import build_argv, build_env, resolve_binary
 from tei_reconciler.drivers.gpus import cuda_visible_devices
+from tei_reconciler.drivers.logrotate import Done, rotate_log
 from tei_reconciler.drivers.ports import PortBook
-from tei_reconciler.drivers.process import build_argv, build_env, resolve_binary, rotate_log
 from tei_reconciler.errors import PermanentError
 
 from support.net import port_base
@@ -125,6 +127,27 @@ def test_copy_truncate_rotation_keeps_the_writer_appending(tmp_path: Path) -> No
     assert (tmp_path / "bge.log.2").read_text().startswith("generation 1")
     assert not (tmp_path / "bge.log.3").exists()
     assert not rotate_log(log, max_bytes=100, backups=2)
+
+
+def test_a_log_whose_backup_cannot_be_written_is_emptied_without_one(tmp_path: Path) -> None:
+    """A full disk: the copy fails half way. Emptying the log anyway is what frees space;
+    the partial copy is removed and the older backups are kept."""
+    log = tmp_path / "bge.log"
+    log.write_bytes(b"x" * 500)
+    (tmp_path / "bge.log.1").write_text("older\n")
+
+    def disk_full(source: Path, target: Path) -> None:
+        target.write_bytes(source.read_bytes()[:100])  # what fitted before the disk filled
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+    rotation = rotate_log(log, max_bytes=100, backups=3, copy=disk_full)
+    assert rotation
+    assert rotation.done is Done.TRUNCATED
+    assert rotation.error == os.strerror(errno.ENOSPC)
+    assert log.read_bytes() == b""
+    assert not (tmp_path / "bge.log.1").exists()
+    assert (tmp_path / "bge.log.2").read_text() == "older\n"
+    assert not rotate_log(log, max_bytes=100, backups=3, copy=disk_full)  # room again
 
 
 def _book(tmp_path: Path, start: int) -> PortBook:
