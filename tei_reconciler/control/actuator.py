@@ -22,7 +22,7 @@ from tei_reconciler._types import Clock
 from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.runtime import Placement, Probed, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
-from tei_reconciler.drivers.command import build_argv, build_env, resolve_binary
+from tei_reconciler.drivers.command import build_argv, build_env, read_api_key, resolve_binary
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.logtail import last_lines, log_size
 from tei_reconciler.drivers.ports import PortBook
@@ -161,10 +161,13 @@ class Actuator:
         try:
             async with self._starts:
                 cuda = cuda_visible_devices(spec.gpu, self.gpus)
+                api_key = None
+                if spec.api_key_file is not None:
+                    api_key = await anyio.to_thread.run_sync(read_api_key, spec.api_key_file)
                 await self._check_model(spec, cuda, wall)
                 assignment = self.ports.assign(spec, explicit=explicit)
                 argv = self.argv_for(spec, port=assignment.port, prom=assignment.prometheus_port)
-                env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner)
+                env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner, api_key=api_key)
                 log_offset = log_size(self.driver.log_path(spec.name))
                 with anyio.CancelScope(shield=True):  # a spawned child is never lost untracked
                     handle = await self.driver.spawn(
@@ -333,11 +336,17 @@ class Actuator:
                     at=wall, ok=outcome.ok, latency_ms=outcome.latency_ms, message=outcome.message
                 )
             )
-            if self.on_probe(rt, outcome.ok, outcome.message, wall):
+            if outcome.refused:
+                self.on_refused(rt, handle, outcome.message, wall)
+            elif self.on_probe(rt, outcome.ok, outcome.message, wall):
                 self.changed()
 
         target = ProbeTarget(
-            name=rt.name, pid=handle.pid, host=self.settings.instance_host, port=port
+            name=rt.name,
+            pid=handle.pid,
+            host=self.settings.instance_host,
+            port=port,
+            api_key=handle.api_key,
         )
         with scoped(anyio.CancelScope()) as scope:
             rt.probe_scope = scope
@@ -349,6 +358,30 @@ class Actuator:
                 started=lambda: rt.startup_ok,
                 report=report,
             )
+
+    def on_refused(self, rt: Runtime, handle: ProcessHandle, message: str, wall: float) -> None:
+        """The process refused the probe's credentials: no probe will ever pass, so waiting
+        out the startup timeout would only hide why. It is stopped and the instance fails
+        with the reason `Unauthenticated`, retried on the slow curve."""
+        if rt.failure is not None and rt.failure.pid == handle.pid:
+            return  # already condemned: the stop is on its way
+        if handle.api_key is None:
+            why = "it requires an API key: set api_key_file (never --api-key in extra_args)"
+        else:
+            why = "it runs with another API key than the one it was started with"
+        rt.failures += 1
+        delay = delay_for(rt.failures, self.backoff)
+        rt.failure = Failure(
+            reason="Unauthenticated",
+            message=f"the instance refused the probe ({message}): {why}",
+            retry_at=self.clock.now() + delay,
+            spec_hash=handle.spec_hash,
+            pid=handle.pid,
+        )
+        metrics.PROBE_FAILURES.labels("startup" if not rt.startup_ok else "liveness").inc()
+        self.store.record_event(rt.name, "Warning", "Unauthenticated", rt.failure.message, wall)
+        log.warning("%s: %s (retry in %gs)", rt.name, rt.failure.message, delay)
+        self.changed()
 
     def on_probe(self, rt: Runtime, ok: bool, message: str, wall: float) -> bool:
         """Fold one probe result into the runtime; True when a pass should look."""

@@ -120,6 +120,7 @@ def endpoint_of(status: InstanceStatus, host: str, rt: Runtime | None) -> Endpoi
         ready=status.ready,
         phase=status.phase,
         generation=rt.generation if rt is not None else 0,
+        api_key=rt.handle.api_key if rt is not None and rt.handle is not None else None,
     )
 
 

@@ -108,7 +108,7 @@ class Runtime:
             self.restarts += 1
         self.attach(handle, spec=spec, placement=placement, now=now, created_at=wall)
         self.log_offset = log_offset
-        self.failure, self.failures = None, 0
+        self.failure = None  # the count stays until it is Ready: a refused key backs off too
 
     def ended(self, exit_: ExitInfo) -> None:
         """The process is gone: how it ended is kept, its probes stop."""
@@ -142,6 +142,7 @@ class Runtime:
             if not ok:
                 return Probed.STARTUP_FAILED
             self.startup_ok = True
+            self.failures = 0
             self.mark_ready(now, wall)
             return Probed.STARTED
         if ok:

@@ -79,6 +79,7 @@ class InstanceSpec(Base, frozen=True):
     tokenization_workers: int | None = None
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    api_key_file: str | None = None
     startup_timeout_secs: float | None = None
     health_interval_secs: float | None = None
     health_timeout_secs: float | None = None

@@ -12,7 +12,9 @@ import shutil
 import sys
 from collections.abc import Mapping
 
+from tei_reconciler._types import Secret
 from tei_reconciler.desired.fields import FIELDS
+from tei_reconciler.desired.rules import API_KEY_ENV
 from tei_reconciler.desired.spec import (
     MARKER_INSTANCE,
     MARKER_OWNER,
@@ -20,6 +22,9 @@ from tei_reconciler.desired.spec import (
     InstanceSpec,
     spec_hash,
 )
+from tei_reconciler.errors import PermanentError
+
+_MAX_KEY_BYTES = 4096
 
 #: TEI reads each of its flags from an env var with a generic name (tei-wire.md section 4):
 #: a leaked `PORT` or `HOSTNAME` (Docker sets it) would silently change a child's behaviour.
@@ -83,10 +88,42 @@ def build_argv(
     return [*argv, "--json-output", *spec.extra_args]
 
 
+def read_api_key(path: str) -> Secret:
+    """The key in `api_key_file` (one line; surrounding whitespace dropped). Raises
+    PermanentError("ApiKeyUnreadable") for a file that is missing, unreadable, empty or not a
+    single line of text: the instance fails with that reason until the file is fixed."""
+
+    def refuse(why: str) -> PermanentError:
+        return PermanentError("ApiKeyUnreadable", f"api_key_file {path}: {why}")
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_KEY_BYTES + 1)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    if len(raw) > _MAX_KEY_BYTES:
+        raise refuse(f"larger than {_MAX_KEY_BYTES} bytes: not a key")
+    try:
+        key = raw.decode().strip()
+    except UnicodeDecodeError:
+        raise refuse("not UTF-8 text") from None
+    if not key:
+        raise refuse("empty")
+    if any(c in key for c in "\0\r\n"):
+        raise refuse("more than one line")
+    return Secret(key)
+
+
 def build_env(
-    base: Mapping[str, str], spec: InstanceSpec, *, cuda: str, owner: str
+    base: Mapping[str, str],
+    spec: InstanceSpec,
+    *,
+    cuda: str,
+    owner: str,
+    api_key: Secret | None = None,
 ) -> dict[str, str]:
-    """The manager's env minus TEI's generic names and our own settings, plus the instance's."""
+    """The manager's env minus TEI's generic names and our own settings, plus the instance's,
+    plus its API key as TEI reads it (`API_KEY`: never on the command line)."""
     env = {
         k: v
         for k, v in base.items()
@@ -97,4 +134,6 @@ def build_env(
     env[MARKER_OWNER] = owner
     env[MARKER_INSTANCE] = spec.name
     env[MARKER_SPEC_HASH] = spec_hash(spec)
+    if api_key is not None:
+        env[API_KEY_ENV] = api_key.reveal()
     return env

@@ -23,6 +23,7 @@ import httpx
 import msgspec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tei_reconciler._types import Secret
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.tasks import scoped, stray
 
@@ -43,6 +44,7 @@ class ProbeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     latency_ms: float
     message: str
+    refused: bool = False  # the instance refused the probe's credentials (UNAUTHENTICATED)
 
 
 class ProbeTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +56,14 @@ class ProbeTarget(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     host: str
     port: int
+    api_key: Secret | None = None  # sent as `authorization: Bearer <key>`, as TEI requires
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata (gRPC) or headers (HTTP) every probe carries."""
+        if self.api_key is None:
+            return ()
+        return (("authorization", f"Bearer {self.api_key.reveal()}"),)
 
     @property
     def address(self) -> str:
@@ -79,7 +89,10 @@ def _elapsed_ms(start: float) -> float:
 
 def _failed(start: float, exc: grpc.aio.AioRpcError) -> ProbeOutcome:
     return ProbeOutcome(
-        ok=False, latency_ms=_elapsed_ms(start), message=f"{exc.code().name}: {exc.details()}"
+        ok=False,
+        latency_ms=_elapsed_ms(start),
+        message=f"{exc.code().name}: {exc.details()}",
+        refused=exc.code() == grpc.StatusCode.UNAUTHENTICATED,
     )
 
 
@@ -91,15 +104,16 @@ class GrpcProber:
     async def probe(self, target: ProbeTarget) -> AsyncIterator[Probe]:
         channel = grpc.aio.insecure_channel(target.address)
         try:
-            yield _GrpcProbe(channel)
+            yield _GrpcProbe(channel, target.metadata)
         finally:
             with anyio.CancelScope(shield=True):
                 await channel.close()
 
 
 class _GrpcProbe:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
         self._channel = channel
+        self._metadata = metadata
         self._service: str | None = None  # learned once: a process serves one model type
 
     async def check(self, within: float) -> ProbeOutcome:
@@ -108,11 +122,13 @@ class _GrpcProbe:
             service = self._service
             if service is None:
                 info = await tei_pb2_grpc.InfoStub(self._channel).Info(
-                    tei_pb2.InfoRequest(), timeout=within
+                    tei_pb2.InfoRequest(), timeout=within, metadata=self._metadata
                 )
                 service = self._service = _SERVICE_BY_TYPE.get(info.model_type, "tei.v1.Embed")
             reply = await health_pb2_grpc.HealthStub(self._channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=within
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=within,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
@@ -124,7 +140,9 @@ class _GrpcProbe:
 
     async def _info(self, start: float, within: float) -> ProbeOutcome:
         try:
-            await tei_pb2_grpc.InfoStub(self._channel).Info(tei_pb2.InfoRequest(), timeout=within)
+            await tei_pb2_grpc.InfoStub(self._channel).Info(
+                tei_pb2.InfoRequest(), timeout=within, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             return _failed(start, exc)
         return ProbeOutcome(ok=True, latency_ms=_elapsed_ms(start), message="tei.v1.Info OK")
@@ -139,28 +157,32 @@ class HttpProber:
 
     @asynccontextmanager
     async def probe(self, target: ProbeTarget) -> AsyncIterator[Probe]:
-        yield _HttpProbe(self._client, f"http://{target.address}/health")
+        yield _HttpProbe(self._client, f"http://{target.address}/health", dict(target.metadata))
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
 class _HttpProbe:
-    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
         self._client = client
         self._url = url
+        self._headers = headers
 
     async def check(self, within: float) -> ProbeOutcome:
         start = time.perf_counter()
         try:
-            response = await self._client.get(self._url, timeout=within)
+            response = await self._client.get(self._url, timeout=within, headers=self._headers)
         except httpx.HTTPError as exc:
             return ProbeOutcome(
                 ok=False, latency_ms=_elapsed_ms(start), message=f"{type(exc).__name__}: {exc}"
             )
         ok = response.status_code == 200
         return ProbeOutcome(
-            ok=ok, latency_ms=_elapsed_ms(start), message=f"GET /health {response.status_code}"
+            ok=ok,
+            latency_ms=_elapsed_ms(start),
+            message=f"GET /health {response.status_code}",
+            refused=response.status_code == 401,
         )
 
 

@@ -31,7 +31,8 @@ import msgspec
 import psutil
 from anyio.abc import Process
 
-from tei_reconciler._types import Clock
+from tei_reconciler._types import Clock, Secret
+from tei_reconciler.desired.rules import API_KEY_ENV
 from tei_reconciler.desired.spec import (
     MARKER_INSTANCE,
     MARKER_OWNER,
@@ -75,6 +76,7 @@ class Found(msgspec.Struct, frozen=True, kw_only=True):
     instance: str
     spec_hash: str
     token: str | None = None  # its process token (None: started before tokens existed)
+    api_key: Secret | None = None  # the API key it was started with (API_KEY)
     port: int | None
     prometheus_port: int | None
     gpu_id: str | None
@@ -83,7 +85,8 @@ class Found(msgspec.Struct, frozen=True, kw_only=True):
 
 class ProcessHandle:
     """One process group leader, spawned by us (`process`) or adopted (`psutil_proc`), and
-    its family: `owner` and `token` mark every process it starts (see family.py)."""
+    its family: `owner` and `token` mark every process it starts (see family.py). `api_key`
+    is the key it was started with, which its probes and its traffic must carry."""
 
     def __init__(
         self,
@@ -95,11 +98,13 @@ class ProcessHandle:
         psutil_proc: psutil.Process | None = None,
         owner: str = "",
         token: str | None = None,
+        api_key: Secret | None = None,
     ) -> None:
         self.pid = pid
         self.spec_hash = spec_hash
         self.owner = owner
         self.token = token
+        self.api_key = api_key  # what callers of the process must send (TEI's API_KEY)
         self.adopted = process is None
         self._clock = clock
         self._process = process
@@ -228,6 +233,7 @@ class ProcessDriver:
             process=process,
             owner=self.owner,
             token=token,
+            api_key=Secret(env[API_KEY_ENV]) if API_KEY_ENV in env else None,
         )
         self._spawned[process.pid] = handle
         return handle
@@ -283,6 +289,7 @@ class ProcessDriver:
                     instance=env[MARKER_INSTANCE],
                     spec_hash=env.get(MARKER_SPEC_HASH, ""),
                     token=env.get(MARKER_PROCESS),
+                    api_key=Secret(env[API_KEY_ENV]) if API_KEY_ENV in env else None,
                     port=_flag_int(cmdline, "--port"),
                     prometheus_port=_flag_int(cmdline, "--prometheus-port"),
                     gpu_id=env.get("CUDA_VISIBLE_DEVICES"),
@@ -304,6 +311,7 @@ class ProcessDriver:
             psutil_proc=proc,
             owner=self.owner,
             token=found.token,
+            api_key=found.api_key,
         )
 
 

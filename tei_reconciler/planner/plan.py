@@ -27,7 +27,9 @@ from tei_reconciler.planner.observed import Busy, ObservedInstance
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.policy import Policy
 
-StopReason = Literal["Removed", "StoppedByUser", "SpecChanged", "StartupTimeout", "LivenessFailed"]
+StopReason = Literal[
+    "Removed", "StoppedByUser", "SpecChanged", "StartupTimeout", "LivenessFailed", "Unauthenticated"
+]
 
 
 class Start(msgspec.Struct, frozen=True, kw_only=True, tag="start"):
@@ -91,6 +93,8 @@ def plan_one(
         assert obs is not None
         if process.spec_hash != wanted:
             return Stop(name=name, reason="SpecChanged"), None
+        if obs.failure is not None and obs.failure.pid == process.pid:
+            return Stop(name=name, reason="Unauthenticated"), None  # it can never serve
         if not obs.startup_ok:
             deadline = process.started_at + policy.for_instance(spec).startup_timeout_secs
             if now >= deadline:

@@ -42,6 +42,7 @@ STOPPED_BECAUSE: dict[str, str] = {
     "SpecChanged": "its spec changed (it is restarted with the new one)",
     "StartupTimeout": "it was not Ready within startup_timeout_secs",
     "LivenessFailed": "failure_threshold health checks in a row failed",
+    "Unauthenticated": "it refused the API key its probe sent",
 }
 
 

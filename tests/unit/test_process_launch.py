@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tei_reconciler.desired.spec import (
@@ -17,7 +18,7 @@ from tei_reconciler.desired.spec import (
     InstanceSpec,
     spec_hash,
 )
-from tei_reconciler.drivers.command import build_argv, build_env, resolve_binary
+from tei_reconciler.drivers.command import build_argv, build_env, read_api_key, resolve_binary
 from tei_reconciler.drivers.gpus import cuda_visible_devices
 from tei_reconciler.drivers.logrotate import Done, rotate_log
 from tei_reconciler.drivers.ports import PortBook
@@ -110,6 +111,41 @@ def test_binary_choice_auto_builtin_or_path(
     router.chmod(0o755)
     assert resolve_binary("auto", "grpc") == [str(router)]
     assert resolve_binary("/opt/tei", "grpc") == ["/opt/tei"]
+
+
+def test_the_api_key_reaches_the_child_as_api_key_and_never_its_command_line(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key\n")
+    spec = msgspec.structs.replace(SPEC, api_key_file=str(key_file))
+    key = read_api_key(str(key_file))
+    env = build_env({"API_KEY": "inherited"}, spec, cuda="", owner="o" * 16, api_key=key)
+    assert env["API_KEY"] == "s3cret-key"
+    argv = build_argv(["tei"], spec, host="127.0.0.1", port=8080, prom=9100)
+    assert not [arg for arg in argv if "s3cret" in arg or "key" in arg]
+    assert "API_KEY" not in build_env({"API_KEY": "inherited"}, SPEC, cuda="", owner="o" * 16)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (None, "No such file or directory"),
+        (b"  \n", "empty"),
+        (b"one\ntwo\n", "more than one line"),
+        (b"\xff\xfe", "not UTF-8 text"),
+    ],
+)
+def test_an_unusable_api_key_file_is_a_clear_permanent_error(
+    tmp_path: Path, content: bytes | None, why: str
+) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_bytes(content)
+    with pytest.raises(PermanentError) as refused:
+        read_api_key(str(key_file))
+    assert refused.value.reason == "ApiKeyUnreadable"
+    assert refused.value.message == f"api_key_file {key_file}: {why}"
 
 
 def test_copy_truncate_rotation_keeps_the_writer_appending(tmp_path: Path) -> None:
