@@ -17,7 +17,7 @@ from support.traffic import Traffic
 
 ONE_NAME_CYCLES = 200
 NAMES = 4
-CYCLES_PER_NAME = 60
+CYCLES_PER_NAME = 40
 
 
 @pytest.fixture
