@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
@@ -48,3 +49,28 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+
+class Secret:
+    """A credential that must never be shown: its repr and str hide it, so a log line, a
+    traceback or a status that includes it by mistake shows `***`, and msgspec refuses to
+    encode it. `reveal()` is the one way to the value (to send it, or to pass it to a child)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)

@@ -46,6 +46,7 @@ __all__ = [
     "ROUTER_REQUESTS",
     "SPEC_ERRORS",
     "SPEC_VALID",
+    "TASK_ERRORS",
     "set_instances",
 ]
 
@@ -103,6 +104,12 @@ SPEC_VALID = Gauge(
 SPEC_ERRORS = Counter(
     "tei_reconciler_spec_errors",
     "Times an invalid state file was read (the last good one is kept).",
+)
+TASK_ERRORS = Counter(
+    "tei_reconciler_task_errors_total",
+    "Per-instance tasks (start, stop, watch_exit, probe_loop, reap) ended by an unexpected "
+    "error; each is logged with its traceback and the controller carries on.",
+    ["task"],
 )
 ACTIONS = Counter(
     "tei_reconciler_actions",

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import anyio
 import msgspec
 
+from tei_reconciler._types import Secret
 from tei_reconciler.planner.phase import Phase
 
 
@@ -53,6 +54,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
     phase: Phase  # for "instance X is not ready (phase ...)" errors
     generation: int = 0  # bumps when the process is replaced (restart, new port)
     draining: tuple[Backend, ...] = ()
+    api_key: Secret | None = None  # what a call must carry (`authorization: Bearer <key>`)
 
     @property
     def address(self) -> str:

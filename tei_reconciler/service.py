@@ -9,6 +9,11 @@ hand in parts of their own as `extra`), all sharing one status store and one rou
 SIGTERM and SIGINT cancel the group; the controller then stops every instance in parallel
 within the grace period, or leaves them running for the next reconciler (`on_shutdown =
 "keep"`), Envoy included.
+
+Every part runs for the life of the process (`tasks.essential`): one that returns or fails
+is a crash of the whole process (exit status 1, one log line naming it), never a process
+that keeps answering `/health` with a dead control loop. A crash leaves the instances
+running, as a kill -9 would, for the restarted reconciler to adopt.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ from tei_reconciler.control.watcher import watch_state_file
 from tei_reconciler.dataplane.binary import choose
 from tei_reconciler.dataplane.serve import DataPlaneRunner
 from tei_reconciler.desired.statefile import StateFile
+from tei_reconciler.drivers.family import become_subreaper
 from tei_reconciler.errors import AuthConfigError, DataPlaneError, SpecError, TeiReconcilerError
 from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings, load_settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.tasks import PartEnded, essential
 from tei_reconciler.traffic import TrafficRing
 
 log = logging.getLogger("tei_reconciler")
@@ -120,15 +127,24 @@ async def serve(
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 await tg.start(_cancel_on_signal, tg.cancel_scope)
-            await tg.start(registry.run)
+            crashed = controller.abandon  # a crash leaves every instance to the next reconciler
+            await tg.start(partial(essential, "the model registry", registry.run, crashed=crashed))
             for part in parts:
-                await tg.start(part, controller)
+                await tg.start(
+                    partial(essential, _part_name(part), part, controller, crashed=crashed)
+                )
             # The watcher first: an edit made while the first pass runs is not left to the resync.
-            await tg.start(
-                partial(watch_state_file, Path(settings.state_file), controller.mark_dirty)
-            )
-            await tg.start(controller.run)
+            watcher = partial(watch_state_file, Path(settings.state_file), controller.mark_dirty)
+            await tg.start(partial(essential, "the state file watcher", watcher, crashed=crashed))
+            await tg.start(partial(essential, "the controller", controller.run, crashed=crashed))
             task_status.started(controller)
+
+
+def _part_name(part: Part) -> str:
+    return _PART_NAMES.get(part.__name__, part.__name__)
+
+
+_PART_NAMES = {"rest_api": "the REST API", "data_plane": "the data plane"}
 
 
 class FrontEnds:
@@ -230,7 +246,8 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, extra: Sequence[Part] = ()) -> int:
+    """`tei-reconciler run`; `extra` parts run beside the front ends (for tests)."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -248,12 +265,33 @@ def main(argv: list[str]) -> int:
     except (AuthConfigError, DataPlaneError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    return run_service(settings, front, extra)
+
+
+def run_service(settings: Settings, front: FrontEnds, extra: Sequence[Part] = ()) -> int:
+    """Serve until signalled (exit status 0). A part that ends or fails while the process
+    runs is a crash: one log line says which and why, the instances are left running for the
+    next reconciler to adopt, and the exit status is 1, so a supervisor (systemd, the
+    kubelet) restarts the process instead of it living on half dead."""
     failure: str | None = None
+    crashed = False
+    become_subreaper()  # daemons of instances stay ours to stop when their parent is gone
     try:
-        anyio.run(partial(serve, settings, front=front), backend="asyncio")
+        anyio.run(partial(serve, settings, front=front, extra=extra), backend="asyncio")
     except* (AlreadyRunning, DataPlaneError, OSError) as group:  # nothing was changed
         failure = "; ".join(str(exc) for exc in _leaves(group))
+    except* PartEnded as group:
+        log.critical("%s: exiting (status 1) to be restarted", _describe(group))
+        crashed = True
+    except* Exception as group:
+        log.critical(
+            "crashed: %s: exiting (status 1) to be restarted", _describe(group), exc_info=group
+        )
+        crashed = True
     if failure is not None:
         sys.stderr.write(f"error: {failure}\n")
-        return 1
-    return 0
+    return 1 if failure is not None or crashed else 0
+
+
+def _describe(group: BaseExceptionGroup[BaseException]) -> str:
+    return "; ".join(str(exc) or type(exc).__name__ for exc in _leaves(group))

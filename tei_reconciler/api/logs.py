@@ -21,6 +21,7 @@ import anyio
 from tei_reconciler.api.schemas import LogsResponse
 
 CHUNK = 64 * 1024
+_SEEN = 64  # bytes a follower re-reads to notice that the file was rotated under it
 
 
 def normalise(total: int, start: int | None, end: int | None) -> tuple[int, int]:
@@ -120,11 +121,14 @@ async def follow(
 ) -> AsyncIterator[tuple[int, str]]:
     """Yield (index, line) for every complete line from `first_line` on, as the file grows.
 
-    Survives copy-truncate rotation: when the file shrinks, reading restarts at its start.
-    Runs until cancelled (the client disconnects or the server shuts down).
+    Survives copy-truncate rotation: when the file shrinks, or the bytes just before where
+    reading stopped are no longer there (the emptied file has already grown past that point
+    again), reading restarts at its start. Runs until cancelled (the client disconnects or
+    the server shuts down).
     """
     index = first_line
     offset: int | None = None
+    seen = b""  # the last bytes read, which end at `offset` while the file is not rotated
     pending = b""
     while True:
         try:
@@ -134,11 +138,16 @@ async def follow(
         if size >= 0:
             if offset is None:
                 offset = await anyio.to_thread.run_sync(_offset_of, path, first_line)
-            if size < offset:  # rotated (copy-truncate): start over
-                offset, pending = 0, b""
+            if size < offset or (
+                seen
+                and await anyio.to_thread.run_sync(_read_at, path, offset - len(seen), len(seen))
+                != seen
+            ):  # rotated (copy-truncate): start over
+                offset, pending, seen = 0, b"", b""
             if size > offset:
-                data = await anyio.to_thread.run_sync(_read_from, path, offset, CHUNK * 16)
+                data = await anyio.to_thread.run_sync(_read_at, path, offset, CHUNK * 16)
                 offset += len(data)
+                seen = (seen + data)[-_SEEN:]
                 pending += data
                 *complete, pending = pending.split(b"\n")
                 for raw in complete:
@@ -153,7 +162,7 @@ def _offset_of(path: Path, index: int) -> int:
         return _offset_forward(f, index)
 
 
-def _read_from(path: Path, offset: int, limit: int) -> bytes:
+def _read_at(path: Path, offset: int, limit: int) -> bytes:
     with path.open("rb") as f:
         f.seek(offset)
         return f.read(limit)

@@ -110,6 +110,8 @@ async def serve_api(
                 await serve(app_with_startup, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             finally:
                 sock.close()
+        if not stop.is_set():  # the server ended on its own: this part must not go on without it
+            raise RuntimeError("the REST API server stopped on its own")
 
     try:
         async with anyio.create_task_group() as tg:

@@ -11,8 +11,10 @@ asks the controller for another pass.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 import msgspec
@@ -23,18 +25,13 @@ from tei_reconciler.control.following import Following
 from tei_reconciler.control.models import ModelGlue
 from tei_reconciler.control.runtime import Placement, ProcessRecord, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
+from tei_reconciler.drivers.command import build_argv, build_env, read_api_key, resolve_binary
 from tei_reconciler.drivers.gpus import cuda_visible_devices
+from tei_reconciler.drivers.logrotate import hand_over_log
 from tei_reconciler.drivers.logtail import log_size
 from tei_reconciler.drivers.ports import PortBook
 from tei_reconciler.drivers.probe import Prober
-from tei_reconciler.drivers.process import (
-    Driver,
-    ProcessHandle,
-    build_argv,
-    build_env,
-    hand_over_log,
-    resolve_binary,
-)
+from tei_reconciler.drivers.process import Driver, ProcessHandle
 from tei_reconciler.errors import ActionError, PermanentError
 from tei_reconciler.planner.actions import AbortNext, Stop
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
@@ -44,12 +41,21 @@ from tei_reconciler.planner.status import STOPPED_BECAUSE, ExitInfo, exit_summar
 from tei_reconciler.routing import Backend
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.tasks import stray
 
 log = logging.getLogger(__name__)
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+FOLLOW_RETRY_SECS = 1.0  # before following a process again after its follower failed
 
 #: The data plane's drain: returns once no new call reaches the process `backend` and its
 #: calls in flight have ended (routing.DataPlane.drain).
 Drain = Callable[[Backend], Awaitable[None]]
+
+
+def _task_name(task: Callable[..., object]) -> str:
+    inner = getattr(task, "func", task)  # a functools.partial names its function
+    return str(getattr(inner, "__name__", "task"))
 
 
 def _unbound(*args: object) -> None:
@@ -92,7 +98,7 @@ class Actuator(Following):
         self.owner = owner
         self.changed: Callable[[], None] = _unbound
         self.spawn: Callable[..., None] = _unbound
-        self.forget: Callable[[str], None] = _unbound
+        self.forget: Callable[[Runtime], None] = _unbound
         self.drain = drain
         self.models = models
         self._starts = anyio.CapacityLimiter(max(1, settings.max_concurrent_starts))
@@ -102,9 +108,60 @@ class Actuator(Following):
         *,
         changed: Callable[[], None],
         spawn: Callable[..., None],
-        forget: Callable[[str], None],
+        forget: Callable[[Runtime], None],
     ) -> None:
         self.changed, self.spawn, self.forget = changed, spawn, forget
+
+    async def guarded(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """The one boundary of every per-instance task (start, stop, a rollout's steps,
+        watch_exit, probe_loop, reap; the controller runs each through here): an error that
+        ends one, or a cancellation nobody asked for, is logged once with its traceback, shown
+        as an `InternalError` event of the instance, and becomes an outcome. It never reaches
+        the controller's task group, where it would end the loop of every instance."""
+        try:
+            await task(*args)
+        except BaseException as exc:
+            if not stray(exc):
+                raise
+            self._task_failed(task, args, exc)
+
+    def _task_failed(
+        self, task: Callable[..., Awaitable[None]], args: tuple[Any, ...], exc: BaseException
+    ) -> None:
+        """The outcome of a task that failed unexpectedly: after an action the instance is no
+        longer busy (the next pass decides again); a follower of a live process (its exit
+        watcher or probe loop) follows it again after `FOLLOW_RETRY_SECS`, unless the process
+        is being stopped."""
+        what = _task_name(task)
+        rt = args[0] if args and isinstance(args[0], Runtime) else None
+        metrics.TASK_ERRORS.labels(what).inc()
+        log.error("%s of %s failed unexpectedly", what, rt.name if rt else "-", exc_info=exc)
+        if rt is None:
+            return
+        self.store.record_event(
+            rt.name, "Warning", "InternalError", f"{what} failed: {exc!r}", self.clock.wall()
+        )
+        record = args[1] if len(args) > 1 and isinstance(args[1], ProcessRecord) else None
+        if getattr(task, "func", task) in self._actions():  # it made the instance busy
+            rt.busy = None
+        elif record is not None and self._followed(rt, record):
+            self.spawn(self._follow_again, task, rt, record)
+        self.changed()
+
+    def _actions(self) -> tuple[Callable[..., Awaitable[None]], ...]:
+        return (self.start, self.stop, self.retire, self.abort_next)
+
+    @staticmethod
+    def _followed(rt: Runtime, record: ProcessRecord) -> bool:
+        """Whether `record` is still one of the instance's live processes, not being stopped."""
+        return rt.role_of(record) is not None and record.handle.alive and not record.stop_requested
+
+    async def _follow_again(
+        self, task: Callable[..., Awaitable[None]], rt: Runtime, record: ProcessRecord
+    ) -> None:
+        await anyio.sleep(FOLLOW_RETRY_SECS)
+        if self._followed(rt, record):
+            self.spawn(task, rt, record)
 
     async def start(
         self, rt: Runtime, spec: InstanceSpec, *, explicit: set[int], beside: bool = False
@@ -116,13 +173,16 @@ class Actuator(Following):
         try:
             async with self._starts:
                 cuda = cuda_visible_devices(spec.gpu, self.gpus)
+                api_key = None
+                if spec.api_key_file is not None:
+                    api_key = await anyio.to_thread.run_sync(read_api_key, spec.api_key_file)
                 await self._check_model(spec, cuda, wall)
                 if beside:
                     assignment = self.ports.assign_next(spec, explicit=explicit)
                 else:
                     assignment = self.ports.assign(spec, explicit=explicit)
                 argv = self.argv_for(spec, port=assignment.port, prom=assignment.prometheus_port)
-                env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner)
+                env = build_env(self.base_env, spec, cuda=cuda, owner=self.owner, api_key=api_key)
                 log = self.driver.log_path(spec.name, beside=beside)
                 log_offset = log_size(log)
                 with anyio.CancelScope(shield=True):  # a spawned child is never lost untracked
@@ -177,6 +237,10 @@ class Actuator(Following):
     ) -> None:
         if isinstance(exc, ActionError):
             reason, message = exc.reason, exc.message
+        elif isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            # The log, the port book, a model check: whatever needed the disk found it full.
+            reason = "DiskFull"
+            message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
         else:  # a bug or an OS surprise: still an outcome, logged once with its traceback
             reason, message = "StartFailed", f"{type(exc).__name__}: {exc}"
             log.error("starting %s failed unexpectedly", spec.name, exc_info=exc)
@@ -358,7 +422,7 @@ class Actuator(Following):
         rt.busy = None
         metrics.ACTIONS.labels("stop", "ok").inc()
         if action.forget:
-            self.forget(rt.name)
+            self.forget(rt)
         self.changed()
 
     async def _drain(self, rt: Runtime, record: ProcessRecord) -> str | None:
@@ -383,7 +447,6 @@ class Actuator(Following):
             exit_, reason=reason, last_lines=self._last_lines(rt, record)
         )
         rt.ended(record, exit_)
-        await self.prober.forget(rt.name, record.pid)
         return exit_
 
     # ---- following a process -------------------------------------------------------------

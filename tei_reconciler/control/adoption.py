@@ -135,4 +135,6 @@ def _launched_as_now(actuator: Actuator, found: Found, spec: InstanceSpec) -> bo
     if not found.argv or found.port is None or found.prometheus_port is None:
         return True
     expected = actuator.argv_for(spec, port=found.port, prom=found.prometheus_port)
-    return list(found.argv) == expected
+    seen = list(found.argv)
+    # A script run through its #! line shows as the interpreter, then the script's path.
+    return seen == expected or seen[1:] == expected

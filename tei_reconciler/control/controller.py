@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -31,9 +32,10 @@ from tei_reconciler.control.publish import publish
 from tei_reconciler.control.runtime import Runtime
 from tei_reconciler.control.source import DesiredSource
 from tei_reconciler.desired.spec import DesiredState
+from tei_reconciler.drivers.logrotate import Done, Rotation, rotate_log
 from tei_reconciler.drivers.ports import PortBook
 from tei_reconciler.drivers.probe import Prober
-from tei_reconciler.drivers.process import Driver, Found, owner_digest, rotate_log
+from tei_reconciler.drivers.process import Driver, Found, owner_digest
 from tei_reconciler.planner.observed import Busy, ObservedInstance
 from tei_reconciler.planner.plan import (
     AbortNext,
@@ -49,10 +51,11 @@ from tei_reconciler.planner.policy import Policy
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.tasks import PartEnded, stray
 
 log = logging.getLogger(__name__)
 
-_ROTATE_EVERY = 5.0  # seconds between log size checks
+HOUSEKEEPING_SECS = 1.0  # between two log size checks (and reaps of orphans)
 
 
 class Controller:
@@ -87,12 +90,12 @@ class Controller:
         self.actuator = actuator
         self.models = models
         source.bind(running=self._running)
-        actuator.bind(changed=self.mark_dirty, spawn=self._spawn_task, forget=self._forget)
+        actuator.bind(changed=self.mark_dirty, spawn=self._spawn_task, forget=self._forget_runtime)
         self.runtimes: dict[str, Runtime] = {}
         self._found_at_boot = False
         self._dirty = anyio.Event()
         self._tg: TaskGroup | None = None
-        self._last_rotate = 0.0
+        self._abandoned = False  # crashing: leave the instances running at exit
         self.passes = 0  # completed reconcile passes (tests and the bench wait on it)
 
     @property
@@ -117,27 +120,40 @@ class Controller:
 
     # ---- the loop ----------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Reconcile until cancelled. The loop's end by an error is a crash: the instances are
+        left running at exit for the next reconciler (`abandon`)."""
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                found = self.driver.discover()
-                self._found_at_boot = bool(found)  # the first read knows what already runs
-                await self.source.refresh()
-                self._adopt(found)
-                self._found_at_boot = False
-                requeue = await self._pass()
-                task_status.started()
-                while True:
-                    wait = self.settings.resync_interval_secs
-                    if requeue is not None:
-                        wait = min(wait, max(0.0, requeue - self.clock.now()))
-                    with anyio.move_on_after(wait):
-                        await self._dirty.wait()
-                    self._dirty = anyio.Event()
-                    requeue = await self._pass()
+            await self._loop(task_status)
+        except BaseException as exc:
+            if stray(exc):
+                self.abandon()
+            raise
+        else:  # only a cancellation nobody asked for ends the loop's task group quietly
+            self.abandon()
+            raise PartEnded("the control loop's task group ended")
         finally:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
+
+    async def _loop(self, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            found = self.driver.discover()
+            self._found_at_boot = bool(found)  # the first read knows what already runs
+            await self.source.refresh()
+            self._adopt(found)
+            self._found_at_boot = False
+            requeue = await self._pass()
+            tg.start_soon(self._housekeep)
+            task_status.started()
+            while True:
+                wait = self.settings.resync_interval_secs
+                if requeue is not None:
+                    wait = min(wait, max(0.0, requeue - self.clock.now()))
+                with anyio.move_on_after(wait):
+                    await self._dirty.wait()
+                self._dirty = anyio.Event()
+                requeue = await self._pass()
 
     async def _pass(self) -> float | None:
         started = time.perf_counter()
@@ -151,9 +167,6 @@ class Controller:
                 self._dispatch(action)
             self._release_stale_ports()
         self._publish(now)
-        if now - self._last_rotate >= _ROTATE_EVERY:
-            self._last_rotate = now
-            self._rotate_logs()
         metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
         self.passes += 1
         return requeue
@@ -197,9 +210,10 @@ class Controller:
         )
 
     # ---- act ---------------------------------------------------------------------------
-    def _spawn_task(self, func: Callable[..., object], *args: object) -> None:
+    def _spawn_task(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a per-instance task in the loop's task group, through the actuator's boundary."""
         assert self._tg is not None
-        self._tg.start_soon(func, *args)  # type: ignore[arg-type]
+        self._tg.start_soon(self.actuator.guarded, func, *args)
 
     def _dispatch(self, action: Action) -> None:
         metrics.ACTIONS.labels(type(action).__name__.lower(), "dispatched").inc()
@@ -229,9 +243,18 @@ class Controller:
             self._spawn_task(self.actuator.abort_next, rt, action)
 
     def _forget(self, name: str) -> None:
+        """Drop an instance everywhere at once: the API and the router never disagree on it."""
         self.runtimes.pop(name, None)
         self.store.forget(name)
+        self.table.update([e for e in self.table.all() if e.name != name])
         self.ports.release(name)
+
+    def _forget_runtime(self, rt: Runtime) -> None:
+        """Drop `rt`'s instance once its removal is done, unless the name already lives again
+        (created anew while the old process was being stopped): a record is dropped, never
+        the name's current one."""
+        if self.runtimes.get(rt.name) is rt:
+            self._forget(rt.name)
 
     def _release_stale_ports(self) -> None:
         """Free the sticky ports of instances removed while no reconciler was running: no
@@ -264,23 +287,62 @@ class Controller:
             wall=self.clock.wall(),
         )
 
-    def _rotate_logs(self) -> None:
-        for name, rt in self.runtimes.items():
-            logs = {record.log_path for _, record in rt.processes()}
-            for path in sorted(logs):
-                try:
-                    rotate_log(
-                        path,
-                        max_bytes=self.settings.log_max_bytes,
-                        backups=self.settings.log_backups,
-                    )
-                except OSError as exc:
-                    log.warning("cannot rotate the log of %s: %s", name, exc)
+    async def _housekeep(self) -> None:
+        """Every `HOUSEKEEPING_SECS`, whatever else happens: rotate the logs of running
+        processes (on a worker thread: a copy may take a while), so `log_max_bytes` holds
+        within seconds however fast a child writes; and reap orphans that ended."""
+        while True:
+            await anyio.sleep(HOUSEKEEPING_SECS)
+            logs = {
+                record.log_path: name
+                for name, rt in self.runtimes.items()
+                for _, record in rt.processes()
+            }
+            for path, outcome in (await anyio.to_thread.run_sync(self._rotate, logs)).items():
+                self._rotated(logs[path], outcome)
+            self.driver.reap_orphans()
+
+    def _rotate(self, logs: dict[Path, str]) -> dict[Path, Rotation | OSError]:
+        """On a worker thread: rotate each log that needs it."""
+        done: dict[Path, Rotation | OSError] = {}
+        for path in logs:
+            try:
+                rotation = rotate_log(
+                    path, max_bytes=self.settings.log_max_bytes, backups=self.settings.log_backups
+                )
+            except OSError as exc:
+                done[path] = exc
+                continue
+            if rotation:
+                done[path] = rotation
+        return done
+
+    def _rotated(self, name: str, outcome: Rotation | OSError) -> None:
+        if isinstance(outcome, OSError):
+            log.warning("cannot rotate the log of %s: %s", name, outcome)
+        elif outcome.done is Done.TRUNCATED:
+            self.store.record_event(
+                name,
+                "Warning",
+                "LogTruncated",
+                f"the log outgrew log_max_bytes and no backup could be written "
+                f"({outcome.error}): emptied without one",
+                self.clock.wall(),
+            )
 
     # ---- shutdown ----------------------------------------------------------------------
+    def abandon(self) -> None:
+        """The process is crashing: leave every instance running at exit, as a kill -9 would,
+        for the next reconciler to adopt (whatever `on_shutdown` says)."""
+        self._abandoned = True
+
     async def _shutdown(self) -> None:
         handles = [record.handle for rt in self.runtimes.values() for _, record in rt.processes()]
-        if self.settings.on_shutdown == "stop" and handles:
+        if self._abandoned and handles:
+            log.warning(
+                "leaving %d instance process(es) running for the next reconciler", len(handles)
+            )
+        elif self.settings.on_shutdown == "stop" and handles:
             log.info("stopping %d instance process(es)", len(handles))
             async with anyio.create_task_group() as tg:
                 for handle in handles:

@@ -20,13 +20,14 @@ from tei_reconciler._types import Clock
 from tei_reconciler.control.runtime import Probed, ProcessRecord, Role, Runtime
 from tei_reconciler.drivers.logtail import last_lines
 from tei_reconciler.drivers.ports import PortBook
-from tei_reconciler.drivers.probe import ProbeOutcome, Prober, probe_forever
-from tei_reconciler.planner.backoff import BackoffPolicy, record_crash
-from tei_reconciler.planner.observed import RolloutFailure
+from tei_reconciler.drivers.probe import ProbeOutcome, Prober, ProbeTarget, probe_forever
+from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
+from tei_reconciler.planner.observed import Failure, RolloutFailure
 from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import ExitInfo, ProbeResult, exit_summary
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
+from tei_reconciler.tasks import scoped
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ class Following:
         healthy_for = record.healthy_for(now)
         exit_ = msgspec.structs.replace(exit_, last_lines=self._last_lines(rt, record))
         role = rt.ended(record, exit_)
-        self.spawn(self.prober.forget, rt.name, record.pid)
         if role is None or role is Role.OLD:  # the old one of a rollout: its stop goes on
             self.changed()
             return
@@ -124,22 +124,53 @@ class Following:
                     at=wall, ok=outcome.ok, latency_ms=outcome.latency_ms, message=outcome.message
                 )
             )
-            if self.on_probe(rt, record, outcome.ok, outcome.message, wall):
+            if outcome.refused:
+                self.on_refused(rt, record, outcome.message, wall)
+            elif self.on_probe(rt, record, outcome.ok, outcome.message, wall):
                 self.changed()
 
-        with anyio.CancelScope() as scope:
+        target = ProbeTarget(
+            name=rt.name,
+            pid=record.pid,
+            host=self.settings.instance_host,
+            port=port,
+            api_key=record.handle.api_key,
+        )
+        with scoped(anyio.CancelScope()) as scope:
             record.probe_scope = scope
             await probe_forever(
                 self.prober,
-                rt.name,
-                record.pid,
-                self.settings.instance_host,
-                port,
+                target,
                 interval=policy.health_interval_secs,
                 within=policy.health_timeout_secs,
                 started=lambda: record.startup_ok,
                 report=report,
             )
+
+    def on_refused(self, rt: Runtime, record: ProcessRecord, message: str, wall: float) -> None:
+        """The process refused the probe's credentials: no probe will ever pass, so waiting
+        out the startup timeout would only hide why. It is stopped (a rollout's new process:
+        the rollout fails) and the instance fails with the reason `Unauthenticated`, retried
+        on the slow curve."""
+        if rt.failure is not None and rt.failure.pid == record.pid:
+            return  # already condemned: the stop is on its way
+        if record.handle.api_key is None:
+            why = "it requires an API key: set api_key_file (never --api-key in extra_args)"
+        else:
+            why = "it runs with another API key than the one it was started with"
+        rt.failures += 1
+        delay = delay_for(rt.failures, self.backoff)
+        rt.failure = Failure(
+            reason="Unauthenticated",
+            message=f"the instance refused the probe ({message}): {why}",
+            retry_at=self.clock.now() + delay,
+            spec_hash=record.spec_hash,
+            pid=record.pid,
+        )
+        metrics.PROBE_FAILURES.labels("startup" if not record.startup_ok else "liveness").inc()
+        self.store.record_event(rt.name, "Warning", "Unauthenticated", rt.failure.message, wall)
+        log.warning("%s: %s (retry in %gs)", rt.name, rt.failure.message, delay)
+        self.changed()
 
     def on_probe(
         self, rt: Runtime, record: ProcessRecord, ok: bool, message: str, wall: float
@@ -151,6 +182,7 @@ class Following:
         if verdict is Probed.STARTUP_FAILED:
             metrics.PROBE_FAILURES.labels("startup").inc()
         elif verdict is Probed.STARTED:
+            rt.failures = 0  # the slow retry curve starts over
             reason = "NewProcessReady" if new else "Ready"
             what = f"pid {record.pid} " if new else ""
             self.store.record_event(

@@ -15,8 +15,8 @@ from functools import cache
 import anyio
 
 from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec
+from tei_reconciler.drivers.command import resolve_binary
 from tei_reconciler.drivers.gpus import free_memory
-from tei_reconciler.drivers.process import resolve_binary
 from tei_reconciler.engine.layout import PACKAGED_IDS, packaged_layout
 from tei_reconciler.engine.types import StartupError
 from tei_reconciler.models.checks import Verdict, check_start

@@ -160,6 +160,7 @@ def endpoint_of(status: InstanceStatus, host: str, rt: Runtime | None) -> Endpoi
         phase=status.phase,
         generation=_generation(rt),
         draining=draining,
+        api_key=rt.handle.api_key if rt is not None and rt.handle is not None else None,
     )
 
 
@@ -202,12 +203,17 @@ def publish(
     wall: float,
 ) -> None:
     """Write every instance's status, the routing table and the phase gauge. `desired` is
-    None while no valid state file has been read: the processes found are kept as they are."""
+    None while no valid state file has been read: the processes found are kept as they are.
+    An instance neither desired nor tracked is gone from the store too (one that never had a
+    process, such as a stopped one, has no runtime for a Forget to drop)."""
     counts = dict.fromkeys(Phase, 0)
     endpoints = []
     rows = []
     rollouts = []
-    for name in sorted((desired or {}).keys() | runtimes.keys()):
+    shown = (desired or {}).keys() | runtimes.keys()
+    for gone in {s.name for s in store.all()} - shown:
+        store.forget(gone)
+    for name in sorted(shown):
         spec = desired.get(name) if desired is not None else None
         rt = runtimes.get(name)
         verdict = None if desired is not None or rt is None else _unknown_desire(rt)

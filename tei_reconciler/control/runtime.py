@@ -270,7 +270,7 @@ class Runtime:
                 self.restarts += 1
             self.current = record
             self.placement = placement
-        self.failure, self.failures = None, 0
+        self.failure = None  # the count stays until it is Ready: a refused key backs off too
         return record
 
     def promote(self) -> ProcessRecord | None:

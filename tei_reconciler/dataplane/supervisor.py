@@ -29,7 +29,9 @@ from tei_reconciler import metrics
 from tei_reconciler._types import Clock
 from tei_reconciler.dataplane.admin import Admin
 from tei_reconciler.desired.spec import MARKER_OWNER, MARKER_SPEC_HASH
-from tei_reconciler.drivers.process import ProcessDriver, ProcessHandle, kill_group, rotate_log
+from tei_reconciler.drivers.family import kill_group
+from tei_reconciler.drivers.logrotate import rotate_log
+from tei_reconciler.drivers.process import ProcessDriver, ProcessHandle
 from tei_reconciler.errors import DataPlaneError
 from tei_reconciler.planner.backoff import BackoffPolicy, CrashLoop, record_crash
 from tei_reconciler.planner.status import ExitInfo
@@ -269,9 +271,16 @@ class EnvoySupervisor:
         while True:
             await anyio.sleep(_ROTATE_EVERY)
             try:
-                rotate_log(self.log_path, max_bytes=self.log_max_bytes, backups=self.log_backups)
+                rotation = await anyio.to_thread.run_sync(
+                    lambda: rotate_log(
+                        self.log_path, max_bytes=self.log_max_bytes, backups=self.log_backups
+                    )
+                )
             except OSError as exc:
                 log.warning("cannot rotate the Envoy log: %s", exc)
+                continue
+            if rotation.error:
+                log.warning("the Envoy log was emptied without a backup: %s", rotation.error)
 
     def _event(self, type_: str, reason: str, message: str) -> None:
         self.store.record_event("", type_, reason, message, self.clock.wall())

@@ -15,6 +15,9 @@ a socket, so every rule is table-tested and the same input always gives the same
   other case (an unknown or not-Ready target, an ambiguous call) goes to the Python router,
   which answers it with the same code and message as when it serves the port alone. So do
   the services Envoy cannot route by header: the multiplexer, health, reflection.
+- An instance with an API key gets it as `authorization` on every route to it (in place of
+  the client's, which was for the reconciler); a model whose Ready instances have different
+  keys is routed by the Python router, which sends each instance its own.
 - Deadlines: the client's `grpc-timeout` bounds the call and reaches the instance; without
   one the call gets `request_timeout_secs`, also sent to the instance as `grpc-timeout`.
 - With auth, the virtual host carries the allowlists and token digests as the Lua filter's
@@ -43,6 +46,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
+from tei_reconciler._types import Secret
 from tei_reconciler.routing import Endpoint
 
 INSTANCE_KEY = "x-tei-instance"
@@ -213,7 +217,11 @@ def _header(name: str, *, exact: str | None = None) -> route_components_pb2.Head
 
 
 def _to_instance(
-    name: str, cluster: str, headers: Sequence[route_components_pb2.HeaderMatcher], plan: Plan
+    name: str,
+    cluster: str,
+    headers: Sequence[route_components_pb2.HeaderMatcher],
+    plan: Plan,
+    api_key: Secret | None = None,
 ) -> route_components_pb2.Route:
     route = route_components_pb2.Route(
         name=name,
@@ -236,6 +244,15 @@ def _to_instance(
             append_action=base_pb2.HeaderValueOption.HeaderAppendAction.ADD_IF_ABSENT,
         )
     )
+    if api_key is not None:  # the instance's own key, in place of the client's (the router's)
+        route.request_headers_to_add.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(
+                    key="authorization", value=f"Bearer {api_key.reveal()}"
+                ),
+                append_action=base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        )
     return route
 
 
@@ -263,7 +280,7 @@ def _default_route(
     if target is None and len(known) == 1:
         target = known[0].name
     if target is not None and target in ready:
-        return _to_instance("default", instance_cluster(target), (), plan)
+        return _to_instance("default", instance_cluster(target), (), plan, ready[target].api_key)
     return _to_router("default", TEI_PREFIX)
 
 
@@ -288,16 +305,25 @@ def _route_config(
 ) -> route_pb2.RouteConfiguration:
     routes = [
         _to_instance(
-            f"instance:{name}", instance_cluster(name), [_header(INSTANCE_KEY, exact=name)], plan
+            f"instance:{name}",
+            instance_cluster(name),
+            [_header(INSTANCE_KEY, exact=name)],
+            plan,
+            ready[name].api_key,
         )
         for name in sorted(ready)
     ]
     routes.append(_to_router("instance:other", TEI_PREFIX, [_header(INSTANCE_KEY)]))
-    models = sorted({e.model_id for e in ready.values()})
-    routes += [
-        _to_instance(f"model:{m}", model_cluster(m), [_header(MODEL_KEY, exact=m)], plan)
-        for m in models
-    ]
+    keys: dict[str, set[Secret | None]] = {}
+    for e in ready.values():
+        keys.setdefault(e.model_id, set()).add(e.api_key)
+    for m in sorted(keys):
+        by_model = [_header(MODEL_KEY, exact=m)]
+        if len(keys[m]) == 1:
+            (key,) = keys[m]
+            routes.append(_to_instance(f"model:{m}", model_cluster(m), by_model, plan, key))
+        else:  # one header cannot carry several keys: the Python router picks and sends one
+            routes.append(_to_router(f"model:{m}", TEI_PREFIX, by_model))
     routes.append(_to_router("model:other", TEI_PREFIX, [_header(MODEL_KEY)]))
     routes.append(_default_route(known, ready, plan))
     routes.append(_to_router("router", "/"))

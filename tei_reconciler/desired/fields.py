@@ -19,6 +19,7 @@ from typing import Any, get_args
 import msgspec
 
 from tei_reconciler.desired.rules import (
+    ABSOLUTE_PATH,
     BOOL,
     DATE_TIME,
     ENV,
@@ -56,6 +57,11 @@ class Field:
 def _not_managed(arg: str) -> None:
     no_nul(arg)
     flag = arg.split("=", 1)[0]
+    if flag in SECRET_FLAGS:
+        raise Invalid(
+            f"may not pass {flag}: a key on the command line shows in the process list; "
+            f"put it in a file and set {SECRET_FLAGS[flag]}"
+        )
     if flag in MANAGED_FLAGS:
         instead = MANAGED_FLAGS[flag]
         hint = f" (set {instead} instead)" if instead else ""
@@ -83,6 +89,7 @@ FIELDS: dict[str, Field] = {
     "state": Field(choice(DesiredRun)),  # whether the planner keeps a process
     "gpu": Field(GPU),  # CUDA_VISIBLE_DEVICES
     "env": Field(ENV),  # the child's environment
+    "api_key_file": Field(ABSOLUTE_PATH),  # read at start, given to TEI as API_KEY
     "startup_timeout_secs": Field(SECONDS),  # probes; unset: the manager's setting
     "health_interval_secs": Field(SECONDS),
     "health_timeout_secs": Field(SECONDS),
@@ -91,6 +98,9 @@ FIELDS: dict[str, Field] = {
     "rollout": Field(choice(Rollout)),  # surge or recreate; not hashed
     "progress_deadline_secs": Field(SECONDS),  # a rollout not Ready by then fails; not hashed
 }
+
+#: TEI flags that carry a secret: refused in `extra_args`, with the field to set instead.
+SECRET_FLAGS = {"--api-key": "api_key_file"}
 
 #: Flags the reconciler passes that no field sets, with what to set instead.
 LAUNCH_FLAGS = {"--hostname": "the manager's instance_host", "--json-output": ""}

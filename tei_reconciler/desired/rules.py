@@ -171,6 +171,17 @@ def strings(each: Callable[[str], object] = no_nul) -> Rule:
     return Rule(check, tuple[str, ...])
 
 
+#: The environment name TEI reads its API key from: set from `api_key_file`, never from `env`
+#: (a key in the state file would show in every status and in every copy of the file).
+API_KEY_ENV = "API_KEY"
+
+
+def _absolute_path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise Invalid(f"must be an absolute path, got {show(value)}")
+    return no_nul(value)
+
+
 def _env(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise Invalid(f"must be a table of strings, got {show(value)}")
@@ -181,6 +192,8 @@ def _env(value: object) -> dict[str, str]:
         if key in MANAGED_ENV:
             instead = "set gpu instead" if key == "CUDA_VISIBLE_DEVICES" else "the reconciler's"
             raise Invalid(f"may not set {key} ({instead})")
+        if key == API_KEY_ENV:
+            raise Invalid(f"may not set {key}: put the key in a file and set api_key_file")
         reason = unsafe_env(key)
         if reason is not None:
             unsafe.append(f"may not set {key}: {reason}")
@@ -203,3 +216,4 @@ SECONDS = Rule(_positive_number, PositiveFloat)
 BOOL = Rule(_bool, bool)
 DATE_TIME = Rule(_datetime, datetime)
 ENV = Rule(_env, dict[str, str])
+ABSOLUTE_PATH = Rule(_absolute_path, str)

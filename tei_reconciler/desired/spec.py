@@ -22,7 +22,10 @@ import msgspec
 MARKER_OWNER = "TEI_RECONCILER_OWNER"
 MARKER_INSTANCE = "TEI_RECONCILER_INSTANCE"
 MARKER_SPEC_HASH = "TEI_RECONCILER_SPEC_HASH"
-MANAGED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", MARKER_OWNER, MARKER_INSTANCE, MARKER_SPEC_HASH})
+MARKER_PROCESS = "TEI_RECONCILER_PROCESS"  # one token per spawned process, for its whole family
+MANAGED_ENV = frozenset(
+    {"CUDA_VISIBLE_DEVICES", MARKER_OWNER, MARKER_INSTANCE, MARKER_SPEC_HASH, MARKER_PROCESS}
+)
 
 
 class Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,6 +86,7 @@ class InstanceSpec(Base, frozen=True):
     tokenization_workers: int | None = None
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    api_key_file: str | None = None
     startup_timeout_secs: float | None = None
     health_interval_secs: float | None = None
     health_timeout_secs: float | None = None

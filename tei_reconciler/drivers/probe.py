@@ -3,16 +3,18 @@
 An unhealthy instance is data, never an exception: every probe returns a `ProbeOutcome`.
 The gRPC build is asked through `grpc.health.v1` for the service of its model type (Embed,
 Predict or Rerank; learned once from `tei.v1.Info`), falling back to `tei.v1.Info` where the
-health service is missing; the HTTP build answers `GET /health`. Channels are kept per
-process (tei-manager opened a fresh channel per check): a rollout probes an instance's old
-and new process at once, and a process's channel is closed when that process goes, never
-under another process of the same instance.
+health service is missing; the HTTP build answers `GET /health`. A probe belongs to one
+process (`ProbeTarget`): its channel lives as long as that process's probe loop (tei-manager
+opened a fresh channel per check) and is closed by the loop itself when it ends, so nothing
+of one process's probe can reach another's.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import anyio
@@ -21,7 +23,11 @@ import httpx
 import msgspec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tei_reconciler._types import Secret
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
+from tei_reconciler.tasks import scoped, stray
+
+log = logging.getLogger(__name__)
 
 STARTUP_PERIOD = 0.25  # seconds between startup probes (capped by the liveness period)
 
@@ -38,118 +44,146 @@ class ProbeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     latency_ms: float
     message: str
+    refused: bool = False  # the instance refused the probe's credentials (UNAUTHENTICATED)
+
+
+class ProbeTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """One process to probe. Probe state (a channel, the model type learned) belongs to one
+    process, never to an instance name: two processes of one instance (a replacement under
+    way, an instance deleted and created again) are probed apart."""
+
+    name: str  # the instance (for messages)
+    pid: int
+    host: str
+    port: int
+    api_key: Secret | None = None  # sent as `authorization: Bearer <key>`, as TEI requires
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata (gRPC) or headers (HTTP) every probe carries."""
+        if self.api_key is None:
+            return ()
+        return (("authorization", f"Bearer {self.api_key.reveal()}"),)
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+
+class Probe(Protocol):
+    """Probes one process; open for as long as its probe loop runs."""
+
+    async def check(self, within: float) -> ProbeOutcome: ...
 
 
 class Prober(Protocol):
-    """Probes one process (`pid`) of instance `name` at host:port; `forget` releases what was
-    kept for that process."""
+    """Opens a probe of one process; what the probe holds is released when its block ends."""
 
-    async def check(
-        self, name: str, pid: int, host: str, port: int, within: float
-    ) -> ProbeOutcome: ...
-
-    async def forget(self, name: str, pid: int) -> None: ...
+    def probe(self, target: ProbeTarget) -> AbstractAsyncContextManager[Probe]: ...
 
 
 def _elapsed_ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def _failed(start: float, exc: grpc.aio.AioRpcError) -> ProbeOutcome:
+    return ProbeOutcome(
+        ok=False,
+        latency_ms=_elapsed_ms(start),
+        message=f"{exc.code().name}: {exc.details()}",
+        refused=exc.code() == grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
 class GrpcProber:
-    """`grpc.health.v1.Health/Check` of the model's service, falling back to `tei.v1.Info`."""
+    """`grpc.health.v1.Health/Check` of the model's service, falling back to `tei.v1.Info`;
+    one channel per probed process."""
 
-    def __init__(self) -> None:
-        self._channels: dict[tuple[str, int], tuple[str, grpc.aio.Channel]] = {}
-        self._services: dict[tuple[str, int], str] = {}
-
-    def _channel(self, key: tuple[str, int], address: str) -> grpc.aio.Channel:
-        """The channel of one process (a process keeps its address for life)."""
-        kept = self._channels.get(key)
-        if kept is not None:
-            return kept[1]
-        channel = grpc.aio.insecure_channel(address)
-        self._channels[key] = (address, channel)
-        return channel
-
-    async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
-        start = time.perf_counter()
-        target_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        key = (name, pid)
-        channel = self._channel(key, f"{target_host}:{port}")
+    @asynccontextmanager
+    async def probe(self, target: ProbeTarget) -> AsyncIterator[Probe]:
+        channel = grpc.aio.insecure_channel(target.address)
         try:
-            service = self._services.get(key)
+            yield _GrpcProbe(channel, target.metadata)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.close()
+
+
+class _GrpcProbe:
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._channel = channel
+        self._metadata = metadata
+        self._service: str | None = None  # learned once: a process serves one model type
+
+    async def check(self, within: float) -> ProbeOutcome:
+        start = time.perf_counter()
+        try:
+            service = self._service
             if service is None:
-                info = await tei_pb2_grpc.InfoStub(channel).Info(
-                    tei_pb2.InfoRequest(), timeout=within
+                info = await tei_pb2_grpc.InfoStub(self._channel).Info(
+                    tei_pb2.InfoRequest(), timeout=within, metadata=self._metadata
                 )
-                service = _SERVICE_BY_TYPE.get(info.model_type, "tei.v1.Embed")
-                self._services[key] = service
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=within
+                service = self._service = _SERVICE_BY_TYPE.get(info.model_type, "tei.v1.Embed")
+            reply = await health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=within,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
-                return await self._info(channel, start, within)
-            return ProbeOutcome(
-                ok=False,
-                latency_ms=_elapsed_ms(start),
-                message=f"{exc.code().name}: {exc.details()}",
-            )
+                return await self._info(start, within)
+            return _failed(start, exc)
         ok = reply.status == health_pb2.HealthCheckResponse.SERVING
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         return ProbeOutcome(ok=ok, latency_ms=_elapsed_ms(start), message=f"{service} {status}")
 
-    async def _info(self, channel: grpc.aio.Channel, start: float, within: float) -> ProbeOutcome:
+    async def _info(self, start: float, within: float) -> ProbeOutcome:
         try:
-            await tei_pb2_grpc.InfoStub(channel).Info(tei_pb2.InfoRequest(), timeout=within)
-        except grpc.aio.AioRpcError as exc:
-            return ProbeOutcome(
-                ok=False,
-                latency_ms=_elapsed_ms(start),
-                message=f"{exc.code().name}: {exc.details()}",
+            await tei_pb2_grpc.InfoStub(self._channel).Info(
+                tei_pb2.InfoRequest(), timeout=within, metadata=self._metadata
             )
+        except grpc.aio.AioRpcError as exc:
+            return _failed(start, exc)
         return ProbeOutcome(ok=True, latency_ms=_elapsed_ms(start), message="tei.v1.Info OK")
-
-    async def forget(self, name: str, pid: int) -> None:
-        self._services.pop((name, pid), None)
-        kept = self._channels.pop((name, pid), None)
-        if kept is not None:
-            await kept[1].close()
-
-    async def aclose(self) -> None:
-        """Close every channel (the controller is shutting down)."""
-        channels = [channel for _, channel in self._channels.values()]
-        self._channels.clear()
-        self._services.clear()
-        for channel in channels:
-            await channel.close()
 
 
 class HttpProber:
-    """`GET /health` on TEI's HTTP build: 200 means the model answers."""
+    """`GET /health` on TEI's HTTP build: 200 means the model answers. One client (its
+    connection pool) serves every probe; `aclose` releases it."""
 
     def __init__(self) -> None:
         self._client = httpx.AsyncClient()
 
-    async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
+    @asynccontextmanager
+    async def probe(self, target: ProbeTarget) -> AsyncIterator[Probe]:
+        yield _HttpProbe(self._client, f"http://{target.address}/health", dict(target.metadata))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class _HttpProbe:
+    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+        self._client = client
+        self._url = url
+        self._headers = headers
+
+    async def check(self, within: float) -> ProbeOutcome:
         start = time.perf_counter()
-        url_host = f"[{host}]" if ":" in host else host
         try:
-            response = await self._client.get(f"http://{url_host}:{port}/health", timeout=within)
+            response = await self._client.get(self._url, timeout=within, headers=self._headers)
         except httpx.HTTPError as exc:
             return ProbeOutcome(
                 ok=False, latency_ms=_elapsed_ms(start), message=f"{type(exc).__name__}: {exc}"
             )
         ok = response.status_code == 200
         return ProbeOutcome(
-            ok=ok, latency_ms=_elapsed_ms(start), message=f"GET /health {response.status_code}"
+            ok=ok,
+            latency_ms=_elapsed_ms(start),
+            message=f"GET /health {response.status_code}",
+            refused=response.status_code == 401,
         )
-
-    async def forget(self, name: str, pid: int) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 def make_prober(protocol: str) -> GrpcProber | HttpProber:
@@ -158,10 +192,7 @@ def make_prober(protocol: str) -> GrpcProber | HttpProber:
 
 async def probe_forever(
     prober: Prober,
-    name: str,
-    pid: int,
-    host: str,
-    port: int,
+    target: ProbeTarget,
     *,
     interval: float,
     within: float,
@@ -169,15 +200,29 @@ async def probe_forever(
     report: Callable[[ProbeOutcome], None],
 ) -> None:
     """Probe one process until cancelled: every `STARTUP_PERIOD` until `started()` (so Ready
-    comes quickly), then every `interval`. A probe that overruns `within` is a failure; one
-    process's probes never wait for another's (each process has its own task)."""
-    while True:
-        outcome = None
-        with anyio.move_on_after(within + 1.0):
-            outcome = await prober.check(name, pid, host, port, within)
-        if outcome is None:
-            outcome = ProbeOutcome(
-                ok=False, latency_ms=(within + 1.0) * 1000, message=f"no answer within {within:g}s"
+    comes quickly), then every `interval`. A probe that overruns `within` is a failure, and so
+    is one that raises (a stray cancellation included): whatever a probe does, it reports an
+    outcome and the loop goes on. One process's probes never wait for another's (each has its
+    own task)."""
+    async with prober.probe(target) as probe:
+        while True:
+            outcome = await _check(probe, within)
+            report(outcome)
+            await anyio.sleep(interval if started() else min(interval, STARTUP_PERIOD))
+
+
+async def _check(probe: Probe, within: float) -> ProbeOutcome:
+    start = time.perf_counter()
+    with scoped(anyio.move_on_after(within + 1.0)):
+        try:
+            return await probe.check(within)
+        except BaseException as exc:
+            if not stray(exc):
+                raise
+            log.warning("probe failed unexpectedly", exc_info=exc)
+            return ProbeOutcome(
+                ok=False, latency_ms=_elapsed_ms(start), message=f"probe error: {exc!r}"
             )
-        report(outcome)
-        await anyio.sleep(interval if started() else min(interval, STARTUP_PERIOD))
+    return ProbeOutcome(
+        ok=False, latency_ms=(within + 1.0) * 1000, message=f"no answer within {within:g}s"
+    )

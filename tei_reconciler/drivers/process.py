@@ -1,14 +1,15 @@
 """The process driver: spawn, watch, stop and adopt TEI processes.
 
 Every instance runs in its own session (so its own process group): a stop signals the whole
-group, so no grandchild outlives its instance, and a terminal's Ctrl-C or the reconciler's own
-death never reaches the children. Output goes straight from the child to an append-mode log
+group and every process carrying the spawn's token (family.py), so no grandchild outlives its
+instance, not even one that left the group; a terminal's Ctrl-C or the reconciler's own death
+never reaches the children. Output goes straight from the child to an append-mode log
 file (not through a pipe): a child keeps running and logging when the reconciler is killed,
 which is what lets the next reconciler adopt it without a restart.
 
 Children are found again by the markers in their environment (owner digest, instance name,
-spec hash). An adopted process is not our child and cannot be waited for; its exit is watched
-through a pidfd, or by polling when pidfds are unavailable.
+spec hash, process token). An adopted process is not our child and cannot be waited for; its
+exit is watched through a pidfd, or by polling when pidfds are unavailable.
 
 Spawning happens only on the event-loop thread (anyio.open_process), never from a worker
 thread: see reconciler-semantics.md on threads and PR_SET_PDEATHSIG.
@@ -20,11 +21,8 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -33,47 +31,24 @@ import msgspec
 import psutil
 from anyio.abc import Process
 
-from tei_reconciler._types import Clock
-from tei_reconciler.desired.fields import FIELDS
+from tei_reconciler._types import Clock, Secret
+from tei_reconciler.desired.rules import API_KEY_ENV
 from tei_reconciler.desired.spec import (
     MARKER_INSTANCE,
     MARKER_OWNER,
+    MARKER_PROCESS,
     MARKER_SPEC_HASH,
-    InstanceSpec,
-    spec_hash,
+)
+from tei_reconciler.drivers.family import (
+    family_alive,
+    new_token,
+    reap_orphans,
+    signal_family,
 )
 from tei_reconciler.errors import PermanentError
 from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.planner.status import ExitInfo
 
-#: TEI reads each of its flags from an env var with a generic name (tei-wire.md section 4):
-#: a leaked `PORT` or `HOSTNAME` (Docker sets it) would silently change a child's behaviour.
-TEI_ENV_NAMES = frozenset(
-    {
-        "PORT",
-        "HOSTNAME",
-        "MODEL_ID",
-        "REVISION",
-        "API_KEY",
-        "POOLING",
-        "DTYPE",
-        "AUTO_TRUNCATE",
-        "JSON_OUTPUT",
-        "PROMETHEUS_PORT",
-        "PAYLOAD_LIMIT",
-        "TOKENIZATION_WORKERS",
-        "SERVED_MODEL_NAME",
-        "DEFAULT_PROMPT_NAME",
-        "DEFAULT_PROMPT",
-        "DENSE_PATH",
-        "UDS_PATH",
-        "DISABLE_SPANS",
-        "OTLP_ENDPOINT",
-        "OTLP_SERVICE_NAME",
-        "CORS_ALLOW_ORIGIN",
-        "CUDA_VISIBLE_DEVICES",
-    }
-)
 #: exec errors that no retry soon can fix (the file is there but is not a program to run)
 _NOT_RUNNABLE = frozenset({errno.ENOEXEC, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _POLL = 0.05  # seconds between checks while a process group winds down
@@ -82,55 +57,6 @@ _POLL = 0.05  # seconds between checks while a process group winds down
 def owner_digest(state_file: Path) -> str:
     """The owner marker: identifies children of the reconciler of this state file."""
     return hashlib.sha256(os.path.abspath(state_file).encode()).hexdigest()[:16]
-
-
-def resolve_binary(tei_binary: str, protocol: str) -> list[str]:
-    """The argv prefix that starts TEI: `auto`, `builtin`, or a path."""
-    builtin = [sys.executable, "-m", "tei_reconciler", "engine"]
-    if protocol == "http":
-        builtin.append("--http")
-    if tei_binary == "builtin":
-        return builtin
-    if tei_binary == "auto":
-        found = shutil.which("text-embeddings-router")
-        return [found] if found else builtin
-    return [tei_binary]
-
-
-def build_argv(
-    prefix: list[str], spec: InstanceSpec, *, host: str, port: int, prom: int
-) -> list[str]:
-    """DESIGN.md section 5: every field that has a TEI flag (in the field table's order, each
-    when set; the ports as assigned), `--hostname` after the port, `--json-output`, then
-    `extra_args`."""
-    assigned = {"port": port, "prometheus_port": prom}
-    argv = [*prefix]
-    for name, field in FIELDS.items():
-        if field.flag is None:
-            continue
-        value = assigned[name] if field.assigned else getattr(spec, name)
-        if value is not None:
-            argv += [field.flag, field.render(value)]
-        if name == "port":
-            argv += ["--hostname", host]
-    return [*argv, "--json-output", *spec.extra_args]
-
-
-def build_env(
-    base: Mapping[str, str], spec: InstanceSpec, *, cuda: str, owner: str
-) -> dict[str, str]:
-    """The manager's env minus TEI's generic names and our own settings, plus the instance's."""
-    env = {
-        k: v
-        for k, v in base.items()
-        if k not in TEI_ENV_NAMES and not k.startswith(("MAX_", "TEI_RECONCILER_"))
-    }
-    env.update(spec.env)
-    env["CUDA_VISIBLE_DEVICES"] = cuda
-    env[MARKER_OWNER] = owner
-    env[MARKER_INSTANCE] = spec.name
-    env[MARKER_SPEC_HASH] = spec_hash(spec)
-    return env
 
 
 def exit_info(returncode: int | None, at: float) -> ExitInfo:
@@ -149,6 +75,8 @@ class Found(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     instance: str
     spec_hash: str
+    token: str | None = None  # its process token (None: started before tokens existed)
+    api_key: Secret | None = None  # the API key it was started with (API_KEY)
     port: int | None
     prometheus_port: int | None
     gpu_id: str | None
@@ -156,7 +84,9 @@ class Found(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ProcessHandle:
-    """One process group leader, spawned by us (`process`) or adopted (`psutil_proc`)."""
+    """One process group leader, spawned by us (`process`) or adopted (`psutil_proc`), and
+    its family: `owner` and `token` mark every process it starts (see family.py). `api_key`
+    is the key it was started with, which its probes and its traffic must carry."""
 
     def __init__(
         self,
@@ -166,9 +96,15 @@ class ProcessHandle:
         clock: Clock,
         process: Process | None = None,
         psutil_proc: psutil.Process | None = None,
+        owner: str = "",
+        token: str | None = None,
+        api_key: Secret | None = None,
     ) -> None:
         self.pid = pid
         self.spec_hash = spec_hash
+        self.owner = owner
+        self.token = token
+        self.api_key = api_key  # what callers of the process must send (TEI's API_KEY)
         self.adopted = process is None
         self._clock = clock
         self._process = process
@@ -196,7 +132,8 @@ class ProcessHandle:
         else:
             await self._wait_foreign()
         self.exit = exit_info(code, self._clock.wall())
-        kill_group(self.pid, signal.SIGKILL)  # nothing of a dead instance may hold its port
+        # Nothing of a dead instance may hold its port, not even a daemon it left behind.
+        signal_family(self.pid, self.owner, self.token, signal.SIGKILL)
         self._exited.set()
         return self.exit
 
@@ -225,26 +162,6 @@ class ProcessHandle:
         return self.exit
 
 
-def kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in the group."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
-
-
 class Driver(Protocol):
     """The seam between the controller and the OS (tests pass a fake)."""
 
@@ -262,6 +179,8 @@ class Driver(Protocol):
 
     def adopt(self, found: Found) -> ProcessHandle | None: ...
 
+    def reap_orphans(self) -> None: ...
+
 
 class ProcessDriver:
     """Spawns and stops instance process groups; finds this owner's children."""
@@ -270,6 +189,8 @@ class ProcessDriver:
         self.runtime_dir = RuntimeDir(runtime_dir)
         self.owner = owner
         self.clock = clock
+        self._spawned: dict[int, ProcessHandle] = {}  # children whose exit we collect ourselves
+        self._spawning = 0
 
     def log_path(self, name: str, *, beside: bool = False) -> Path:
         return self.runtime_dir.next_log(name) if beside else self.runtime_dir.log(name)
@@ -282,14 +203,16 @@ class ProcessDriver:
         Raises PermanentError("BinaryNotFound") when the program cannot be executed.
         """
         log.parent.mkdir(parents=True, exist_ok=True)
+        token = new_token()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._spawning += 1
         try:
             process = await anyio.open_process(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                env=env,
+                env={**env, MARKER_PROCESS: token},
                 start_new_session=True,
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
@@ -303,27 +226,54 @@ class ProcessDriver:
                 "BinaryNotFound", f"cannot execute {argv[0]!r}: {exc.strerror or exc}"
             ) from exc
         finally:
+            self._spawning -= 1
             os.close(log_fd)
-        return ProcessHandle(pid=process.pid, spec_hash=hash_, clock=self.clock, process=process)
+        handle = ProcessHandle(
+            pid=process.pid,
+            spec_hash=hash_,
+            clock=self.clock,
+            process=process,
+            owner=self.owner,
+            token=token,
+            api_key=Secret(env[API_KEY_ENV]) if API_KEY_ENV in env else None,
+        )
+        self._spawned[process.pid] = handle
+        return handle
 
     async def stop(self, handle: ProcessHandle, grace: float) -> ExitInfo:
-        """SIGTERM the group, wait up to `grace` for all of it, then SIGKILL the group."""
-        kill_group(handle.pid, signal.SIGTERM)
-        with anyio.move_on_after(grace):
+        """SIGTERM the family (the group, and every process carrying the handle's token, in
+        whatever session), wait up to `grace` for all of it, then SIGKILL it."""
+        owner, token = handle.owner, handle.token
+
+        async def gone() -> None:
             await handle.wait()
-            while group_alive(handle.pid):  # noqa: ASYNC110 - no event exists for "group empty"
+            while family_alive(handle.pid, owner, token):  # noqa: ASYNC110 - no event for it
                 await anyio.sleep(_POLL)
-        if handle.alive or group_alive(handle.pid):
-            kill_group(handle.pid, signal.SIGKILL)
+
+        signal_family(handle.pid, owner, token, signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await gone()
+        if handle.alive or family_alive(handle.pid, owner, token):
+            signal_family(handle.pid, owner, token, signal.SIGKILL)
             with anyio.move_on_after(10):
-                await handle.wait()
-                while group_alive(handle.pid):  # noqa: ASYNC110
-                    await anyio.sleep(_POLL)
-        return await handle.wait()
+                await gone()
+        exit_ = await handle.wait()
+        self.reap_orphans()
+        return exit_
+
+    def reap_orphans(self) -> None:
+        """Collect the orphans re-parented to this (subreaper) process that have ended."""
+        if self._spawning:
+            return  # a child being spawned may end before its handle exists: look again later
+        for pid in [pid for pid, h in self._spawned.items() if not h.alive]:
+            del self._spawned[pid]  # its watcher has collected it
+        reap_orphans(self._spawned)
 
     def discover(self) -> list[Found]:
-        """Running group leaders whose markers name this owner."""
+        """Running group leaders whose markers name this owner: of the processes sharing one
+        process token (a process and the daemons it left), the one that started first."""
         found: list[Found] = []
+        starts: dict[int, float] = {}
         for proc in psutil.process_iter(["pid", "status"]):
             try:
                 if proc.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(proc.pid) != proc.pid:
@@ -332,6 +282,7 @@ class ProcessDriver:
                 if env.get(MARKER_OWNER) != self.owner or MARKER_INSTANCE not in env:
                     continue
                 cmdline = proc.cmdline()
+                started = proc.create_time()
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
             found.append(
@@ -339,13 +290,16 @@ class ProcessDriver:
                     pid=proc.pid,
                     instance=env[MARKER_INSTANCE],
                     spec_hash=env.get(MARKER_SPEC_HASH, ""),
+                    token=env.get(MARKER_PROCESS),
+                    api_key=Secret(env[API_KEY_ENV]) if API_KEY_ENV in env else None,
                     port=_flag_int(cmdline, "--port"),
                     prometheus_port=_flag_int(cmdline, "--prometheus-port"),
                     gpu_id=env.get("CUDA_VISIBLE_DEVICES"),
                     argv=tuple(cmdline),
                 )
             )
-        return found
+            starts[proc.pid] = started
+        return _first_of_each_token(found, starts)
 
     def adopt(self, found: Found) -> ProcessHandle | None:
         try:
@@ -353,8 +307,28 @@ class ProcessDriver:
         except psutil.Error:
             return None
         return ProcessHandle(
-            pid=found.pid, spec_hash=found.spec_hash, clock=self.clock, psutil_proc=proc
+            pid=found.pid,
+            spec_hash=found.spec_hash,
+            clock=self.clock,
+            psutil_proc=proc,
+            owner=self.owner,
+            token=found.token,
+            api_key=found.api_key,
         )
+
+
+def _first_of_each_token(found: list[Found], starts: dict[int, float]) -> list[Found]:
+    """One process per process token: the first started (the instance's own process; the
+    others are daemons it left, stopped with it)."""
+    first: dict[str, Found] = {}
+    kept: list[Found] = []
+    for one in sorted(found, key=lambda f: (starts[f.pid], f.pid)):
+        if one.token is None:
+            kept.append(one)
+        elif one.token not in first:
+            first[one.token] = one
+            kept.append(one)
+    return kept
 
 
 def _flag_int(argv: list[str], flag: str) -> int | None:
@@ -366,42 +340,3 @@ def _flag_int(argv: list[str], flag: str) -> int | None:
             with contextlib.suppress(ValueError):
                 return int(value)
     return None
-
-
-def _shift_backups(path: Path, backups: int) -> None:
-    """`log.1` becomes `log.2` and so on, the oldest dropped: room for a new `log.1`."""
-    for i in range(backups - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-
-
-def hand_over_log(path: Path, new: Path, *, backups: int) -> Path | None:
-    """A rollout's new process took over the instance: its log (`new`) becomes the instance's
-    log (`path`), and the old process's becomes the first backup, where it goes on writing
-    until it stops (a rename keeps each process's open file). Returns where the old process's
-    output is now (None: no backups are kept, so nowhere that can be read)."""
-    moved = path.with_name(f"{path.name}.1")
-    if backups > 0 and path.exists():
-        _shift_backups(path, backups)
-        os.replace(path, moved)
-    if new.exists():
-        os.replace(new, path)
-    return moved if backups > 0 else None
-
-
-def rotate_log(path: Path, *, max_bytes: int, backups: int) -> bool:
-    """Copy-truncate rotation: the child keeps its append-mode descriptor and simply
-    continues at the start of the emptied file. Returns whether it rotated."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
-        return False
-    if backups <= 0:
-        os.truncate(path, 0)
-        return True
-    _shift_backups(path, backups)
-    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-    os.truncate(path, 0)
-    return True

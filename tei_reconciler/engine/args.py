@@ -2,7 +2,10 @@
 
 Parsing is clap-like: unknown flags and bad values exit 2, abbreviations are refused. Unlike
 TEI, no flag falls back to an environment variable: TEI's names (`PORT`, `HOSTNAME`,
-`MODEL_ID`, `API_KEY`, ...) are generic and leak from supervisors and containers.
+`MODEL_ID`, ...) are generic and leak from supervisors and containers. The one exception is
+`API_KEY`, read as TEI reads it when `--api-key` is not given: it is how a key reaches a
+process without showing in its command line (the reconciler passes `api_key_file` so, and
+removes any `API_KEY` it inherited itself).
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = build_parser().parse_args(list(argv))
+    if args.api_key is None:
+        args.api_key = os.environ.get("API_KEY") or None
     if args.tokenization_workers is None:
         args.tokenization_workers = _default_workers()
     if args.inference_threads is None:

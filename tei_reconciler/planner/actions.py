@@ -12,7 +12,9 @@ import msgspec
 
 from tei_reconciler.desired.spec import InstanceSpec
 
-StopReason = Literal["Removed", "StoppedByUser", "SpecChanged", "StartupTimeout", "LivenessFailed"]
+StopReason = Literal[
+    "Removed", "StoppedByUser", "SpecChanged", "StartupTimeout", "LivenessFailed", "Unauthenticated"
+]
 
 #: Why a rollout's new process is stopped before it took traffic. The first two fail the
 #: rollout (retried with backoff); the others make the attempt obsolete.

@@ -26,13 +26,15 @@ class Busy(enum.StrEnum):
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
-    """A start failed in a way no quick restart fixes (binary missing, GPU absent, port held).
-    Retried at `retry_at`, or at once when the spec changes."""
+    """A start failed in a way no quick restart fixes (binary missing, GPU absent, port held),
+    or a started process can never serve (`pid`: it refused the probe's credentials). Retried
+    at `retry_at`, or at once when the spec changes."""
 
     reason: str
     message: str
     retry_at: float
     spec_hash: str
+    pid: int | None = None  # the process it condemns (stopped first); None: a failed start
 
 
 class RolloutFailure(msgspec.Struct, frozen=True, kw_only=True):

@@ -104,6 +104,8 @@ def plan_one(
             if surges(spec, obs):
                 return plan_surge(spec, obs, now)
             return Stop(name=name, reason="SpecChanged"), None
+        if obs.failure is not None and obs.failure.pid == process.pid:
+            return Stop(name=name, reason="Unauthenticated"), None  # it can never serve
         if not obs.startup_ok:
             deadline = process.started_at + policy.for_instance(spec).startup_timeout_secs
             if now >= deadline:

@@ -76,6 +76,8 @@ def plan_next(
         return AbortNext(name=name, reason="StoppedByUser"), None
     if new.spec_hash != spec_hash(spec):
         return AbortNext(name=name, reason="Superseded"), None
+    if obs.failure is not None and obs.failure.pid == new.pid:  # it refused the probe's key
+        return AbortNext(name=name, reason="RolloutFailed", message=obs.failure.message), None
     if obs.process is None or obs.next_ready:
         return Promote(name=name), None
     own = policy.for_instance(spec)

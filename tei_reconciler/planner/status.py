@@ -48,6 +48,7 @@ STOPPED_BECAUSE: dict[str, str] = {
     "RolloutFailed": "the rollout it was started for failed",
     "ProgressDeadlineExceeded": "it was not Ready within progress_deadline_secs",
     "Superseded": "the spec changed again before it was Ready",
+    "Unauthenticated": "it refused the API key its probe sent",
 }
 
 

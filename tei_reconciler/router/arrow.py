@@ -37,7 +37,14 @@ from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2
 from tei_reconciler.router.methods import MULTIPLEXER_SERVICE
 from tei_reconciler.router.pool import Connection
-from tei_reconciler.router.relay import Context, Metadata, Relay, pass_through, split_metadata
+from tei_reconciler.router.relay import (
+    Context,
+    Metadata,
+    Relay,
+    pass_through,
+    split_metadata,
+    upstream_metadata,
+)
 from tei_reconciler.router.routes import RouteError, resolve, validate_target
 
 NOOP_DIMENSION = 384  # tei-manager's noop answer; never used when an instance answers
@@ -138,7 +145,7 @@ async def _relay_arrow(
     conn = relay.begin(endpoint)
     code = "CANCELLED"
     try:
-        data: bytes = await build(texts, conn, metadata)
+        data: bytes = await build(texts, conn, upstream_metadata(endpoint, metadata))
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         await pass_through(context, exc)

@@ -3,7 +3,8 @@
 Payloads are raw bytes (no serializers on either side), so the router never decodes what it
 does not need to. The client's deadline becomes the backend call's deadline (else
 `request_timeout_secs`, for streams too); metadata is forwarded except the keys gRPC owns
-and the router's own routing keys; a backend's status, details and trailing metadata come
+and the router's own routing keys (an instance with an API key gets its key as
+`authorization`); a backend's status, details and trailing metadata come
 back unchanged. Streams are relayed message by message with gRPC's own flow control on both
 legs (each write waits for the transport), so a slow reader slows the writer instead of
 filling a buffer. A half-close from the client becomes a half-close to the backend; a client
@@ -50,6 +51,15 @@ def split_metadata(context: Context) -> tuple[Metadata, str | None, str | None]:
         else:
             forward.append((key, value))
     return tuple(forward), instance, model
+
+
+def upstream_metadata(endpoint: Endpoint, metadata: Metadata) -> Metadata:
+    """What the instance receives: the client's metadata, and for an instance with an API key
+    that key as `authorization` (in place of any the client sent, which was for the router)."""
+    if endpoint.api_key is None:
+        return metadata
+    kept = tuple((key, value) for key, value in metadata if key != "authorization")
+    return (*kept, ("authorization", f"Bearer {endpoint.api_key.reveal()}"))
 
 
 class Relay:
@@ -118,7 +128,9 @@ class Relay:
         code = "CANCELLED"
         try:
             response: bytes = await conn.unary_unary(path)(
-                payload, timeout=self.timeout(context), metadata=metadata
+                payload,
+                timeout=self.timeout(context),
+                metadata=upstream_metadata(endpoint, metadata),
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
@@ -147,7 +159,9 @@ class Relay:
         started = time.perf_counter()
         conn = self.begin(endpoint)
         factory = conn.stream_unary(path) if client_stream_only else conn.stream_stream(path)
-        call = factory(timeout=self.timeout(context), metadata=metadata)
+        call = factory(
+            timeout=self.timeout(context), metadata=upstream_metadata(endpoint, metadata)
+        )
         code = "CANCELLED"
         refused: RouteError | None = None
         failed: grpc.aio.AioRpcError | None = None

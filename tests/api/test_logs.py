@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from tei_reconciler.api import logs
 from tei_reconciler.api.logs import read_slice
+from tei_reconciler.drivers.logrotate import rotate_log
 
 from .harness import Api
 
@@ -163,3 +165,21 @@ async def test_a_start_that_is_not_an_integer_is_400(api: Api) -> None:
     assert response.json()["details"] == [
         {"field": "start", "message": "must be an integer", "line": None, "column": None}
     ]
+
+
+@pytest.mark.anyio
+async def test_a_follower_notices_a_rotation_even_when_the_log_has_regrown_past_it(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "alpha.log"
+    log.write_bytes(b"first\n")
+    lines = logs.follow(log, 0, poll_interval=0.01)
+    assert isinstance(lines, AsyncGenerator)
+    try:
+        assert await anext(lines) == (0, "first")
+        assert rotate_log(log, max_bytes=1, backups=1)
+        with log.open("ab") as f:  # more than was read before, while the follower waits
+            f.write(b"second, after the rotation\n")
+        assert await anext(lines) == (1, "second, after the rotation")
+    finally:
+        await lines.aclose()

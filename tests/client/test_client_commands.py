@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tei_reconciler.api.errors import error_response
+from tei_reconciler.drivers.logrotate import rotate_log
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.planner.status import Condition, ExitInfo
 
@@ -128,6 +129,20 @@ async def test_logs_follow_prints_lines_as_they_are_written(tmp_path: Path) -> N
                 f.write("fresh line\n")
             output = await logs.read_until("fresh line\n")
     assert output == "last\nfresh line\n"
+
+
+async def test_logs_follow_goes_on_after_the_log_is_rotated(tmp_path: Path) -> None:
+    async with served(tmp_path, instances(["alpha"])) as server:
+        log = server.runtime / "logs" / "alpha.log"
+        log.write_text("a line from before the rotation\n")
+        async with running("logs", "alpha", "-f", "--server", server.url) as logs:
+            await logs.read_until("before the rotation\n")
+            assert rotate_log(log, max_bytes=10, backups=1)  # as the reconciler rotates it
+            with log.open("a") as f:
+                f.write("after\n")
+            output = await logs.read_until("after\n")
+    assert output == "a line from before the rotation\nafter\n"
+    assert (log.parent / "alpha.log.1").read_text() == "a line from before the rotation\n"
 
 
 async def test_diff_exits_0_and_prints_nothing_when_the_file_matches(tmp_path: Path) -> None:

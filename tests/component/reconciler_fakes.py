@@ -4,6 +4,7 @@ of lifecycle decisions: no processes, no sockets, time moved by hand."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ import anyio
 
 from tei_reconciler.build import build_controller
 from tei_reconciler.desired.spec import DesiredState, InstanceSpec, spec_hash
-from tei_reconciler.drivers.probe import ProbeOutcome
+from tei_reconciler.drivers.probe import Probe, ProbeOutcome, ProbeTarget
 from tei_reconciler.drivers.process import Found, ProcessHandle, exit_info
 from tei_reconciler.planner.status import ExitInfo, InstanceStatus
 from tei_reconciler.routing import RoutingTable
@@ -40,19 +41,23 @@ def found(spec: InstanceSpec, *, pid: int = 4242, spec_hash_: str | None = None)
 
 
 class FakeHandle(ProcessHandle):
-    """A 'process' that lives until `die(code)`."""
+    """A 'process' that lives until `die(code)`. `watch_errors`: what the next watches raise
+    (one each) instead of waiting."""
 
     def __init__(self, *, spec_hash: str, clock: FakeClock, adopted: bool = False) -> None:
         super().__init__(pid=next(_pids), spec_hash=spec_hash, clock=clock)
         self.adopted = adopted
         self.died = anyio.Event()
         self.code: int | None = 0
+        self.watch_errors: list[BaseException] = []
 
     def die(self, code: int | None) -> None:
         self.code = code
         self.died.set()
 
     async def watch(self) -> ExitInfo:
+        if self.watch_errors:
+            raise self.watch_errors.pop(0)
         await self.died.wait()
         self.exit = exit_info(self.code, self._clock.wall())
         self._exited.set()
@@ -65,7 +70,9 @@ class FakeDriver:
         self.spawned: list[tuple[str, str, FakeHandle]] = []  # (name, spec hash, handle)
         self.stopped: list[str] = []
         self.found: list[Found] = []
-        self.errors: dict[str, Exception] = {}
+        self.errors: dict[str, BaseException] = {}  # what spawning that instance raises
+        self.stop_errors: list[BaseException] = []  # what the next stops raise (one each)
+        self.watch_errors: dict[str, list[BaseException]] = {}  # for the next spawned handle
         self.spawn_gate: anyio.Event | None = None
         self.stop_gate: anyio.Event | None = None
         self.adopted: dict[int, FakeHandle] = {}
@@ -92,12 +99,15 @@ class FakeDriver:
         if name in self.errors:
             raise self.errors[name]
         handle = FakeHandle(spec_hash=hash_, clock=self.clock)
+        handle.watch_errors = self.watch_errors.pop(name, [])
         self.spawned.append((name, hash_, handle))
         return handle
 
     async def stop(self, handle: ProcessHandle, grace: float) -> ExitInfo:
         assert isinstance(handle, FakeHandle)
         self.stopped.append(str(handle.pid))
+        if self.stop_errors:
+            raise self.stop_errors.pop(0)
         if self.stop_gate is not None:
             await self.stop_gate.wait()
         handle.die(-15)
@@ -105,6 +115,9 @@ class FakeDriver:
 
     def discover(self) -> list[Found]:
         return list(self.found)
+
+    def reap_orphans(self) -> None:
+        return None
 
     def adopt(self, found: Found) -> ProcessHandle | None:
         handle = FakeHandle(spec_hash=found.spec_hash, clock=self.clock, adopted=True)
@@ -114,25 +127,51 @@ class FakeDriver:
 
 
 class FakeProber:
-    """`mode[name]`: "ok" (default), "fail" or "hang"; `by_hash[spec hash]` overrides it for
-    the processes of one spec (`driver` tells their pids' hashes), e.g. a rollout's new one."""
+    """`mode[name]`: "ok" (default), "fail", "hang", "stray" (raise a cancellation nobody
+    asked for, as grpc.aio does on a closed channel), or "hang-grpc" (hang, and when cancelled
+    raise a fresh cancellation in place of anyio's, as a cancelled grpc.aio call does);
+    `by_hash[spec hash]` overrides it for the processes of one spec (`driver` tells their
+    pids' hashes), e.g. a rollout's new one. `open[name]`: probes of that instance's
+    processes open now (each process's probe loop opens its own)."""
 
     def __init__(self, driver: FakeDriver | None = None) -> None:
         self.mode: dict[str, str] = {}
         self.by_hash: dict[str, str] = {}
         self.calls: dict[str, int] = {}
         self.driver = driver
+        self.open: Counter[str] = Counter()
 
-    async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
-        self.calls[name] = self.calls.get(name, 0) + 1
-        hash_ = self.driver.hash_of(pid) if self.driver is not None else None
-        mode = self.by_hash.get(hash_ or "") or self.mode.get(name, "ok")
+    @asynccontextmanager
+    async def probe(self, target: ProbeTarget) -> AsyncIterator[Probe]:
+        self.open[target.name] += 1
+        try:
+            yield _FakeProbe(self, target)
+        finally:
+            self.open[target.name] -= 1
+
+    async def check(self, target: ProbeTarget, within: float) -> ProbeOutcome:
+        self.calls[target.name] = self.calls.get(target.name, 0) + 1
+        hash_ = self.driver.hash_of(target.pid) if self.driver is not None else None
+        mode = self.by_hash.get(hash_ or "") or self.mode.get(target.name, "ok")
         if mode == "hang":
             await anyio.sleep_forever()
+        if mode == "stray":
+            raise anyio.get_cancelled_exc_class()()
+        if mode == "hang-grpc":
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                pass
+            raise anyio.get_cancelled_exc_class()()  # outside the except: no __context__
         return ProbeOutcome(ok=mode == "ok", latency_ms=0.1, message=mode)
 
-    async def forget(self, name: str, pid: int) -> None:
-        return None
+
+class _FakeProbe:
+    def __init__(self, prober: FakeProber, target: ProbeTarget) -> None:
+        self.prober, self.target = prober, target
+
+    async def check(self, within: float) -> ProbeOutcome:
+        return await self.prober.check(self.target, within)
 
 
 class World:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import msgspec
@@ -23,17 +25,33 @@ class Boom(OSError):
 
 async def test_an_unexpected_spawn_error_fails_that_instance_and_no_other(tmp_path: Path) -> None:
     world = World(tmp_path)
-    world.driver.errors["a"] = Boom(28, "No space left on device")
+    world.driver.errors["a"] = Boom(errno.EIO, "Input/output error")
     async with running(world):
         world.set_desired(SPEC, msgspec.structs.replace(SPEC, name="b"))
         failed = await world.phase("a", "Failed")
         assert failed.reason == "StartFailed"
-        assert "No space left" in failed.message
+        assert "Input/output error" in failed.message
         await world.phase("b", "Running")
         del world.driver.errors["a"]
         world.clock.advance(10)  # the first slow retry
         await world.passes(1)
         await world.phase("a", "Running")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+async def test_a_full_disk_at_start_is_the_named_reason_disk_full(
+    tmp_path: Path, code: int
+) -> None:
+    world = World(tmp_path)
+    world.driver.errors["a"] = OSError(code, os.strerror(code), "/data/logs/a.log")
+    async with running(world):
+        world.set_desired(SPEC)
+        failed = await world.phase("a", "Failed")
+        assert failed.reason == "DiskFull"
+        assert failed.message == f"{os.strerror(code)}: /data/logs/a.log"
+        assert failed.backoff_until is not None  # retried slowly, as space may come back
+        (event,) = [e for e in world.store.events("a") if e.reason == "DiskFull"]
+        assert event.type == "Warning"
 
 
 async def test_preview_lists_what_a_pass_would_do_without_doing_it(tmp_path: Path) -> None:

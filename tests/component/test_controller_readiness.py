@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from tei_reconciler.desired.spec import InstanceSpec
-from tei_reconciler.drivers.probe import ProbeOutcome
+from tei_reconciler.drivers.probe import ProbeOutcome, ProbeTarget
 from tei_reconciler.planner.status import StoreChange
 
 from .reconciler_fakes import FakeProber, World, running
@@ -24,8 +24,8 @@ class ScriptedProber(FakeProber):
         super().__init__()
         self.script: list[bool] = []
 
-    async def check(self, name: str, pid: int, host: str, port: int, within: float) -> ProbeOutcome:
-        self.calls[name] = self.calls.get(name, 0) + 1
+    async def check(self, target: ProbeTarget, within: float) -> ProbeOutcome:
+        self.calls[target.name] = self.calls.get(target.name, 0) + 1
         ok = self.script.pop(0) if self.script else True
         return ProbeOutcome(ok=ok, latency_ms=0.1, message="ok" if ok else "slow")
 

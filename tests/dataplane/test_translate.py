@@ -8,6 +8,7 @@ import pytest
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.route.v3 import route_pb2
 
+from tei_reconciler._types import Secret
 from tei_reconciler.dataplane.translate import (
     AuthContext,
     Plan,
@@ -199,6 +200,47 @@ def test_routes_to_instances_strip_the_routing_keys_and_carry_the_deadline() -> 
     assert route.route.timeout.ToSeconds() == 0  # no cut-off of long streams
     assert route.route.max_stream_duration.max_stream_duration.ToMilliseconds() == 12500
     assert route.route.max_stream_duration.grpc_timeout_header_max.ToSeconds() == 0
+
+
+def keyed(name: str, key: str | None, model: str = "org/m") -> Endpoint:
+    return msgspec.structs.replace(ep(name, model), api_key=Secret(key) if key else None)
+
+
+def authorization(route: route_pb2.Route) -> str | None:
+    for added in route.request_headers_to_add:
+        if added.header.key == "authorization":
+            assert added.append_action == added.OVERWRITE_IF_EXISTS_OR_ADD  # never the client's
+            return str(added.header.value)
+    return None
+
+
+def test_an_instance_with_an_api_key_gets_it_on_every_route_that_reaches_it() -> None:
+    config = translate([keyed("a", "k-a"), keyed("b", None)], PLAN).routes[0]
+    by_name = {r.name: r for r in config.virtual_hosts[0].routes}
+    assert authorization(by_name["instance:a"]) == "Bearer k-a"
+    assert authorization(by_name["instance:b"]) is None
+    alone = translate([keyed("a", "k-a")], PLAN).routes[0]
+    default = {r.name: r for r in alone.virtual_hosts[0].routes}["default"]
+    assert default.route.cluster == instance_cluster("a")
+    assert authorization(default) == "Bearer k-a"
+
+
+def test_a_model_whose_instances_hold_different_keys_is_left_to_the_python_router() -> None:
+    same = translate([keyed("a", "k"), keyed("b", "k")], PLAN).routes[0]
+    model = {r.name: r for r in same.virtual_hosts[0].routes}["model:org/m"]
+    assert (model.route.cluster, authorization(model)) == (M, "Bearer k")
+    mixed = translate([keyed("a", "k-a"), keyed("b", None)], PLAN).routes[0]
+    model = {r.name: r for r in mixed.virtual_hosts[0].routes}["model:org/m"]
+    assert model.route.cluster == "router"
+    assert authorization(model) is None
+
+
+def test_an_endpoint_never_shows_its_key() -> None:
+    endpoint = keyed("a", "s3cret-key")
+    assert "s3cret-key" not in repr(endpoint)
+    assert "s3cret-key" not in str(endpoint)
+    with pytest.raises(TypeError):
+        msgspec.json.encode(endpoint)
 
 
 def test_model_cluster_names_are_safe_for_envoy_stat_names_and_stable() -> None:

@@ -151,7 +151,7 @@ def test_unknown_flags_and_bad_values_exit_two_like_clap() -> None:
 
 def test_tei_environment_variables_are_not_read() -> None:
     leaked = {
-        "PORT": str(free_port()), "HOSTNAME": "container-id", "API_KEY": "leaked",
+        "PORT": str(free_port()), "HOSTNAME": "container-id",
         "MAX_CLIENT_BATCH_SIZE": "1", "MODEL_ID": "hash/4",
     }  # fmt: skip
     engine = spawn("hash/8", env=leaked)
@@ -164,6 +164,18 @@ def test_tei_environment_variables_are_not_read() -> None:
         assert info.max_client_batch_size == 32
     finally:
         engine.stop()
+
+
+def test_the_api_key_is_read_from_api_key_as_tei_reads_it() -> None:
+    with running("hash/8", env={"API_KEY": "from-env"}) as engine:
+        with grpc.insecure_channel(engine.target) as channel:
+            stub = tei_pb2_grpc.InfoStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Info(tei_pb2.InfoRequest())
+            info = stub.Info(tei_pb2.InfoRequest(), metadata=[("authorization", "Bearer from-env")])
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert info.model_id == "hash/8"
+        assert "from-env" not in engine.log()
 
 
 def test_an_unknown_default_prompt_name_is_a_start_error() -> None:

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 from anyio.abc import TaskStatus
 
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.dataplane.serve import DataPlaneRunner
-from tei_reconciler.desired.spec import MARKER_INSTANCE, MARKER_OWNER
 from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.routing import RoutingTable
 from tei_reconciler.service import FrontEnds, Part, serve
@@ -26,6 +24,7 @@ from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
 from support.net import port_ranges
+from support.processes import children
 from support.waiting import DEADLINE, eventually
 
 
@@ -82,26 +81,6 @@ async def passes(controller: Controller, count: int) -> None:
     """Wait until `count` more reconcile passes have completed."""
     target = controller.passes + count
     await eventually(lambda: controller.passes >= target, what=f"{count} passes")
-
-
-def children(
-    owner: str, instance: str | None = None, *, data_plane: bool = False
-) -> list[psutil.Process]:
-    """Live instance processes carrying this reconciler's owner marker (optionally one
-    instance's); with `data_plane`, its Envoy too."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            env = proc.environ()
-            if env.get(MARKER_OWNER) != owner or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if MARKER_INSTANCE not in env and not (data_plane and instance is None):
-                continue
-            if instance is None or env.get(MARKER_INSTANCE) == instance:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 class Harness:

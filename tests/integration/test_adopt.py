@@ -19,13 +19,13 @@ from tei_reconciler.control.controller import Controller
 from tei_reconciler.settings import Settings
 
 from .reconciler_harness import (
-    children,
     fast_settings,
     instance_toml,
     reconciler,
     script,
     write_atomic,
 )
+from support.processes import children
 from support.reconciler import Reconciler
 from support.waiting import eventually
 
@@ -317,3 +317,28 @@ async def test_an_instance_running_a_binary_other_than_configured_now_is_replace
     finally:
         for proc in children(owner):
             proc.kill()
+
+
+async def test_a_live_process_whose_instance_was_removed_while_no_reconciler_ran_is_stopped(
+    tmp_path: Path, stray_children: None
+) -> None:
+    keep = fast_settings(tmp_path, on_shutdown="keep")
+    async with reconciler(keep, instance_toml("alpha") + instance_toml("beta")) as h:
+        alpha = await h.ready("alpha")
+        beta = await h.ready("beta")
+    assert alpha.pid is not None
+    assert psutil.pid_exists(alpha.pid)  # left running
+    book = Path(keep.runtime_dir) / "ports.json"
+    assert '"alpha"' in book.read_text()
+    write_atomic(Path(keep.state_file), instance_toml("beta"))  # removed meanwhile
+    async with reconciler(fast_settings(tmp_path)) as h:
+        await eventually(lambda: not psutil.pid_exists(alpha.pid or 0), what="alpha stopped")
+        await eventually(lambda: h.status("alpha") is None, what="alpha forgotten")
+        assert h.table.get("alpha") is None
+        assert h.controller.ports.get("alpha") is None
+        assert '"alpha"' not in book.read_text()  # its ports are free for others
+        again = await h.ready("beta")
+        assert again.pid == beta.pid  # the other instance was adopted, not restarted
+        assert children(h.controller.actuator.owner, "alpha") == []
+        events = [e.reason for e in h.store.events()]
+        assert "Adopted" in events

@@ -12,7 +12,6 @@ import psutil
 import pytest
 
 from .reconciler_harness import (
-    children,
     fast_settings,
     instance_toml,
     passes,
@@ -20,6 +19,7 @@ from .reconciler_harness import (
     script,
     write_atomic,
 )
+from support.processes import children
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio

@@ -6,20 +6,21 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from tei_reconciler.control.controller import Controller
 
 from .reconciler_harness import (
-    children,
     fast_settings,
     instance_toml,
     passes,
     reconciler,
     write_atomic,
 )
-from support.waiting import eventually
+from support.processes import children
+from support.waiting import DEADLINE, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -166,3 +167,24 @@ async def test_the_http_build_is_started_with_http_and_probed_on_get_health(
         assert status.pid is not None
         assert "--http" in psutil.Process(status.pid).cmdline()
         assert status.probes[-1].message == "GET /health 200"
+
+
+async def test_a_deleted_stopped_instance_disappears_from_the_api(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    async with (
+        reconciler(settings, "[instances]\n", with_front_ends=True) as h,
+        httpx.AsyncClient(base_url=h.api_url, timeout=DEADLINE) as api,
+    ):
+        body = {"name": "idle", "model_id": "hash/8", "gpu": "none", "state": "stopped"}
+        assert (await api.post("/instances", json=body)).status_code == 201
+        await h.phase_is("idle", "Stopped")
+        assert (await api.delete("/instances/idle")).status_code == 204
+
+        async def listed() -> list[str]:
+            return [i["name"] for i in (await api.get("/instances")).json()]
+
+        await passes(h.controller, 2)
+        assert await listed() == []
+        assert h.status("idle") is None
+        assert (await api.get("/instances/idle")).status_code == 404
+        assert (await api.delete("/instances/idle")).status_code == 404

@@ -18,10 +18,11 @@ from tei_reconciler.planner.model_status import ModelState
 from tei_reconciler.planner.status import InstanceStatus
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 
-from .reconciler_harness import children, fast_settings, instance_toml, reconciler
+from .reconciler_harness import fast_settings, instance_toml, reconciler
 from support.engines import running
 from support.hub import Hub, serving
 from support.model_files import MINILM_ID, minilm_files
+from support.processes import children
 from support.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

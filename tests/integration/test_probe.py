@@ -8,7 +8,7 @@ import anyio
 import grpc
 import pytest
 
-from tei_reconciler.drivers.probe import GrpcProber
+from tei_reconciler.drivers.probe import GrpcProber, ProbeTarget
 
 from support.engines import running
 
@@ -26,9 +26,7 @@ async def test_an_instance_on_an_ipv6_host_passes_its_grpc_probe(ipv6_engine: in
     with anyio.fail_after(60):  # the engine opens its port once its model is ready
         async with grpc.aio.insecure_channel(f"[::1]:{ipv6_engine}") as channel:
             await channel.channel_ready()
-    prober = GrpcProber()
-    try:
-        outcome = await prober.check("v6", 1, "::1", ipv6_engine, 10.0)
-        assert outcome.ok, outcome.message
-    finally:
-        await prober.forget("v6", 1)
+    target = ProbeTarget(name="v6", pid=0, host="::1", port=ipv6_engine)
+    async with GrpcProber().probe(target) as probe:
+        outcome = await probe.check(10.0)
+    assert outcome.ok, outcome.message

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tei_reconciler.drivers.process import owner_digest
 from tei_reconciler.service import AlreadyRunning, exclusive_runtime
 
 from .reconciler_harness import instance_toml
+from support.net import port_base
+from support.processes import children
+from support.waiting import DEADLINE
 
 
 def test_a_second_reconciler_on_the_same_runtime_dir_is_refused_with_the_holders_pid(
@@ -60,6 +64,63 @@ def test_a_held_api_port_stops_the_reconciler_before_it_starts_any_instance(
     assert str(port) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (runtime / "logs" / "alpha.log").exists()
+
+
+#: `tei-reconciler run` with one more part that ends once `alpha` is Ready, as a part of the
+#: process ending unexpectedly would (the controller, the REST API, the router).
+_ENDING_PART = """
+import sys
+
+import anyio
+
+from tei_reconciler import service
+
+
+async def doomed(controller, *, task_status):
+    task_status.started()
+    while not ((status := controller.store.get("alpha")) and status.ready):
+        await anyio.sleep(0.05)
+
+
+sys.exit(service.main(sys.argv[1:], extra=[doomed]))
+"""
+
+
+def test_a_part_that_ends_makes_run_exit_non_zero_and_leaves_the_instances_to_adopt(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state.toml"
+    state.write_text(instance_toml("alpha"))
+    script = tmp_path / "run_with_a_doomed_part.py"
+    script.write_text(_ENDING_PART)
+    base = port_base()
+    env = {
+        **os.environ,
+        "TEI_RECONCILER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "TEI_RECONCILER_TEI_BINARY": "builtin",
+        "TEI_RECONCILER_INSTANCE_PORT_RANGE": f"{base}-{base + 200}",
+        "TEI_RECONCILER_PROMETHEUS_PORT_RANGE": f"{base + 200}-{base + 400}",
+        "TEI_RECONCILER_HEALTH_INTERVAL_SECS": "0.2",
+    }
+    argv = ["--state", str(state), "--api-port", "0", "--grpc-port", "0"]
+    owner = owner_digest(state)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script), *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        (line,) = [x for x in result.stderr.splitlines() if "CRITICAL" in x]
+        assert "doomed ended unexpectedly: exiting (status 1) to be restarted" in line
+        assert "leaving 1 instance(s) running for the next reconciler" in result.stderr
+        assert len(children(owner, "alpha")) == 1  # still serving, for the next one to adopt
+    finally:
+        for child in children(owner):
+            child.kill()
 
 
 def run_once(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -14,12 +14,12 @@ import pytest
 from tei_reconciler.control.controller import Controller
 
 from .reconciler_harness import (
-    children,
     fast_settings,
     passes,
     reconciler,
     write_atomic,
 )
+from support.processes import children
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tei_reconciler._types import Secret
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.router.pool import ChannelPool
-from tei_reconciler.router.relay import Relay
+from tei_reconciler.router.relay import Relay, upstream_metadata
 from tei_reconciler.router.routes import Balancer
 from tei_reconciler.router.wire import WireError, split_wrapper
 from tei_reconciler.routing import RoutingTable
@@ -134,3 +136,14 @@ async def test_a_channel_carrying_a_call_is_not_pruned_however_long_the_call_run
     assert pool.address_of("streaming") is None
     for channel in [*pool.take_retired(), *pool.drain()]:
         await channel.close()
+
+
+def test_an_instance_with_an_api_key_gets_its_key_in_place_of_the_clients_authorization() -> None:
+    client = (("authorization", "Bearer router-token"), ("x-request-id", "7"))
+    plain = endpoint("a", 8080)
+    keyed = msgspec.structs.replace(plain, api_key=Secret("instance-key"))
+    assert upstream_metadata(plain, client) == client
+    assert upstream_metadata(keyed, client) == (
+        ("x-request-id", "7"),
+        ("authorization", "Bearer instance-key"),
+    )

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from tei_reconciler.drivers.process import owner_digest
+
 from support.net import port_base
 from support.waiting import DEADLINE, wait_until
 
@@ -28,9 +30,12 @@ _ROUTER = re.compile(r"data plane \w+ listening on \S+?:(\d+)")
 class Reconciler:
     """A `tei-reconciler run` child process on 127.0.0.1 port 0, with its state file."""
 
-    def __init__(self, root: Path, config: str | None = None) -> None:
+    def __init__(
+        self, root: Path, config: str | None = None, settings: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.config = config  # the --config TOML (e.g. [auth]), if any
+        self.settings = settings or {}  # more TEI_RECONCILER_<KEY> settings (over the defaults)
         self.state_file = root / "state" / "state.toml"
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text("[instances]\n")
@@ -53,6 +58,7 @@ class Reconciler:
             "STOP_GRACE_SECS": "5",
             "HUGGINGFACE_HUB_CACHE": str(self.root / "hub"),  # never the user's own cache
             "HF_OFFLINE": "true",  # and never the real Hub
+            **self.settings,
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEI_RECONCILER_")}
         env.update({f"TEI_RECONCILER_{k}": v for k, v in settings.items()})
@@ -106,6 +112,41 @@ class Reconciler:
         with self.api() as client:
             response = client.get(f"/instances/{name}")
         return response.json() if response.status_code == 200 else None
+
+    def instances(self) -> list[dict[str, Any]]:
+        with self.api() as client:
+            response = client.get("/instances")
+        assert response.status_code == 200, response.text
+        body: list[dict[str, Any]] = response.json()
+        return body
+
+    def wait_ready(self, name: str) -> dict[str, Any]:
+        """Until `name` is Ready (and the reconciler still runs)."""
+
+        def ready() -> dict[str, Any] | None:
+            self.check_running()
+            found = self.instance(name)
+            return found if found is not None and found.get("ready") else None
+
+        result: dict[str, Any] = wait_until(
+            ready, f"{name} Ready", detail=lambda: str(self.instance(name))
+        )
+        return result
+
+    def check_running(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"tei-reconciler run exited {self.process.returncode}:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def owner(self) -> str:
+        """The owner marker its children carry."""
+        return owner_digest(self.state_file)
 
     def create(self, name: str, model_id: str = "hash/384", **fields: object) -> dict[str, Any]:
         with self.api() as client:

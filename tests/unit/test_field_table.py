@@ -11,7 +11,7 @@ from tei_reconciler.api.openapi import openapi_document
 from tei_reconciler.desired.fields import FIELDS, INSTANCE_KEYS, LAUNCH_FLAGS, MANAGED_FLAGS
 from tei_reconciler.desired.spec import Dtype, InstanceSpec, Pooling, Rollout, spec_hash
 from tei_reconciler.desired.tomledit import plain
-from tei_reconciler.drivers.process import build_argv
+from tei_reconciler.drivers.command import build_argv
 from tei_reconciler.engine.args import build_parser, parse_args
 
 #: Every field set away from its default.

@@ -145,6 +145,30 @@ TABLE = [
         obs(failure=Failure(reason="GpuNotFound", message="", retry_at=NOW + 9, spec_hash=H)),
         Start(name="a", spec=CHANGED),
     ),
+    (
+        "a process that refused the probe's key: stop it (it can never serve)",
+        SPEC,
+        obs(
+            process=proc(),
+            failure=Failure(
+                reason="Unauthenticated", message="", retry_at=NOW + 9, spec_hash=H, pid=42
+            ),
+        ),
+        Stop(name="a", reason="Unauthenticated"),
+    ),
+    (
+        "a failure of an earlier process condemns not this one",
+        SPEC,
+        obs(
+            process=proc(),
+            startup_ok=True,
+            ready=True,
+            failure=Failure(
+                reason="Unauthenticated", message="", retry_at=NOW + 9, spec_hash=H, pid=41
+            ),
+        ),
+        None,
+    ),
     ("busy starting: no second action", SPEC, obs(busy=Busy.STARTING), None),
     (
         "busy stopping, removed: no second action",

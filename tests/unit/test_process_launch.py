@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tei_reconciler.desired.spec import (
@@ -16,15 +18,10 @@ from tei_reconciler.desired.spec import (
     InstanceSpec,
     spec_hash,
 )
+from tei_reconciler.drivers.command import build_argv, build_env, read_api_key, resolve_binary
 from tei_reconciler.drivers.gpus import cuda_visible_devices
+from tei_reconciler.drivers.logrotate import Done, hand_over_log, rotate_log
 from tei_reconciler.drivers.ports import PortBook
-from tei_reconciler.drivers.process import (
-    build_argv,
-    build_env,
-    hand_over_log,
-    resolve_binary,
-    rotate_log,
-)
 from tei_reconciler.errors import PermanentError
 
 from support.net import port_base
@@ -116,6 +113,41 @@ def test_binary_choice_auto_builtin_or_path(
     assert resolve_binary("/opt/tei", "grpc") == ["/opt/tei"]
 
 
+def test_the_api_key_reaches_the_child_as_api_key_and_never_its_command_line(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key\n")
+    spec = msgspec.structs.replace(SPEC, api_key_file=str(key_file))
+    key = read_api_key(str(key_file))
+    env = build_env({"API_KEY": "inherited"}, spec, cuda="", owner="o" * 16, api_key=key)
+    assert env["API_KEY"] == "s3cret-key"
+    argv = build_argv(["tei"], spec, host="127.0.0.1", port=8080, prom=9100)
+    assert not [arg for arg in argv if "s3cret" in arg or "key" in arg]
+    assert "API_KEY" not in build_env({"API_KEY": "inherited"}, SPEC, cuda="", owner="o" * 16)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (None, "No such file or directory"),
+        (b"  \n", "empty"),
+        (b"one\ntwo\n", "more than one line"),
+        (b"\xff\xfe", "not UTF-8 text"),
+    ],
+)
+def test_an_unusable_api_key_file_is_a_clear_permanent_error(
+    tmp_path: Path, content: bytes | None, why: str
+) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_bytes(content)
+    with pytest.raises(PermanentError) as refused:
+        read_api_key(str(key_file))
+    assert refused.value.reason == "ApiKeyUnreadable"
+    assert refused.value.message == f"api_key_file {key_file}: {why}"
+
+
 def test_copy_truncate_rotation_keeps_the_writer_appending(tmp_path: Path) -> None:
     log = tmp_path / "bge.log"
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -154,6 +186,27 @@ def test_a_rollout_hands_the_instance_log_to_the_new_process_and_each_keeps_writ
     assert moved.read_text() == "old serving\nold draining\n"
     assert (tmp_path / "bge.log.2").read_text() == "older\n"
     assert not new_log.exists()
+
+
+def test_a_log_whose_backup_cannot_be_written_is_emptied_without_one(tmp_path: Path) -> None:
+    """A full disk: the copy fails half way. Emptying the log anyway is what frees space;
+    the partial copy is removed and the older backups are kept."""
+    log = tmp_path / "bge.log"
+    log.write_bytes(b"x" * 500)
+    (tmp_path / "bge.log.1").write_text("older\n")
+
+    def disk_full(source: Path, target: Path) -> None:
+        target.write_bytes(source.read_bytes()[:100])  # what fitted before the disk filled
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+    rotation = rotate_log(log, max_bytes=100, backups=3, copy=disk_full)
+    assert rotation
+    assert rotation.done is Done.TRUNCATED
+    assert rotation.error == os.strerror(errno.ENOSPC)
+    assert log.read_bytes() == b""
+    assert not (tmp_path / "bge.log.1").exists()
+    assert (tmp_path / "bge.log.2").read_text() == "older\n"
+    assert not rotate_log(log, max_bytes=100, backups=3, copy=disk_full)  # room again
 
 
 def _book(tmp_path: Path, start: int) -> PortBook:

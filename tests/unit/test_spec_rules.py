@@ -196,6 +196,34 @@ def test_extra_args_may_not_repeat_a_managed_flag(arg: str) -> None:
     assert problem.message.startswith(f"extra_args may not repeat {flag}: the reconciler")
 
 
+@pytest.mark.parametrize("arg", ["--api-key", "--api-key=s3cret"])
+def test_extra_args_may_not_carry_an_api_key_and_say_what_to_set_instead(arg: str) -> None:
+    problem = only(f'{OK}extra_args = ["{arg}", "s3cret"]\n')
+    assert problem.field == "instances.a.extra_args"
+    assert problem.message == (
+        "extra_args may not pass --api-key: a key on the command line shows in the process "
+        "list; put it in a file and set api_key_file"
+    )
+
+
+def test_env_may_not_carry_an_api_key_either() -> None:
+    problem = only(f'{OK}env = {{ API_KEY = "s3cret" }}\n')
+    assert problem.message == (
+        "env may not set API_KEY: put the key in a file and set api_key_file"
+    )
+
+
+def test_api_key_file_is_an_absolute_path_and_changes_the_hash_only_when_set() -> None:
+    plain = parse_state(OK.encode()).instances["a"]
+    keyed = parse_state(f'{OK}api_key_file = "/run/secrets/a-key"\n'.encode()).instances["a"]
+    assert keyed.api_key_file == "/run/secrets/a-key"
+    assert plain.api_key_file is None
+    assert spec_hash(keyed) != spec_hash(plain)
+    assert only(f'{OK}api_key_file = "secrets/a-key"\n').message == (
+        'api_key_file must be an absolute path, got "secrets/a-key"'
+    )
+
+
 def test_extra_args_must_be_a_list_of_strings() -> None:
     assert "must be a list of strings" in only(f"{OK}extra_args = [1]\n").message
 
