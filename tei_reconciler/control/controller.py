@@ -339,9 +339,7 @@ class Controller:
     async def _shutdown(self) -> None:
         handles = [record.handle for rt in self.runtimes.values() for _, record in rt.processes()]
         if self._abandoned and handles:
-            log.warning(
-                "leaving %d instance process(es) running for the next reconciler", len(handles)
-            )
+            log.warning("leaving %d instance(s) running for the next reconciler", len(handles))
         elif self.settings.on_shutdown == "stop" and handles:
             log.info("stopping %d instance process(es)", len(handles))
             async with anyio.create_task_group() as tg:

@@ -116,7 +116,7 @@ def build_status(
     if rt is not None and phase is Phase.FAILED and rt.failure is not None:
         crash_until = wall + (rt.failure.retry_at - now)
     placed = rt.placement if rt is not None else Placement()
-    probes = tuple(current.probes) if current is not None else ()
+    probes = tuple(current.probes) if current is not None else rt.last_probes if rt else ()
     return InstanceStatus(
         name=name,
         spec=shown_spec,

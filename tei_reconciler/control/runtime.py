@@ -160,6 +160,7 @@ class Runtime:
         self.failures = 0  # start failures in a row (for the slow retry curve)
         self.rollout_failure: RolloutFailure | None = None
         self.last_exit: ExitInfo | None = None
+        self.last_probes: tuple[ProbeResult, ...] = ()  # of the last current process that ended
         self.restarts = 0
         self.generation = 0  # of the newest process
         self.placement = Placement()  # of the current (or last) process
@@ -294,6 +295,7 @@ class Runtime:
         role = self.role_of(record)
         if role is Role.CURRENT:
             self.current = None
+            self.last_probes = tuple(record.probes)  # why it was replaced stays readable
         elif role is Role.NEXT:
             self.next = None
         elif role is Role.OLD:

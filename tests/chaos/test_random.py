@@ -6,7 +6,9 @@ its desired state says, and the instance that served throughout answered every c
 
 The randomness is seeded: `CHAOS_SEED` picks it, else a fixed one under CI (so a red CI run
 fails the same way on the next run), else a new one each run; the seed is printed and is in
-every failure message. The runs are bounded by their number of operations, not by time.
+every failure message. The runs are bounded by their number of operations, not by time:
+`CHAOS_ROUNDS` rounds (default 20, about half a minute per data plane) of
+`OPERATIONS_PER_ROUND` operations; raise it for a longer soak.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from support.traffic import Traffic
 from support.waiting import wait_until
 
 CI_SEED = 20_240_501
-ROUNDS = 6
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "20"))
 OPERATIONS_PER_ROUND = 12
 NAMES = ("c0", "c1", "c2")
 

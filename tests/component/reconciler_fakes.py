@@ -127,7 +127,8 @@ class FakeDriver:
 
 
 class FakeProber:
-    """`mode[name]`: "ok" (default), "fail", "hang", "stray" (raise a cancellation nobody
+    """`mode[name]`: "ok" (default), "fail", "refuse" (the process refuses the probe's
+    credentials), "hang", "stray" (raise a cancellation nobody
     asked for, as grpc.aio does on a closed channel), or "hang-grpc" (hang, and when cancelled
     raise a fresh cancellation in place of anyio's, as a cancelled grpc.aio call does);
     `by_hash[spec hash]` overrides it for the processes of one spec (`driver` tells their
@@ -163,6 +164,8 @@ class FakeProber:
             except anyio.get_cancelled_exc_class():
                 pass
             raise anyio.get_cancelled_exc_class()()  # outside the except: no __context__
+        if mode == "refuse":
+            return ProbeOutcome(ok=False, latency_ms=0.1, message="UNAUTHENTICATED", refused=True)
         return ProbeOutcome(ok=mode == "ok", latency_ms=0.1, message=mode)
 
 

@@ -177,6 +177,34 @@ async def test_a_new_process_not_ready_by_the_progress_deadline_is_stopped(
         assert status.ready
 
 
+async def test_a_new_process_that_refuses_the_probes_key_fails_the_rollout_at_once(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path, backoff_initial_secs=10)
+    async with running(world):
+        first = await serving(world)
+        world.prober.by_hash[spec_hash(NEW)] = "refuse"
+        world.set_desired(NEW)
+        await world.until(lambda: len(world.driver.spawns_of("a")) == 2, "the new process")
+        new = world.driver.spawns_of("a")[1]
+        status = await world.until(
+            lambda: (
+                (s := world.status("a")) is not None
+                and condition(s, "Progressing") == ("False", "RolloutFailed")
+                and s
+            ),
+            "the rollout to fail without waiting for any deadline",
+        )
+        assert world.driver.stopped == [str(new.pid)]
+        assert status.pid == first.pid
+        assert status.ready
+        assert status.phase == "Running"
+        assert "refused the probe" in next(
+            c.message for c in status.conditions if c.type == "Progressing"
+        )
+        assert "Unauthenticated" in reasons(world)
+
+
 async def test_a_further_edit_replaces_the_rollout_under_way(tmp_path: Path) -> None:
     world = World(tmp_path)
     async with running(world):
