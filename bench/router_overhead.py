@@ -4,9 +4,12 @@ Run with `.venv/bin/python -m bench.router_overhead` (a few minutes). It starts 
 engine with the real all-MiniLM-L6-v2 model (ONNX) and, each in its own processes, the
 grpcio data plane (the Python router alone), the Envoy data plane (`tei-reconciler run`'s
 composition: Envoy programmed over ADS, the Python router behind it) and a stock Envoy with a
-static one-route configuration (see `bench/dataplanes.py`). Each scenario alternates the paths
-in small slices, so load drift on a shared machine hits all of them alike, and reports p50 per
-path and the proxy's CPU time per call (its processes' user + system time over the calls).
+static one-route configuration (see `bench/dataplanes.py`). Each scenario runs `--rounds`
+rounds; within a round the paths take turns in small slices, so load drift on a shared machine
+hits all of them alike (`bench/rounds.py`). Per path it reports the median of the per-round
+p50s with their spread, the overhead against direct and the proxy's CPU time per call; then
+the Envoy data plane against stock Envoy (ratios taken within each round) and the multiplexer
+on the Envoy data plane against grpcio, next to the targets.
 
 Scenarios: plain tei.v1 unary (short, medium, long text), 20 in flight, EmbedStream of 20;
 the multiplexer (unary, EmbedArrow of 100 texts), which only the Python router serves.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +30,7 @@ import grpc
 import pyarrow as pa
 
 from bench.dataplanes import INSTANCE, Path_, started
+from bench.rounds import Spread, ms, percent, rotated, signed_ms
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2_grpc
@@ -36,27 +41,38 @@ MEDIUM = "The quick brown fox jumps over the lazy dog near the riverbank at dawn
 LONG = "Embedding servers turn text into vectors that capture meaning for search. " * 8
 DEADLINE = 120.0
 ROUTING = (("x-tei-instance", INSTANCE),)
+SLICES = 5  # turns per path in a round
+PATHS = ("direct", "grpcio", "envoy", "stock")
+LABELS = {
+    "direct": "direct",
+    "grpcio": "grpcio",
+    "envoy": "Envoy data plane",
+    "stock": "stock Envoy",
+}
 
 
 @dataclass
-class Sample:
+class Round:
+    """One path's calls in one round."""
+
     latencies: list[float] = field(default_factory=list)
     cpu: float = 0.0  # proxy CPU seconds over these calls
-    operations: int = 0
-
-    def p(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    calls: int = 0
 
     @property
-    def cpu_per_op_ms(self) -> float:
-        return self.cpu / max(self.operations, 1) * 1e3
+    def p50(self) -> float:
+        return statistics.median(self.latencies)
+
+    @property
+    def cpu_per_call(self) -> float:
+        return self.cpu / max(self.calls, 1)
 
 
+Scenario = tuple[str, dict[str, list[Round]]]  # name, path -> its rounds
 Op = Callable[[], Awaitable[None]]
 
 
-async def measure(op: Op, count: int, concurrency: int, into: Sample, path: Path_) -> None:
+async def measure(op: Op, count: int, concurrency: int, into: Round, path: Path_) -> None:
     remaining = [count]
 
     async def worker() -> None:
@@ -71,22 +87,35 @@ async def measure(op: Op, count: int, concurrency: int, into: Sample, path: Path
         for _ in range(concurrency):
             tg.start_soon(worker)
     into.cpu += path.cpu_seconds() - cpu
-    into.operations += count
+    into.calls += count
 
 
 async def compare(
-    name: str, ops: dict[str, tuple[Path_, Op]], count: int, rounds: int, concurrency: int = 1
-) -> tuple[str, dict[str, Sample]]:
-    """`rounds` x `count` calls per path, alternating in slices of a tenth of a round."""
+    name: str,
+    ops: dict[str, tuple[Path_, Op]],
+    calls: int,
+    rounds: int,
+    concurrency: int = 1,
+    slices: int = SLICES,
+) -> Scenario:
+    """`rounds` rounds of `calls` calls per path; within a round the paths take turns in
+    `slices` slices, the order rotating from slice to slice."""
+    kinds = list(ops)
     for path, op in ops.values():  # warm every path
-        await measure(op, max(4, concurrency), concurrency, Sample(), path)
-    samples = {kind: Sample() for kind in ops}
-    slice_ = max(concurrency, count // 10, 1)
-    for _ in range(rounds * max(1, count // slice_)):
-        for kind, (path, op) in ops.items():
-            await measure(op, slice_, concurrency, samples[kind], path)
+        await measure(op, max(4, concurrency), concurrency, Round(), path)
+    per_slice = max(concurrency, calls // slices, 1)
+    count = max(1, calls // per_slice)
+    result: dict[str, list[Round]] = {kind: [] for kind in kinds}
+    for r in range(rounds):
+        current = {kind: Round() for kind in kinds}
+        for s in range(count):
+            for kind in rotated(kinds, r * count + s):
+                path, op = ops[kind]
+                await measure(op, per_slice, concurrency, current[kind], path)
+        for kind in kinds:
+            result[kind].append(current[kind])
     print(f"  {name}: done", file=sys.stderr, flush=True)
-    return name, samples
+    return name, result
 
 
 def arrow_ipc(texts: list[str]) -> bytes:
@@ -98,7 +127,7 @@ def arrow_ipc(texts: list[str]) -> bytes:
     return data
 
 
-async def run(paths: dict[str, Path_], scale: float) -> list[tuple[str, dict[str, Sample]]]:
+async def run(paths: dict[str, Path_], scale: float, rounds: int) -> list[Scenario]:
     def n(count: int) -> int:
         return max(4, int(count * scale))
 
@@ -156,59 +185,94 @@ async def run(paths: dict[str, Path_], scale: float) -> list[tuple[str, dict[str
 
             return {k: (paths[k], op(mux_stubs[k])) for k in kinds if k in paths}
 
-        results = []
-        for label, text in (("short", SHORT), ("medium", MEDIUM), ("long", LONG)):
-            results.append(await compare(f"unary {label}", unary(text), n(100), 3))
-        results.append(await compare("20 in flight", unary(MEDIUM), n(200), 2, concurrency=20))
-        results.append(await compare("EmbedStream x20", stream(20), n(20), 3))
-        results.append(
-            await compare("multiplexer unary", multiplexed(("grpcio", "envoy"), False), n(100), 3)
-        )
-        results.append(
-            await compare("EmbedArrow 100", multiplexed(("grpcio", "envoy"), True), n(6), 2)
-        )
-        return results
+        both = ("grpcio", "envoy")
+        return [
+            await compare("unary, short text", unary(SHORT), n(60), rounds),
+            await compare("unary, medium text", unary(MEDIUM), n(60), rounds),
+            await compare("unary, long text", unary(LONG), n(30), rounds),
+            await compare("20 in flight", unary(MEDIUM), n(200), rounds, concurrency=20),
+            await compare("EmbedStream of 20", stream(20), n(10), rounds),
+            await compare("multiplexer Embed", multiplexed(both, False), n(60), rounds),
+            await compare(
+                "multiplexer EmbedArrow, 100 texts", multiplexed(both, True), n(4), rounds
+            ),
+        ]
     finally:
         for channel in channels.values():
             await channel.close()
 
 
-def report(results: list[tuple[str, dict[str, Sample]]]) -> None:
-    kinds = ("direct", "grpcio", "envoy", "stock")
-    print("| scenario | " + " | ".join(f"{k} p50" for k in kinds) + " | "
-          + " | ".join(f"{k} CPU/call" for k in kinds[1:]) + " |")  # fmt: skip
-    print("|---" * (len(kinds) * 2) + "|")
-    for name, samples in results:
-        p50 = [f"{samples[k].p(0.5) * 1e3:.2f} ms" if k in samples else "-" for k in kinds]
-        cpu = [f"{samples[k].cpu_per_op_ms:.3f} ms" if k in samples else "-" for k in kinds[1:]]
-        print(f"| {name} | " + " | ".join(p50) + " | " + " | ".join(cpu) + " |")
-    print()
-    for name, samples in results:
-        if "stock" in samples and "envoy" in samples and "direct" in samples:
-            direct = samples["direct"].p(0.5)
-            envoy, stock = samples["envoy"], samples["stock"]
-            print(
-                f"{name}: overhead over direct p50 envoy {(envoy.p(0.5) - direct) * 1e3:+.3f} ms,"
-                f" stock {(stock.p(0.5) - direct) * 1e3:+.3f} ms; envoy p50 / stock p50 "
-                f"{envoy.p(0.5) / stock.p(0.5) - 1:+.1%}, CPU/call "
-                f"{envoy.cpu_per_op_ms / max(stock.cpu_per_op_ms, 1e-9) - 1:+.1%}"
+def _overheads(rounds: dict[str, list[Round]], kind: str, base: str) -> list[float]:
+    """Per round: `kind`'s p50 minus `base`'s p50."""
+    return [a.p50 - b.p50 for a, b in zip(rounds[kind], rounds[base], strict=True)]
+
+
+def _ratios(a: list[float], b: list[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b, strict=True) if y > 0]
+
+
+def report(results: list[Scenario], rounds: int) -> None:
+    print(f"Per path: the median of {rounds} per-round p50s [lowest to highest round]; "
+          "overhead = p50 minus direct's p50 in the same round (median over rounds); "
+          "CPU = the proxy's processes per call (median over rounds).\n")  # fmt: skip
+    print("| scenario | path | p50 | overhead vs direct | proxy CPU per call |")
+    print("|---|---|---|---|---|")
+    for name, by_path in results:
+        for kind in PATHS:
+            if kind not in by_path:
+                continue
+            p50 = Spread.of([r.p50 for r in by_path[kind]]).text(ms)
+            over = cpu = ""
+            if "direct" in by_path and kind != "direct":
+                over = signed_ms(Spread.of(_overheads(by_path, kind, "direct")).median)
+            if kind != "direct":
+                cpu = Spread.of([r.cpu_per_call for r in by_path[kind]]).text(ms)
+            print(f"| {name} | {LABELS[kind]} | {p50} | {over} | {cpu} |")
+    print("\nEnvoy data plane against stock Envoy, plain tei.v1 (target: p50 overhead and CPU "
+          "per call within 10 %; ratios per round, then their median [range]):\n")  # fmt: skip
+    print("| scenario | p50 ratio | overhead: data plane / stock | CPU per call ratio |")
+    print("|---|---|---|---|")
+    for name, by_path in results:
+        if not {"direct", "envoy", "stock"} <= by_path.keys():
+            continue
+        envoy, stock = by_path["envoy"], by_path["stock"]
+        p50_ratio = Spread.of(_ratios([r.p50 for r in envoy], [r.p50 for r in stock]))
+        over_envoy = statistics.median(_overheads(by_path, "envoy", "direct"))
+        over_stock = statistics.median(_overheads(by_path, "stock", "direct"))
+        gap = Spread.of(_overheads(by_path, "envoy", "stock")).median
+        overheads = f"{signed_ms(over_envoy)} / {signed_ms(over_stock)} ({signed_ms(gap)})"
+        cpu_ratio = Spread.of(
+            _ratios([r.cpu_per_call for r in envoy], [r.cpu_per_call for r in stock])
+        )
+        print(f"| {name} | {p50_ratio.text(percent)} | {overheads} | {cpu_ratio.text(percent)} |")
+    print("\nMultiplexer, Envoy data plane against grpcio (target: at most +0.3 ms p50):\n")
+    print("| scenario | p50 difference | CPU per call ratio |")
+    print("|---|---|---|")
+    for name, by_path in results:
+        if "stock" in by_path or not {"grpcio", "envoy"} <= by_path.keys():
+            continue
+        mux_gap = Spread.of(_overheads(by_path, "envoy", "grpcio"))
+        mux_cpu = Spread.of(
+            _ratios(
+                [r.cpu_per_call for r in by_path["envoy"]],
+                [r.cpu_per_call for r in by_path["grpcio"]],
             )
-        elif "grpcio" in samples and "envoy" in samples:
-            delta = (samples["envoy"].p(0.5) - samples["grpcio"].p(0.5)) * 1e3
-            print(f"{name}: envoy - grpcio p50 {delta:+.3f} ms")
-    print(f"\n({os.cpu_count()} CPUs; p50 of per-call latency; CPU = the proxy's processes)")
+        )
+        print(f"| {name} | {mux_gap.text(signed_ms)} | {mux_cpu.text(percent)} |")
+    print(f"\n({os.cpu_count()} CPUs)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.router_overhead")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply iteration counts")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply calls per round")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--model-id", default=MODEL)
     args = parser.parse_args(argv)
     with started(args.model_id) as paths:
         ports = ", ".join(f"{k} :{p.port}" for k, p in paths.items())
         print(f"engine {args.model_id}; {ports}\n", flush=True)
-        results = anyio.run(run, paths, args.scale, backend="asyncio")
-    report(results)
+        results = anyio.run(run, paths, args.scale, args.rounds, backend="asyncio")
+    report(results, args.rounds)
     return 0
 
 
