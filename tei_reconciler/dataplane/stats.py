@@ -190,35 +190,69 @@ def _totals(stats: EnvoyStats) -> dict[str, _Totals]:
     return totals
 
 
+@dataclass
+class _Fed:
+    """What the feed knows of one instance."""
+
+    recorded: _Totals = field(default_factory=_Totals)  # the counters handed to the ring
+    pending: _Totals = field(default_factory=_Totals)  # the last look, handed at the next
+    buckets: Buckets = field(default_factory=dict)  # the latencies handed to the ring
+
+
 class TrafficFeed:
-    """Hands the traffic ring what Envoy counted since the previous look. A counter that went
-    down (Envoy restarted, a cluster came back) starts over from zero."""
+    """Hands the traffic ring what Envoy counted since the previous look.
+
+    Envoy's counters move with every call, its histograms only when it merges them (once a
+    second, `bootstrap.py`): a look may see calls whose latencies are not in yet. So the
+    counters are handed over one look late, with every latency that arrived meanwhile (a
+    look that hands over no call keeps its latencies for the next that does); every call
+    and every latency reaches the ring, at most two looks after it ended. A counter that
+    went down (Envoy restarted, a cluster came back) starts over from zero."""
 
     def __init__(self, sink: TrafficSink) -> None:
         self.sink = sink
-        self._last: dict[str, _Totals] = {}
+        self._fed: dict[str, _Fed] = {}
 
     def update(self, stats: EnvoyStats) -> None:
         now = _totals(stats)
-        for instance, current in now.items():
-            last = self._last.get(instance, _Totals())
-            if current.requests < last.requests:
-                last = _Totals()
-            requests = round(current.requests - last.requests)
-            errors = round(max(current.errors - last.errors, 0.0))
+        for instance in sorted(now.keys() | self._fed.keys()):
+            fed = self._fed.setdefault(instance, _Fed())
+            current = now.get(instance)
+            recorded = fed.recorded
+            if fed.pending.requests < recorded.requests:
+                recorded = _Totals()
+            requests = round(fed.pending.requests - recorded.requests)
+            buckets = fed.pending.buckets  # all there is of an Envoy that is gone
+            if current is not None and _total(current.buckets) >= _total(buckets):
+                buckets = current.buckets
             if requests > 0:
+                errors = round(max(fed.pending.errors - recorded.errors, 0.0))
                 self.sink.record_counts(
                     instance,
                     requests=requests,
                     errors=errors,
-                    latencies=_new_latencies(current.buckets, last.buckets),
+                    latencies=_new_latencies(buckets, fed.buckets),
                 )
-        self._last = now
+                fed.buckets = buckets
+            elif _total(buckets) < _total(fed.buckets):
+                fed.buckets = {}
+            fed.recorded = fed.pending
+            if current is None:
+                del self._fed[instance]
+            else:
+                fed.pending = current
+
+
+def _total(buckets: Buckets) -> float:
+    return buckets.get(_INF, 0.0)
 
 
 def _new_latencies(now: Buckets, before: Buckets) -> list[tuple[float, int]]:
     """(seconds, count) per histogram bucket from two cumulative readings, each count placed
-    at its bucket's geometric middle (the ring keeps finer buckets of its own)."""
+    at its bucket's geometric middle (the ring keeps finer buckets of its own); a reading
+    below the one before (Envoy restarted) counts from zero."""
+    if _total(now) < _total(before):
+        before = {}
     out = []
     lower = 0.0
     previous_delta = 0.0

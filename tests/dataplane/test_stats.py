@@ -107,25 +107,44 @@ class Sink:
         self.seen.append((instance, requests, errors, list(latencies)))
 
 
-def test_the_traffic_ring_gets_what_changed_since_the_last_look() -> None:
+def test_the_ring_gets_each_looks_calls_at_the_next_look_with_the_latencies_in_by_then() -> None:
     sink = Sink()
     feed = TrafficFeed(sink)
     feed.update(parse(envoy_text(ok=5, unavailable=1, fast=4, slow=2), LABELS))
+    assert sink.seen == []  # Envoy may not have merged these calls' latencies yet
     feed.update(parse(envoy_text(ok=8, unavailable=2, fast=6, slow=4), LABELS))
+    feed.update(parse(envoy_text(ok=8, unavailable=2, fast=6, slow=4), LABELS))  # idle
     feed.update(parse(envoy_text(ok=8, unavailable=2, fast=6, slow=4), LABELS))  # idle
     (first_a, first_model, second_a) = sink.seen
     assert first_a[:3] == ("a", 6, 1)
     assert first_model[:3] == ("model:org/m", 1, 0)
     assert second_a[:3] == ("a", 4, 1)  # 3 OK and 1 UNAVAILABLE more
-    latencies = dict(second_a[3])
-    assert sum(latencies.values()) == 4
+    latencies = dict(first_a[3])
+    assert sum(latencies.values()) == 10  # every latency in at the second look
     assert [round(s, 4) for s in latencies] == [pytest.approx(0.0022, abs=1e-4), 0.0707]
+    assert second_a[3] == []
+
+
+def test_latencies_envoy_merges_after_their_calls_were_counted_still_reach_the_ring() -> None:
+    sink = Sink()
+    feed = TrafficFeed(sink)
+    feed.update(parse(envoy_text(ok=5), LABELS))  # counted, histograms not merged yet
+    feed.update(parse(envoy_text(ok=5, fast=5), LABELS))
+    feed.update(parse(envoy_text(ok=5, fast=5), LABELS))
+    (a, _) = sink.seen
+    assert a[:3] == ("a", 5, 0)
+    assert sum(count for _, count in a[3]) == 5
 
 
 def test_counters_that_went_down_start_over_as_after_an_envoy_restart() -> None:
     sink = Sink()
     feed = TrafficFeed(sink)
-    feed.update(parse(envoy_text(ok=50), LABELS))
-    feed.update(parse(envoy_text(ok=3), LABELS))
-    assert sink.seen[-2][:3] == ("model:org/m", 1, 0)
-    assert sink.seen[-1][:3] == ("a", 3, 0)
+    feed.update(parse(envoy_text(ok=50, fast=50), LABELS))
+    feed.update(parse(envoy_text(ok=3, fast=3), LABELS))
+    feed.update(parse(envoy_text(ok=3, fast=3), LABELS))
+    assert [seen[:3] for seen in sink.seen] == [
+        ("a", 50, 0),
+        ("model:org/m", 1, 0),
+        ("a", 3, 0),
+    ]
+    assert [sum(count for _, count in seen[3]) for seen in sink.seen] == [50, 0, 3]
