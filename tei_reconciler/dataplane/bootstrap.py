@@ -37,20 +37,18 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import json_format, wrappers_pb2
 
-from tei_reconciler.dataplane import lua_auth
-from tei_reconciler.dataplane.translate import (
+from tei_reconciler.dataplane import lua_auth, lua_mux
+from tei_reconciler.dataplane.clusters import (
     CONNECTION_WINDOW,
     HTTP_OPTIONS,
-    LUA_FILTER,
-    ROUTE_CONFIG,
-    ROUTER_CLUSTER,
     STREAM_WINDOW,
-    Resources,
     duration,
     http2_options,
     pack,
 )
-from tei_reconciler.router.methods import TEI_METHODS
+from tei_reconciler.dataplane.translate import LUA_FILTER, ROUTE_CONFIG, ROUTER_CLUSTER, Resources
+from tei_reconciler.router.methods import MULTIPLEXER_SERVICE, TEI_METHODS, Kind
+from tei_reconciler.router.routes import INSTANCE_MAX_REQUEST_BYTES
 
 NODE_ID = "tei-reconciler"
 XDS_CLUSTER = "xds"
@@ -58,6 +56,12 @@ LISTENER = "grpc"
 #: The router's latency buckets (metrics.ROUTER_LATENCY), in Envoy's milliseconds, so Envoy's
 #: histograms merge into the same metric.
 LATENCY_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+#: The unary multiplexer methods Envoy unwraps itself when it can route the target.
+MUX_METHODS = tuple(
+    lua_mux.UnaryMethod(f"/{MULTIPLEXER_SERVICE}/{m.name}", m.path, m.inner is not None)
+    for m in TEI_METHODS
+    if m.kind is Kind.UNARY
+)
 
 
 class Tls(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,8 +85,9 @@ class Spec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def digest(spec: Spec) -> str:
-    """Identifies a bootstrap: an adopted Envoy with another digest is replaced."""
-    return hashlib.sha256(msgspec.json.encode(spec)).hexdigest()[:16]
+    """Identifies a bootstrap (its content, so a new release's bootstrap differs too): an
+    adopted Envoy with another digest is replaced."""
+    return hashlib.sha256(bootstrap(spec).SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 def _pipe(path: str) -> address_pb2.Address:
@@ -104,10 +109,12 @@ def _static_cluster(name: str, socket: str) -> cluster_pb2.Cluster:
 
 def _grpc_stats() -> grpc_stats_pb2.FilterConfig:
     """Counts per tei.v1 method and status code, and latency, per upstream cluster (instance
-    or model); the method list is fixed, so the series count is bounded."""
+    or model), and so per unary multiplexer method Envoy unwraps; the method list is fixed,
+    so the series count is bounded."""
     services: dict[str, list[str]] = {}
     for method in TEI_METHODS:
         services.setdefault(f"tei.v1.{method.service}", []).append(method.name)
+    services[MULTIPLEXER_SERVICE] = [m.path.rsplit("/", 1)[1] for m in MUX_METHODS]
     config = grpc_stats_pb2.FilterConfig(enable_upstream_stats=True)
     for service, names in services.items():
         config.individual_method_stats_allowlist.services.add(name=service, method_names=names)
@@ -143,10 +150,19 @@ def _http_filters(spec: Spec) -> list[hcm_pb2.HttpFilter]:
         )
     if spec.auth:
         lua = lua_pb2.Lua(
-            default_source_code=base_pb2.DataSource(inline_string=lua_auth.FAIL_CLOSED)
+            default_source_code=base_pb2.DataSource(inline_string=lua_auth.FAIL_CLOSED),
+            # The script only removes its internal headers, which no route looks at.
+            clear_route_cache=wrappers_pb2.BoolValue(value=False),
         )
         lua.source_codes["auth"].inline_string = lua_auth.AUTH_SCRIPT
         filters.append(hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)))
+    # Runs only on the routes that name one of its scripts (the multiplexer's): no default.
+    mux = lua_pb2.Lua()
+    mux.source_codes[lua_mux.MUX_SCRIPT].inline_string = lua_mux.script(
+        MUX_METHODS, INSTANCE_MAX_REQUEST_BYTES
+    )
+    mux.source_codes[lua_mux.STRIP_SCRIPT].inline_string = lua_mux.STRIP
+    filters.append(hcm_pb2.HttpFilter(name=lua_mux.FILTER, typed_config=pack(mux)))
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.grpc_stats", typed_config=pack(_grpc_stats()))
     )

@@ -175,6 +175,8 @@ class EnvoyDataPlane:
             request_timeout_secs=self.settings.request_timeout_secs,
             default_instance=self.settings.default_instance or self.table.default_instance,
             auth=auth_context(self.settings.auth, digests),
+            multiplexer=boot.MUX_METHODS,
+            max_message_bytes=self.settings.max_message_mb << 20,
         )
 
     def _publish(self) -> Snapshot:

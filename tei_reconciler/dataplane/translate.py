@@ -3,21 +3,21 @@
 Pure: endpoints and a `Plan` in, protobuf messages out; nothing here reads a clock, a file or
 a socket, so every rule is table-tested and the same input always gives the same resources.
 
-- One cluster per instance (`instance_<name>`) and one per model (`model_<digest>`, least
-  request balancing across the model's instances), each fed by EDS. Every instance the table
-  knows is an endpoint of both, HEALTHY when it is Ready and DRAINING otherwise: a DRAINING
-  endpoint takes no new call, while calls already on it finish (the drain) and stay visible
-  in Envoy's per-host counters. The panic threshold is 0, so Envoy never sends a call to a
-  DRAINING endpoint because too few are HEALTHY.
+- One cluster per instance and one per model, with every instance the table knows as an
+  endpoint, HEALTHY when Ready and DRAINING otherwise (`clusters.py`).
 - Routes (only for `/tei.v1.*`), in the order `router/routes.py` decides: `x-tei-instance`,
   then `x-tei-model`, then `default_instance`, then the only instance. A routing header that
   names a Ready target goes straight to the instance with the routing keys stripped; every
   other case (an unknown or not-Ready target, an ambiguous call) goes to the Python router,
   which answers it with the same code and message as when it serves the port alone. So do
   the services Envoy cannot route by header: the multiplexer, health, reflection.
+- Unary multiplexer calls (`plan.multiplexer`) first pass a Lua filter that unwraps those
+  whose target Envoy can route (`lua_mux.py`); they then reach the instance or model cluster
+  like a `tei.v1` call, and every other multiplexer call goes to the Python router.
 - An instance with an API key gets it as `authorization` on every route to it (in place of
   the client's, which was for the reconciler); a model whose Ready instances have different
-  keys is routed by the Python router, which sends each instance its own.
+  keys is routed by the Python router, which sends each instance its own (multiplexer calls
+  to a keyed instance or model, too).
 - Deadlines: the client's `grpc-timeout` bounds the call and reaches the instance; without
   one the call gets `request_timeout_secs`, also sent to the instance as `grpc-timeout`.
 - With auth, the virtual host carries the allowlists and token digests as the Lua filter's
@@ -26,27 +26,29 @@ a socket, so every rule is table-tested and the same input always gives the same
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Sequence
 
 import msgspec
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import (
-    address_pb2,
-    base_pb2,
-    config_source_pb2,
-    health_check_pb2,
-    protocol_pb2,
-)
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf import struct_pb2
 
 from tei_reconciler._types import Secret
+from tei_reconciler.dataplane import lua_mux
+from tei_reconciler.dataplane.clusters import (
+    assignment,
+    duration,
+    eds_cluster,
+    instance_cluster,
+    model_cluster,
+    model_label,
+    pack,
+)
 from tei_reconciler.routing import Endpoint
 
 INSTANCE_KEY = "x-tei-instance"
@@ -56,13 +58,7 @@ ROUTER_CLUSTER = "router"
 LUA_FILTER = "envoy.filters.http.lua"
 LUA_AUTH_SCRIPT = "auth"  # the name of the auth script in the listener's Lua filter
 TEI_PREFIX = "/tei.v1."
-HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-STREAM_WINDOW = 1 << 20  # bytes a stream may have in flight: flow control, not a size limit
-CONNECTION_WINDOW = 8 << 20
-CIRCUIT_LIMIT = 1 << 20  # Envoy's defaults (1024) would refuse calls a TEI instance queues
-
-_HEALTHY = health_check_pb2.HealthStatus.HEALTHY
-_DRAINING = health_check_pb2.HealthStatus.DRAINING
+MESSAGE_SLACK = 64 << 10  # gRPC framing around a message of max_message_bytes, buffered
 
 
 class AuthContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,6 +78,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     request_timeout_secs: float
     default_instance: str | None = None
     auth: AuthContext | None = None
+    multiplexer: tuple[lua_mux.UnaryMethod, ...] = ()  # the ones Envoy may unwrap itself
+    max_message_bytes: int = 40 << 20  # the largest message the Python router takes
 
 
 class Resources(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,115 +93,12 @@ class Resources(msgspec.Struct, frozen=True, kw_only=True):
     addresses: dict[str, str]  # instance -> "host:port" of its endpoint (drain accounting)
 
 
-def instance_cluster(name: str) -> str:
-    return f"instance_{name}"  # instance names never contain "_" (DNS-1123 labels)
-
-
-def model_cluster(model_id: str) -> str:
-    """A stat-safe name: model ids may contain "." and "/", which Envoy's stat names split on."""
-    return "model_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
-
-
-def model_label(model_id: str) -> str:
-    """The `instance` label of calls Envoy balanced across a model's instances."""
-    return f"model:{model_id}"
-
-
 def grpc_timeout(secs: float) -> str:
     """A `grpc-timeout` header value (at most 8 digits and a unit)."""
     millis = max(1, round(secs * 1000))
     if millis < 10**8:
         return f"{millis}m"
     return f"{min(round(secs), 10**8 - 1)}S"
-
-
-def duration(secs: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(secs * 1e9))
-    return d
-
-
-def pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
-    return packed
-
-
-def _ads() -> config_source_pb2.ConfigSource:
-    return config_source_pb2.ConfigSource(
-        ads=config_source_pb2.AggregatedConfigSource(),
-        resource_api_version=config_source_pb2.ApiVersion.V3,
-    )
-
-
-def http2_options() -> any_pb2.Any:
-    """HTTP/2 to the upstream, with the windows and keepalive the Python router uses too."""
-    return pack(
-        http_protocol_options_pb2.HttpProtocolOptions(
-            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
-                    initial_stream_window_size=wrappers_pb2.UInt32Value(value=STREAM_WINDOW),
-                    initial_connection_window_size=wrappers_pb2.UInt32Value(
-                        value=CONNECTION_WINDOW
-                    ),
-                    connection_keepalive=protocol_pb2.KeepaliveSettings(
-                        interval=duration(30), timeout=duration(10)
-                    ),
-                )
-            )
-        )
-    )
-
-
-def _cluster(name: str) -> cluster_pb2.Cluster:
-    limit = wrappers_pb2.UInt32Value(value=CIRCUIT_LIMIT)
-    cluster = cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.DiscoveryType.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
-        connect_timeout=duration(2),
-        lb_policy=cluster_pb2.Cluster.LbPolicy.LEAST_REQUEST,
-        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
-            healthy_panic_threshold=percent_pb2.Percent(value=0.0)
-        ),
-        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
-            thresholds=[
-                circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                    max_connections=limit, max_pending_requests=limit, max_requests=limit
-                )
-            ]
-        ),
-    )
-    cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(http2_options())
-    return cluster
-
-
-def _lb_endpoint(host: str, port: int, *, healthy: bool) -> endpoint_components_pb2.LbEndpoint:
-    return endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(
-            address=address_pb2.Address(
-                socket_address=address_pb2.SocketAddress(address=host.strip("[]"), port_value=port)
-            )
-        ),
-        health_status=_HEALTHY if healthy else _DRAINING,
-    )
-
-
-def _assignment(name: str, members: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
-    """Each member's current process (HEALTHY when Ready), and its processes that left
-    routing and finish their calls (DRAINING: a rollout's old process)."""
-    lb_endpoints = []
-    for e in members:
-        lb_endpoints.append(_lb_endpoint(e.host, e.port, healthy=e.ready))
-        lb_endpoints += [
-            _lb_endpoint(b.host, b.port, healthy=False)
-            for b in e.draining
-            if (b.host, b.port) != (e.host, e.port)
-        ]
-    return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=name,
-        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
-    )
 
 
 def _header(name: str, *, exact: str | None = None) -> route_components_pb2.HeaderMatcher:
@@ -300,6 +195,60 @@ def auth_context(auth: AuthContext) -> struct_pb2.Struct:
     return context
 
 
+def mux_context(ready: dict[str, Endpoint]) -> struct_pb2.Struct:
+    """The multiplexer script's per-route context: the cluster of each target Envoy routes a
+    multiplexer call to by itself, by instance name, by model and by `instance_index` (the
+    Ready instances sorted by name, as the Python router counts); a target whose route needs
+    an API key is left to the Python router."""
+    keys: dict[str, set[Secret | None]] = {}
+    for e in ready.values():
+        keys.setdefault(e.model_id, set()).add(e.api_key)
+    ordered = [ready[name] for name in sorted(ready)]
+    context = struct_pb2.Struct()
+    context.update(
+        {
+            "instances": {e.name: instance_cluster(e.name) for e in ordered if e.api_key is None},
+            "models": {m: model_cluster(m) for m in sorted(keys) if keys[m] == {None}},
+            "indexes": {
+                str(i): instance_cluster(e.name) for i, e in enumerate(ordered) if e.api_key is None
+            },
+        }
+    )
+    return context
+
+
+def _mux_routes(ready: dict[str, Endpoint], plan: Plan) -> list[route_components_pb2.Route]:
+    """Per unary method, the route of an unwrapped call (to the cluster its internal header
+    names, the path rewritten to the tei.v1 method); then the one route every unary
+    multiplexer call enters by, which runs the script and, for a call it left as it was,
+    goes to the Python router with the whole message buffered."""
+    internal = route_components_pb2.HeaderMatcher(
+        name=lua_mux.CLUSTER_HEADER,
+        string_match=string_pb2.StringMatcher(
+            safe_regex=regex_pb2.RegexMatcher(regex="(instance|model)_[a-z0-9-]+")
+        ),
+    )
+    strip = pack(lua_pb2.LuaPerRoute(name=lua_mux.STRIP_SCRIPT))
+    routes = []
+    for method in plan.multiplexer:
+        route = _to_instance(f"mux:{method.path}", "", [internal], plan)
+        route.match.path = method.path
+        route.route.cluster_header = lua_mux.CLUSTER_HEADER
+        route.route.prefix_rewrite = method.target
+        route.request_headers_to_remove.append(lua_mux.CLUSTER_HEADER)
+        route.typed_per_filter_config[lua_mux.FILTER].CopyFrom(strip)
+        routes.append(route)
+    alternatives = "|".join(re.escape(m.path) for m in plan.multiplexer)
+    entry = _to_router("mux", "")
+    entry.match.safe_regex.regex = f"({alternatives})"
+    entry.request_body_buffer_limit.value = plan.max_message_bytes + MESSAGE_SLACK
+    entry.typed_per_filter_config[lua_mux.FILTER].CopyFrom(
+        pack(lua_pb2.LuaPerRoute(name=lua_mux.MUX_SCRIPT, filter_context=mux_context(ready)))
+    )
+    routes.append(entry)
+    return routes
+
+
 def _route_config(
     known: Sequence[Endpoint], ready: dict[str, Endpoint], plan: Plan
 ) -> route_pb2.RouteConfiguration:
@@ -326,6 +275,8 @@ def _route_config(
             routes.append(_to_router(f"model:{m}", TEI_PREFIX, by_model))
     routes.append(_to_router("model:other", TEI_PREFIX, [_header(MODEL_KEY)]))
     routes.append(_default_route(known, ready, plan))
+    if plan.multiplexer:
+        routes += _mux_routes(ready, plan)
     routes.append(_to_router("router", "/"))
     host = route_components_pb2.VirtualHost(name="tei", domains=["*"], routes=routes)
     if plan.auth is not None:
@@ -347,13 +298,13 @@ def translate(endpoints: Sequence[Endpoint], plan: Plan) -> Resources:
     labels: dict[str, str] = {}
     for e in known:
         name = instance_cluster(e.name)
-        clusters.append(_cluster(name))
-        assignments.append(_assignment(name, [e]))
+        clusters.append(eds_cluster(name))
+        assignments.append(assignment(name, [e]))
         labels[name] = e.name
     for model_id in sorted(by_model):
         name = model_cluster(model_id)
-        clusters.append(_cluster(name))
-        assignments.append(_assignment(name, by_model[model_id]))
+        clusters.append(eds_cluster(name))
+        assignments.append(assignment(name, by_model[model_id]))
         labels[name] = model_label(model_id)
     return Resources(
         clusters=tuple(clusters),

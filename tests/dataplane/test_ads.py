@@ -10,7 +10,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from tei_reconciler.dataplane.ads import CDS, EDS, RDS, Ack, AdsSession, Nack, Snapshot
-from tei_reconciler.dataplane.translate import Plan, model_cluster, translate
+from tei_reconciler.dataplane.clusters import model_cluster
+from tei_reconciler.dataplane.translate import Plan, translate
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.routing import Endpoint
 

@@ -3,20 +3,20 @@ read the routes back in the order Envoy matches them, as (routing key, target cl
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import pytest
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from google.protobuf import json_format
 
 from tei_reconciler._types import Secret
-from tei_reconciler.dataplane.translate import (
-    AuthContext,
-    Plan,
-    grpc_timeout,
-    instance_cluster,
-    model_cluster,
-    translate,
-)
+from tei_reconciler.dataplane import lua_mux
+from tei_reconciler.dataplane.bootstrap import MUX_METHODS
+from tei_reconciler.dataplane.clusters import instance_cluster, model_cluster
+from tei_reconciler.dataplane.translate import AuthContext, Plan, grpc_timeout, translate
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.routing import Backend, Endpoint
 
@@ -287,3 +287,68 @@ def test_the_same_snapshot_translates_to_equal_resources() -> None:
 )
 def test_grpc_timeout_headers_fit_grpcs_eight_digits(secs: float, header: str) -> None:
     assert grpc_timeout(secs) == header
+
+
+MUX = Plan(request_timeout_secs=12.5, multiplexer=MUX_METHODS, max_message_bytes=40 << 20)
+
+
+def per_route_lua(route: route_pb2.Route) -> lua_pb2.LuaPerRoute:
+    config = lua_pb2.LuaPerRoute()
+    route.typed_per_filter_config[lua_mux.FILTER].Unpack(config)
+    return config
+
+
+def test_a_unary_multiplexer_call_enters_by_one_route_and_leaves_by_its_methods_route() -> None:
+    config = translate([ep("a")], MUX).routes[0]
+    names = [r.name for r in config.virtual_hosts[0].routes]
+    by_name = {r.name: r for r in config.virtual_hosts[0].routes}
+    unwrapped = [by_name[f"mux:{m.path}"] for m in MUX_METHODS]
+    entry = by_name["mux"]
+    assert names.index("default") < names.index(f"mux:{MUX_METHODS[0].path}")
+    assert names[-2:] == ["mux", "router"]  # after every route that reads the header
+    embed = by_name["mux:/tei_multiplexer.v1.TeiMultiplexer/Embed"]
+    assert embed.match.path == "/tei_multiplexer.v1.TeiMultiplexer/Embed"
+    assert embed.route.prefix_rewrite == "/tei.v1.Embed/Embed"
+    assert by_name["mux:/tei_multiplexer.v1.TeiMultiplexer/Decode"].route.prefix_rewrite == (
+        "/tei.v1.Tokenize/Decode"
+    )
+    for route in unwrapped:
+        (header,) = route.match.headers
+        assert header.name == lua_mux.CLUSTER_HEADER
+        assert header.string_match.safe_regex.regex == "(instance|model)_[a-z0-9-]+"
+        assert route.route.cluster_header == lua_mux.CLUSTER_HEADER
+        assert lua_mux.CLUSTER_HEADER in route.request_headers_to_remove
+        assert "x-tei-instance" in route.request_headers_to_remove
+        assert route.route.max_stream_duration.max_stream_duration.ToMilliseconds() == 12500
+        assert per_route_lua(route).name == lua_mux.STRIP_SCRIPT
+    assert entry.route.cluster == "router"
+    assert re.fullmatch(entry.match.safe_regex.regex, "/tei_multiplexer.v1.TeiMultiplexer/Info")
+    assert not re.fullmatch(
+        entry.match.safe_regex.regex, "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
+    )
+    assert entry.request_body_buffer_limit.value >= 40 << 20  # the router's own limit
+    assert per_route_lua(entry).name == lua_mux.MUX_SCRIPT
+    assert len(unwrapped) == 9  # the unary methods: streams and Arrow stay with the router
+
+
+def test_envoy_unwraps_calls_only_to_ready_targets_whose_routes_need_no_key() -> None:
+    endpoints = [
+        keyed("a", None),
+        keyed("b", "k-b"),
+        keyed("c", None, model="x/y"),
+        ep("d", "x/y", ready=False),
+        keyed("e", None, model="p/q"),
+        keyed("f", "k-f", model="p/q"),
+    ]
+    entry = {r.name: r for r in translate(endpoints, MUX).routes[0].virtual_hosts[0].routes}["mux"]
+    context = json_format.MessageToDict(per_route_lua(entry).filter_context)
+    assert context == {
+        "instances": {"a": "instance_a", "c": "instance_c", "e": "instance_e"},
+        "models": {"x/y": model_cluster("x/y")},  # org/m and p/q: a keyed instance among them
+        "indexes": {"0": "instance_a", "2": "instance_c", "3": "instance_e"},  # b is 1, f 4
+    }
+
+
+def test_without_the_multiplexer_methods_every_multiplexer_call_goes_to_the_router() -> None:
+    names = [r.name for r in translate([ep("a")], PLAN).routes[0].virtual_hosts[0].routes]
+    assert not [n for n in names if n.startswith("mux")]

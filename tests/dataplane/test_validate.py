@@ -10,7 +10,14 @@ import msgspec
 import pytest
 import trustme
 
-from tei_reconciler.dataplane.bootstrap import Spec, Tls, bootstrap, inline, to_json
+from tei_reconciler.dataplane.bootstrap import (
+    MUX_METHODS,
+    Spec,
+    Tls,
+    bootstrap,
+    inline,
+    to_json,
+)
 from tei_reconciler.dataplane.translate import AuthContext, Plan, translate
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.routing import Endpoint
@@ -56,14 +63,14 @@ def validate(envoy: str, path: Path) -> subprocess.CompletedProcess[str]:
         pytest.param([], Plan(request_timeout_secs=30), None, "127.0.0.1", id="empty table"),
         pytest.param(
             TABLE,
-            Plan(request_timeout_secs=30, default_instance="bge"),
+            Plan(request_timeout_secs=30, default_instance="bge", multiplexer=MUX_METHODS),
             None,
             "0.0.0.0",
             id="instances, models, a default, IPv6",
         ),
         pytest.param(
             TABLE,
-            Plan(request_timeout_secs=86400, auth=AUTH),
+            Plan(request_timeout_secs=86400, auth=AUTH, multiplexer=MUX_METHODS),
             "mtls",
             "::1",
             id="mTLS and tokens",

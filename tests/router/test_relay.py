@@ -351,10 +351,13 @@ async def test_a_backend_error_ends_the_stream_while_the_client_still_holds_it_o
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configurable() -> None:
-    """The limit bounds what the Python router relays (every call on the grpcio data plane,
-    the multiplexer behind Envoy); Envoy streams plain tei.v1 messages without holding one
-    whole, and leaves their size to the instance and the client."""
+async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configurable(
+    each_data_plane: str,
+) -> None:
+    """The limit bounds what the Python router relays (every call on the grpcio data plane;
+    behind Envoy, the multiplexer calls Envoy does not unwrap itself, such as streams).
+    Envoy streams plain tei.v1 messages, and the unary multiplexer calls it unwraps, without
+    holding one whole, and leaves their size to the instance and the client."""
     big = 1_200_000  # floats: about 4.8 MB on the wire
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     async with fake_backend(dim=big) as (a_port, _):
@@ -374,13 +377,19 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
             running_router(table, max_message_mb=1) as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
         ):
+            mux_stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
+            stream = mux_stub.EmbedStream(iter([embed("x", to("a"))]), timeout=DEADLINE)
             with pytest.raises(grpc.aio.AioRpcError) as too_big:
-                await multiplexer_pb2_grpc.TeiMultiplexerStub(channel).Embed(
-                    embed("x", to("a")), timeout=DEADLINE
-                )
+                _ = [answer async for answer in stream]
+            unary: grpc.StatusCode | None = None
+            try:
+                await mux_stub.Embed(embed("x", to("a")), timeout=DEADLINE)
+            except grpc.aio.AioRpcError as exc:
+                unary = exc.code()
     assert len(reply.embeddings) == big
     assert len(relayed.embeddings) == big
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert unary == (grpc.StatusCode.RESOURCE_EXHAUSTED if each_data_plane == "grpcio" else None)
 
 
 async def test_the_grpcio_router_limits_plain_tei_messages_to_max_message_mb() -> None:

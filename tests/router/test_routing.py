@@ -11,13 +11,23 @@ from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.routing import RoutingTable
-from tei_reconciler.traffic import TrafficRing
+from tei_reconciler.traffic import InstanceTraffic, TrafficRing
 
 from .fake_backend import fake_backend, vector
-from .harness import endpoint, mux_client, mux_to, mux_to_fake, running_router, to
+from .harness import (
+    endpoint,
+    mux_client,
+    mux_to,
+    mux_to_fake,
+    running_data_plane,
+    running_router,
+    to,
+)
 from support.clock import FakeClock
+from support.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_data_plane")]
+STEPS = 100_000  # a ring that keeps every step a polling test advances through
 
 
 def embed(target: mux.Target, text: str = "hello") -> mux.EmbedRequest:
@@ -112,14 +122,17 @@ async def test_calls_the_router_cannot_route_get_a_precise_status(
     assert refused.value.details() == details
 
 
-async def test_an_instance_restarted_on_another_port_answers_the_very_next_call() -> None:
+async def test_an_instance_restarted_on_another_port_answers_the_next_call_once_routed() -> None:
+    """On grpcio the very next call (no stale channel); on Envoy the next call after Envoy
+    applied the routes, which is what the controller waits for (`wait_routed`)."""
     table = RoutingTable()
     async with fake_backend(dim=2) as (old_port, _):
         table.update([endpoint("a", old_port)])
-        async with running_router(table) as port, mux_client(port) as stub:
+        async with running_data_plane(table) as (port, plane), mux_client(port) as stub:
             assert len((await stub.Embed(embed(to("a")))).embeddings) == 2
             async with fake_backend(dim=6) as (new_port, _):
                 table.update([endpoint("a", new_port, generation=1)])
+                await plane.wait_routed("a")
                 reply = await stub.Embed(embed(to("a")))
     assert len(reply.embeddings) == 6
 
@@ -156,21 +169,30 @@ async def test_router_metrics_count_calls_by_instance_method_and_code() -> None:
             await stub.Embed(embed(to("metered"), "fail: x"))
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Embed(embed(to("nobody")))
-    assert count("metered", embed_path, "OK") == before_ok + 1
-    assert count("metered", embed_path, "RESOURCE_EXHAUSTED") == before_failed + 1
-    assert count("", embed_path, "NOT_FOUND") == before_refused + 1
-    assert (
-        REGISTRY.get_sample_value(
-            "tei_reconciler_router_in_flight_requests", {"instance": "metered"}
+        # Read while the data plane serves: Envoy's counters leave with Envoy.
+        assert count("metered", embed_path, "OK") == before_ok + 1
+        assert count("metered", embed_path, "RESOURCE_EXHAUSTED") == before_failed + 1
+        assert count("", embed_path, "NOT_FOUND") == before_refused + 1
+        assert (
+            REGISTRY.get_sample_value(
+                "tei_reconciler_router_in_flight_requests", {"instance": "metered"}
+            )
+            == 0
         )
-        == 0
-    )
 
 
 async def test_every_routed_call_lands_in_the_dashboards_traffic_ring(
-    fake_clock: FakeClock,
+    fake_clock: FakeClock, each_data_plane: str
 ) -> None:
-    traffic = TrafficRing(step_secs=10.0, clock=fake_clock)
+    """The grpcio router records each call as it ends; Envoy's counters reach the ring on
+    the data plane's own schedule, per instance (without the split by method)."""
+    traffic = TrafficRing(step_secs=10.0, steps=STEPS, clock=fake_clock)
+
+    def charted() -> InstanceTraffic | None:
+        fake_clock.advance(10)  # the ring summarizes finished steps
+        seen = traffic.snapshot(span_secs=STEPS * 10).instances
+        return seen[0] if seen and seen[0].requests == 2 and seen[0].p50_ms else None
+
     async with fake_backend() as (a_port, _):
         table = RoutingTable()
         table.update([endpoint("charted", a_port)])
@@ -180,11 +202,11 @@ async def test_every_routed_call_lands_in_the_dashboards_traffic_ring(
                 await stub.Embed(embed(to("charted"), "fail: x"))  # RESOURCE_EXHAUSTED
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Embed(embed(to("nobody")))  # refused before routing: no instance
-    fake_clock.advance(10)
-    (charted,) = traffic.snapshot().instances
-    assert (charted.instance, charted.requests, charted.errors) == ("charted", 2, 1)
-    assert charted.p50_ms is not None
-    assert charted.methods == {"/tei_multiplexer.v1.TeiMultiplexer/Embed": 2}
+            ring = await eventually(charted, what="both routed calls in the traffic ring")
+    assert [i.instance for i in traffic.snapshot(span_secs=STEPS * 10).instances] == ["charted"]
+    assert (ring.instance, ring.requests, ring.errors) == ("charted", 2, 1)
+    by_method = {"/tei_multiplexer.v1.TeiMultiplexer/Embed": 2}
+    assert ring.methods == (by_method if each_data_plane == "grpcio" else {})
 
 
 async def test_an_instance_listening_on_an_ipv6_address_is_reachable_through_the_router() -> None:
