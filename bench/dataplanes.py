@@ -44,6 +44,12 @@ from tei_reconciler.store import StatusStore
 
 INSTANCE = "bench"
 PATHS = ("direct", "grpcio", "envoy", "stock")
+LABELS = {
+    "direct": "direct",
+    "grpcio": "grpcio",
+    "envoy": "Envoy data plane",
+    "stock": "stock Envoy",
+}
 
 
 @dataclass

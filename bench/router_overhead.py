@@ -29,7 +29,7 @@ import anyio
 import grpc
 import pyarrow as pa
 
-from bench.dataplanes import INSTANCE, Path_, started
+from bench.dataplanes import INSTANCE, LABELS, PATHS, Path_, started
 from bench.rounds import Spread, ms, percent, rotated, signed_ms
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
@@ -42,13 +42,6 @@ LONG = "Embedding servers turn text into vectors that capture meaning for search
 DEADLINE = 120.0
 ROUTING = (("x-tei-instance", INSTANCE),)
 SLICES = 5  # turns per path in a round
-PATHS = ("direct", "grpcio", "envoy", "stock")
-LABELS = {
-    "direct": "direct",
-    "grpcio": "grpcio",
-    "envoy": "Envoy data plane",
-    "stock": "stock Envoy",
-}
 
 
 @dataclass

@@ -6,10 +6,12 @@ costs little, so the proxy's own cost shows) and the four paths of `bench/datapl
 h2load sends gRPC unary `tei.v1.Embed/Embed` calls (a framed protobuf body, `content-type:
 application/grpc`, `te: trailers`, routed by `x-tei-instance`) with `-c` connections and `-m`
 streams each, and `tei.v1.Embed/EmbedStream` calls of 20 messages each (a twentieth as many,
-4 streams per connection). Each case runs `--rounds` times in rotation; the report has the
-median calls/s, its share of direct, and the proxy's CPU time per call (its processes' user +
-system time over the run, divided by the calls). The multiplexer's Embed is measured the same
-way on the two paths that serve it.
+4 streams per connection). Each round runs every call on every path, the paths of a call
+back to back in an order that rotates from round to round (`bench/rounds.py`); the report has
+per path the median calls/s over the rounds with their spread, its share of direct, and the
+proxy's CPU time per call (its processes' CPU time over the run, divided by the calls), then
+the Envoy data plane against stock Envoy per round. The multiplexer's Embed is measured the
+same way on the two paths that serve it.
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.dataplanes import INSTANCE, Path_, started
+from bench.dataplanes import INSTANCE, LABELS, Path_, started
+from bench.rounds import Spread, ms, percent, rotated
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 
-Case = tuple[str, Path_, str, Path, bool, tuple[int, int]]  # name, path, url, body, routed,
-# (calls, streams per connection)
+#: name, URL path, body, the paths that serve it, (calls, streams per connection)
+Call = tuple[str, str, Path, tuple[str, ...], tuple[int, int]]
 _RATE = re.compile(r"finished in [\d.]+m?s, ([\d.]+) req/s")
 _DONE = re.compile(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed")
 
@@ -50,7 +52,7 @@ def h2load(
     streams: int,
     routed: bool,
 ) -> tuple[float, float]:
-    """(requests per second, proxy CPU ms per call) of one h2load run."""
+    """(requests per second, proxy CPU seconds per call) of one h2load run."""
     argv = [
         h2load_bin, "-n", str(calls), "-c", str(clients), "-m", str(streams), "-d", str(body),
         "-H", "content-type: application/grpc", "-H", "te: trailers",
@@ -64,15 +66,59 @@ def h2load(
     rate, done = _RATE.search(out), _DONE.search(out)
     if rate is None or done is None or int(done.group(2)) > 0:
         raise SystemExit(f"h2load against {path.name} failed:\n{out}")
-    return float(rate.group(1)), used / calls * 1e3
+    return float(rate.group(1)), used / calls
+
+
+def routed(call: str, kind: str) -> bool:
+    """Plain tei.v1 calls through a proxy carry `x-tei-instance`; the multiplexer's name
+    their instance in the message."""
+    return kind != "direct" and call.startswith("tei.v1")
+
+
+def report(
+    results: dict[tuple[str, str], list[tuple[float, float]]],
+    calls: list[Call],
+    args: argparse.Namespace,
+) -> None:
+    print(
+        f"h2load -c {args.clients}, unary -n {args.calls} -m {args.streams}, engine "
+        f"{args.model_id}; median of {args.rounds} rounds [lowest to highest]; "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    print("| call | path | calls/s | vs direct | proxy CPU per call |")
+    print("|---|---|---|---|---|")
+    for name, _, _, kinds, _ in calls:
+        direct = results.get((name, "direct"))
+        for kind in kinds:
+            rounds = results[(name, kind)]
+            rate = Spread.of([r for r, _ in rounds])
+            share = (
+                ""
+                if direct is None
+                else f"{rate.median / Spread.of([r for r, _ in direct]).median:.0%}"
+            )
+            cpu = "" if kind == "direct" else Spread.of([c for _, c in rounds]).text(ms)
+            print(
+                f"| {name} | {LABELS[kind]} | {rate.text(lambda v: f'{v:.0f}')} | {share} | {cpu} |"
+            )
+    print("\nPer round, the Envoy data plane against stock Envoy (plain tei.v1) and against grpcio "
+          "(the multiplexer), then the median [range]:\n")  # fmt: skip
+    print("| call | against | calls/s ratio | CPU per call ratio |")
+    print("|---|---|---|---|")
+    for name, _, _, kinds, _ in calls:
+        other = "stock" if "stock" in kinds else "grpcio"
+        ours, theirs = results[(name, "envoy")], results[(name, other)]
+        rates = Spread.of([a[0] / b[0] for a, b in zip(ours, theirs, strict=True)])
+        cpus = Spread.of([a[1] / b[1] for a, b in zip(ours, theirs, strict=True)])
+        print(f"| {name} | {LABELS[other]} | {rates.text(percent)} | {cpus.text(percent)} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput")
-    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model-id", default="hash/384")
     args = parser.parse_args(argv)
     binary = shutil.which("h2load")
@@ -95,48 +141,30 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(20)
             )
         )
-        kinds = ("direct", "grpcio", "envoy", "stock")
+        every = ("direct", "grpcio", "envoy", "stock")
         unary, streamed = (args.calls, args.streams), (max(args.calls // 20, 40), 4)
-        cases: list[Case] = [
-            (f"tei.v1 Embed ({k})", paths[k], "/tei.v1.Embed/Embed", plain, k != "direct", unary)
-            for k in kinds
-        ] + [
-            (f"tei.v1 EmbedStream x20 ({k})", paths[k], "/tei.v1.Embed/EmbedStream", stream,
-             k != "direct", streamed)
-            for k in kinds
-        ] + [
-            (f"multiplexer Embed ({k})", paths[k], "/tei_multiplexer.v1.TeiMultiplexer/Embed",
-             wrapped, False, unary)
-            for k in ("grpcio", "envoy")
+        calls: list[Call] = [
+            ("tei.v1 Embed", "/tei.v1.Embed/Embed", plain, every, unary),
+            ("tei.v1 EmbedStream of 20", "/tei.v1.Embed/EmbedStream", stream, every, streamed),
+            ("multiplexer Embed", "/tei_multiplexer.v1.TeiMultiplexer/Embed", wrapped,
+             ("grpcio", "envoy"), unary),
         ]  # fmt: skip
-        for _, path, url, body, routed, (_, streams) in cases:  # warm up
-            h2load(binary, path, url, body, calls=100, clients=args.clients, streams=streams,
-                   routed=routed)  # fmt: skip
-        rates: dict[str, list[float]] = {c[0]: [] for c in cases}
-        cpus: dict[str, list[float]] = {c[0]: [] for c in cases}
-        for _ in range(args.rounds):
-            for name, path, url, body, routed, (calls, streams) in cases:
-                rate, cpu = h2load(
-                    binary, path, url, body, calls=calls, clients=args.clients,
-                    streams=streams, routed=routed,
-                )  # fmt: skip
-                rates[name].append(rate)
-                cpus[name].append(cpu)
-                print(f"  {name}: {rate:.0f} calls/s, {cpu:.3f} ms CPU/call", file=sys.stderr)
-    print(
-        f"h2load -c {args.clients}, unary -n {args.calls} -m {args.streams}, engine "
-        f"{args.model_id}, median of {args.rounds}; {os.cpu_count()} CPUs\n"
-    )
-    print("| call (path) | calls/s | vs direct | proxy CPU per call |")
-    print("|---|---|---|---|")
-    for name, values in rates.items():
-        rate = statistics.median(values)
-        direct_name = name.rsplit(" (", 1)[0] + " (direct)"
-        direct = statistics.median(rates.get(direct_name, values))
-        cpu = statistics.median(cpus[name])
-        cpu_text = "-" if name.endswith("(direct)") else f"{cpu:.3f} ms"
-        share = f"{rate / direct:.0%}" if direct_name in rates else "-"
-        print(f"| {name} | {rate:.0f} | {share} | {cpu_text} |")
+        results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for name, url, body, kinds, (_, streams) in calls:
+            for kind in kinds:  # warm up
+                h2load(binary, paths[kind], url, body, calls=100, clients=args.clients,
+                       streams=streams, routed=routed(name, kind))  # fmt: skip
+        for r in range(args.rounds):
+            for name, url, body, kinds, (count, streams) in calls:
+                for kind in rotated(kinds, r):
+                    rate, cpu = h2load(
+                        binary, paths[kind], url, body, calls=count, clients=args.clients,
+                        streams=streams, routed=routed(name, kind),
+                    )  # fmt: skip
+                    results.setdefault((name, kind), []).append((rate, cpu))
+                    print(f"  {name} ({kind}): {rate:.0f} calls/s, {cpu * 1e3:.3f} ms CPU/call",
+                          file=sys.stderr)  # fmt: skip
+    report(results, calls, args)
     return 0
 
 
