@@ -7,6 +7,11 @@
 - `stock`: a stock Envoy with a static one-cluster configuration and only the router filter,
   the best an Envoy can do on this machine.
 
+Every server runs in a session of its own, as in production (the reconciler starts instances
+and Envoy that way): Linux's autogroup scheduler shares the CPU between sessions, and on a
+busy machine a server in the benchmark's session is scheduled differently from one in its
+own, which showed as about 30 % more CPU per call for whichever Envoy ran alone.
+
 A path knows its port and the processes whose CPU time a call costs (`pids`: the proxy and
 its children, so the Envoy data plane counts Envoy and the Python control plane and router).
 CPU time is read per thread from `/proc/<pid>/task/*/schedstat` (nanoseconds; psutil's user +
@@ -211,7 +216,10 @@ def started(model: str, paths: tuple[str, ...] = PATHS) -> Iterator[dict[str, Pa
         processes: list[subprocess.Popen[bytes]] = []
 
         def spawn(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-            process = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
+            # A session of its own, as the reconciler starts instances and Envoy: where the
+            # kernel groups scheduling by session (autogroup), a server sharing the
+            # benchmark's session would be scheduled with the client and the others.
+            process = subprocess.Popen(argv, start_new_session=True, **kwargs)  # type: ignore[call-overload]
             processes.append(process)
             return process  # type: ignore[no-any-return]
 
