@@ -271,6 +271,18 @@ class ModelMetadataOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     size_bytes: int | None = None
 
 
+class ModelCheckOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the check before start said of an instance on this model: `refused` (its binary
+    cannot serve the model: the instance is Failed, reason UnsupportedModel, nothing started),
+    or `warning` (the weights may not fit in its GPU's free memory; it started anyway)."""
+
+    instance: str
+    verdict: Literal["refused", "warning"]
+    reason: str  # UnsupportedModel | InsufficientGPUMemory
+    message: str
+    at: datetime | None = None  # when the warning was last given
+
+
 class ModelOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One model: tei-manager's ModelInfo keys (`cache_path`, `cache_size_bytes`, `metadata`
     omitted when unknown, as there), then the registry's own fields."""
@@ -293,6 +305,7 @@ class ModelOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     message: str = ""
     retry_at: datetime | None = None
     failures: int = 0
+    checks: list[ModelCheckOut] = msgspec.field(default_factory=list)  # per instance on it
     events: str = ""  # URL of this model's event log
 
 

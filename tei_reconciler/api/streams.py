@@ -23,7 +23,8 @@ from tei_reconciler.api._http import query_bool, query_int
 from tei_reconciler.api.context import ApiContext, ctx_of
 from tei_reconciler.api.errors import ApiError, json_response
 from tei_reconciler.api.logs import count_lines, follow, normalise, read_slice
-from tei_reconciler.api.views import event_out, instance_out, model_out
+from tei_reconciler.api.modelviews import model_ids, shown, shown_in
+from tei_reconciler.api.views import event_out, instance_out
 from tei_reconciler.desired.spec import is_instance_name
 from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.planner.model_status import ModelChange
@@ -127,8 +128,11 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                     yield sse(
                         "status", instance_out(status.spec, status, now, ctx.routed_by(status.name))
                     )
-            for model in ctx.store.models() if name is None else ():
-                yield sse("model", model_out(model))
+            if name is None:
+                desired = await ctx.effective()
+                for model_id in model_ids(ctx, desired):
+                    if (model := shown_in(ctx, desired, model_id)) is not None:
+                        yield sse("model", model)
             while True:
                 with anyio.move_on_after(HEARTBEAT_SECS) as idle:
                     change = await receive.receive()
@@ -136,8 +140,12 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                     yield b": keepalive\n\n"
                     continue
                 if isinstance(change, ModelChange):
-                    if name is None and change.status is not None:
-                        yield sse("model", model_out(change.status))
+                    if name is None:
+                        model = await shown(ctx, change.model_id)
+                        if model is None:
+                            yield sse("model_deleted", {"model_id": change.model_id})
+                        else:
+                            yield sse("model", model)
                     continue
                 if name is not None and change.name != name:
                     continue

@@ -35,6 +35,7 @@ from tei_reconciler.drivers.process import Driver, ProcessHandle
 from tei_reconciler.errors import ActionError, PermanentError
 from tei_reconciler.planner.actions import AbortNext, Stop
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
+from tei_reconciler.planner.model_status import INSUFFICIENT_GPU_MEMORY, UNSUPPORTED_MODEL
 from tei_reconciler.planner.observed import Failure
 from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import STOPPED_BECAUSE, ExitInfo, exit_summary
@@ -226,10 +227,10 @@ class Actuator(Following):
             return
         verdict = await self.models.verdict(spec, cuda)
         if verdict.refusal is not None:
-            raise PermanentError("UnsupportedModel", verdict.refusal)
+            raise PermanentError(UNSUPPORTED_MODEL, verdict.refusal)
         if verdict.warning is not None:
             self.store.record_event(
-                spec.name, "Warning", "InsufficientGPUMemory", verdict.warning, wall
+                spec.name, "Warning", INSUFFICIENT_GPU_MEMORY, verdict.warning, wall
             )
 
     def _start_failed(
