@@ -95,17 +95,30 @@ export function errorText(err) {
   return String(err?.message || err);
 }
 
-// The native modal dialog (focus stays inside; Escape cancels). Resolves true on confirm.
-export function confirmDialog(title, text, action) {
+// The native modal dialog (focus stays inside; Escape cancels). Resolves true on confirm, or,
+// with `option` (the label of a checkbox in the dialog), {option: checked}; false on cancel.
+export function confirmDialog(title, text, action, { option } = {}) {
   const dialog = document.getElementById("confirm");
   dialog.querySelector("#confirm-title").textContent = title;
   dialog.querySelector("#confirm-text").textContent = text;
   dialog.querySelector("#confirm-ok").textContent = action;
+  const box = dialog.querySelector("#confirm-option");
+  const check = dialog.querySelector("#confirm-check");
+  box.hidden = !option;
+  check.checked = false;
+  dialog.querySelector("#confirm-option-text").textContent = option || "";
   dialog.returnValue = "";
   dialog.showModal();
   dialog.querySelector("button[value=cancel]").focus();
   return new Promise((resolve) => {
-    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.addEventListener(
+      "close",
+      () => {
+        const ok = dialog.returnValue === "ok";
+        resolve(ok && option ? { option: check.checked } : ok);
+      },
+      { once: true },
+    );
   });
 }
 
