@@ -136,6 +136,11 @@ def test_a_read_only_state_file_disables_every_action_and_says_why(
         start.click()
         wait_until(lambda: "Read-only" in text_of(page, ".toast"), what="the refusal")
         assert reconciler.instance("ro-a")["desired_state"] == "stopped"  # type: ignore[index]
+        page.find_element(By.LINK_TEXT, "Models").click()
+        declare = wait_until(
+            lambda: page.find_elements(By.XPATH, "//button[text()='Declare']"), what="the form"
+        )[0]
+        assert declare.get_attribute("aria-disabled") == "true"
     finally:
         reconciler.state_file.unlink()
         os.replace(reconciler.state_file.with_name("saved.toml"), reconciler.state_file)

@@ -37,6 +37,21 @@ function trouble(item) {
   return h("small", { class: "why", title: text }, text);
 }
 
+// What a row shows of its model: a change of it redraws the model and phase cells alone (the
+// row's buttons stay the same elements, so focus and a pointer on them are kept).
+function modelSignature(item) {
+  const m = model.models.get(item.model_id);
+  return JSON.stringify([m?.status ?? null, m?.progress ?? null, waitsForModel(item)]);
+}
+
+function redrawModelCells(tr, item) {
+  const signature = modelSignature(item);
+  if (tr.dataset.modelSignature === signature) return;
+  tr.dataset.modelSignature = signature;
+  tr.querySelector("td.model").replaceWith(modelCell(item));
+  tr.querySelector("td.phase-cell").replaceChildren(phaseBadge(item), ...[trouble(item)].filter(Boolean));
+}
+
 // The model, linked to its page, with its download progress while it downloads.
 function modelCell(item) {
   const m = model.models.get(item.model_id);
@@ -47,7 +62,7 @@ function row(item) {
   const spec = item.spec || {};
   return h(
     "tr",
-    { dataset: { name: item.name, phase: item.phase } },
+    { dataset: { name: item.name, phase: item.phase, modelSignature: modelSignature(item) } },
     h("th", { scope: "row" }, h("a", { href: `#/instances/${item.name}` }, item.name)),
     h("td", { class: "phase-cell" }, phaseBadge(item), trouble(item)),
     h("td", {}, readyText(item)),
@@ -184,7 +199,7 @@ export function mountInstances(main) {
     else if (kind === "model" || kind === "models") {
       for (const [n, tr] of rows) {
         const item = model.instances.get(n);
-        if (item && (kind === "models" || item.model_id === name)) upsert(n);
+        if (item && (kind === "models" || item.model_id === name)) redrawModelCells(tr, item);
       }
       return;
     } else if (kind === "traffic") {

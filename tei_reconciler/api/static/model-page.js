@@ -109,6 +109,14 @@ function usersTable(item) {
   );
 }
 
+// What the "Used by" table shows of each instance (a health check alone changes none of it).
+function usersShown(item) {
+  return (item.used_by || []).map((name) => {
+    const inst = model.instances.get(name);
+    return [name, inst?.phase, inst?.ready, inst?.reason, inst?.message];
+  });
+}
+
 function eventsTable(events) {
   if (!events.length) return h("p", { class: "muted" }, "No events.");
   return h(
@@ -168,6 +176,14 @@ export function mountModel(main, id) {
     refusal.focus();
   }
 
+  const shown = new Map(); // part -> what it was drawn for
+  function redraw(part, view, item, inputs) {
+    const key = JSON.stringify(inputs);
+    if (shown.get(part) === key) return;
+    shown.set(part, key);
+    part.replaceChildren(view(item));
+  }
+
   let drawn = null; // status and reason last drawn: the events are read again when they change
   let offered = null; // what the action buttons were drawn for
   function draw() {
@@ -190,9 +206,11 @@ export function mountModel(main, id) {
     }
     title.replaceChildren(id, " ", modelBadge(item), ...checkBadges(item));
     status.replaceChildren(statusFacts(item));
-    checks.replaceChildren(checksView(item));
-    metadata.replaceChildren(metadataFacts(item));
-    users.replaceChildren(usersTable(item));
+    // The parts with links are redrawn only when what they show changes (not at each
+    // progress step), so a pointer or keyboard focus on them stays.
+    redraw(checks, checksView, item, [item.checks, item.used_by]);
+    redraw(metadata, metadataFacts, item, [item.metadata, item.status, item.reason]);
+    redraw(users, usersTable, item, usersShown(item));
     const now = `${item.status}\n${item.reason}`;
     if (now !== drawn) {
       drawn = now;
@@ -216,9 +234,10 @@ export function mountModel(main, id) {
   draw();
   const unsubscribe = subscribe((kind, changed) => {
     if ((kind === "model" && changed === id) || kind === "models" || kind === "readonly") draw();
-    else if ((kind === "instance" || kind === "deleted") && (model.models.get(id)?.used_by || []).includes(changed)) {
-      users.replaceChildren(usersTable(model.models.get(id)));
-    } else if (kind === "reset" && model.models.has(id)) users.replaceChildren(usersTable(model.models.get(id)));
+    else if (["instance", "deleted", "reset"].includes(kind) && model.models.has(id)) {
+      const item = model.models.get(id);
+      redraw(users, usersTable, item, usersShown(item));
+    }
   });
   return () => {
     unsubscribe();

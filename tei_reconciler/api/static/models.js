@@ -29,12 +29,22 @@ function revision(item) {
   return [h("span", {}, item.revision || "main"), item.commit ? h("small", { class: "why mono", title: item.commit }, item.commit.slice(0, 12)) : null];
 }
 
+function statusCell(item) {
+  return h("td", { class: "status-cell" }, modelBadge(item), " ", checkBadges(item), statusNote(item));
+}
+
+// Everything a row shows but the download's progress: a progress step redraws the status cell
+// alone, so the row's buttons stay the same elements under a pointer or keyboard focus.
+function signature(item) {
+  return JSON.stringify({ ...item, progress: null, message: item.progress ? "" : item.message });
+}
+
 function row(item) {
   return h(
     "tr",
     { dataset: { model: item.model_id, status: item.status } },
     h("th", { scope: "row" }, h("a", { href: modelHref(item.model_id) }, item.model_id), tags(item)),
-    h("td", { class: "status-cell" }, modelBadge(item), " ", checkBadges(item), statusNote(item)),
+    statusCell(item),
     h("td", {}, revision(item)),
     h("td", { class: "num" }, bytes(item.cache_size_bytes)),
     h("td", {}, usedBy(item)),
@@ -96,6 +106,7 @@ function declareForm() {
 
 export function mountModels(main) {
   const rows = new Map(); // model_id -> <tr>
+  const drawn = new Map(); // model_id -> the signature its row was drawn for
   const body = h("tbody");
   const count = h("p", { class: "muted", id: "models-shown", "aria-live": "polite" });
   const table = h(
@@ -133,8 +144,14 @@ export function mountModels(main) {
     if (!item) {
       old?.remove();
       rows.delete(id);
+      drawn.delete(id);
       return;
     }
+    if (old && drawn.get(id) === signature(item)) {
+      old.querySelector("td.status-cell").replaceWith(statusCell(item));
+      return;
+    }
+    drawn.set(id, signature(item));
     const fresh = row(item);
     const controls = (tr) => [...tr.querySelectorAll("a, button")];
     const focused = old?.contains(document.activeElement) ? controls(old).indexOf(document.activeElement) : -1;
@@ -151,7 +168,9 @@ export function mountModels(main) {
   function redrawAll() {
     for (const tr of rows.values()) tr.remove();
     rows.clear();
+    drawn.clear();
     for (const id of sortedIds()) {
+      drawn.set(id, signature(model.models.get(id)));
       const tr = row(model.models.get(id));
       rows.set(id, tr);
       body.append(tr);
@@ -161,7 +180,8 @@ export function mountModels(main) {
   redrawAll();
   summary();
   return subscribe((kind, id) => {
-    if (kind === "models" || kind === "readonly") redrawAll();
+    if (kind === "readonly") redrawAll();
+    else if (kind === "models") for (const each of new Set([...rows.keys(), ...sortedIds()])) upsert(each);
     else if (kind === "model") upsert(id);
     else return;
     summary();
