@@ -163,7 +163,7 @@ def test_the_instance_page_shows_why_the_last_process_ended_and_what_it_wrote(
     follow = click(page, "Follow")
     assert follow.get_attribute("aria-pressed") == "true"
     wait_until(
-        lambda: "no_such_fault" in page.find_element(By.CSS_SELECTOR, "pre.log").text,
+        lambda: "no_such_fault" in text_of(page, 'pre[aria-label="Log of ghost"]'),
         what="the log",
     )
 
