@@ -25,7 +25,7 @@ from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.routing import RoutingTable
 
 from .reconciler_harness import Harness, fast_settings, instance_toml, reconciler, write_atomic
-from support.load import Load, traffic
+from support.traffic import Load, traffic
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
