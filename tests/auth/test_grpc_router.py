@@ -20,6 +20,7 @@ from tei_reconciler.settings import AuthSettings, TokenSettings
 
 from .pki import Pki
 from .servers import grpc_router, settings_with
+from support.grpc_status import answered
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -92,11 +93,13 @@ async def reflect(channel: grpc.aio.Channel, **kwargs: object) -> grpc.StatusCod
     async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-    try:
-        replies = [r async for r in call(ask(), timeout=30, **kwargs)]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    services = {s.name for s in replies[0].list_services_response.service}
+    async def replies() -> list[reflection_pb2.ServerReflectionResponse]:
+        return [r async for r in call(ask(), timeout=30, **kwargs)]
+
+    outcome = await answered(replies)
+    if isinstance(outcome, grpc.aio.AioRpcError):
+        return outcome.code()
+    services = {s.name for s in outcome[0].list_services_response.service}
     assert {"tei.v1.Embed", "tei_multiplexer.v1.TeiMultiplexer"} <= services
     return grpc.StatusCode.OK
 

@@ -152,6 +152,7 @@ def reconciler(tmp_path: Path, data_plane: str) -> Iterator[Reconciler]:
         server.stop()
 
 
+@pytest.mark.timeout(60 + 10 * ROUNDS)  # a longer soak gets the time it asks for
 def test_random_operations_with_traffic_flowing_leave_every_invariant_holding(
     reconciler: Reconciler, capsys: pytest.CaptureFixture[str]
 ) -> None:
