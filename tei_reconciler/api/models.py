@@ -25,7 +25,7 @@ from tei_reconciler.api.context import ApiContext, ModelCommands, ctx_of
 from tei_reconciler.api.errors import ApiError, api_error_for, json_response
 from tei_reconciler.api.modelviews import model_ids, shown, shown_in, users_of
 from tei_reconciler.api.schemas import DeclareModelRequest, ErrorDetail
-from tei_reconciler.api.streams import HEARTBEAT_SECS, EventStream, sse, wants_stream
+from tei_reconciler.api.streams import KEEPALIVE, EventStream, next_change, sse, wants_stream
 from tei_reconciler.api.views import event_out, model_out
 from tei_reconciler.desired.check import accepts
 from tei_reconciler.planner.model_status import ModelChange, ModelState
@@ -167,10 +167,9 @@ async def model_events(request: Request) -> Response | EventStream:
             if first is not None:
                 yield sse("model", first)
             while True:
-                with anyio.move_on_after(HEARTBEAT_SECS) as idle:
-                    change = await receive.receive()
-                if idle.cancelled_caught:
-                    yield b": keepalive\n\n"
+                change = await next_change(receive)
+                if change is None:
+                    yield KEEPALIVE
                     continue
                 if isinstance(change, ModelChange) and change.model_id == model_id:
                     now = await shown(ctx, model_id)

@@ -19,6 +19,7 @@ import msgspec
 
 from tei_reconciler.desired.fields import FIELDS
 from tei_reconciler.desired.spec import NAME_MAX, NAME_PATTERN, DesiredRun, InstanceSpec, Rollout
+from tei_reconciler.planner.model_status import ModelFacts
 from tei_reconciler.planner.phase import AnchorStatus, Phase
 from tei_reconciler.routing import DataPlaneStatus
 
@@ -253,22 +254,9 @@ class ProgressOut(Response, frozen=True, kw_only=True):
     files_total: int
 
 
-class ModelMetadataOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ModelMetadataOut(ModelFacts, frozen=True, kw_only=True, omit_defaults=True):
     """tei-manager's `metadata` (each key omitted when unknown), plus the parameter count,
     dtype and sizes read from safetensors headers."""
-
-    model_type: str | None = None
-    architecture: str | None = None
-    hidden_size: int | None = None
-    max_position_embeddings: int | None = None
-    vocab_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    parameters: int | None = None
-    parameters_estimated: bool = False
-    dtype: str | None = None
-    weights_bytes: int | None = None
-    size_bytes: int | None = None
 
 
 class ModelCheckOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

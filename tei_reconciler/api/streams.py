@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -28,13 +29,25 @@ from tei_reconciler.api.views import event_out, instance_out
 from tei_reconciler.desired.spec import is_instance_name
 from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.planner.model_status import ModelChange
+from tei_reconciler.store import Change
 
 HEARTBEAT_SECS = 15.0
+
+
+KEEPALIVE = b": keepalive\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
 
 
 def sse(event: str, data: object, id_: int | None = None) -> bytes:
     head = f"id: {id_}\n" if id_ is not None else ""
     return f"{head}event: {event}\ndata: ".encode() + msgspec.json.encode(data) + b"\n\n"
+
+
+async def next_change(receive: MemoryObjectReceiveStream[Change]) -> Change | None:
+    """The store's next change, or None once `HEARTBEAT_SECS` passed without one (time to
+    send a `KEEPALIVE`)."""
+    with anyio.move_on_after(HEARTBEAT_SECS):
+        return await receive.receive()
+    return None
 
 
 class EventStream:
@@ -134,10 +147,9 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                     if (model := shown_in(ctx, desired, model_id)) is not None:
                         yield sse("model", model)
             while True:
-                with anyio.move_on_after(HEARTBEAT_SECS) as idle:
-                    change = await receive.receive()
-                if idle.cancelled_caught:
-                    yield b": keepalive\n\n"
+                change = await next_change(receive)
+                if change is None:
+                    yield KEEPALIVE
                     continue
                 if isinstance(change, ModelChange):
                     if name is None:
