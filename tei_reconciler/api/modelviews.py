@@ -1,11 +1,12 @@
 """A model as every route shows it: `GET /models`, `GET /models/{id}` and both watches.
 
-The registry's status says what is on disk and what a fetch is doing; whether the model is
-declared, kept, and which instances use it is always read from the state file as it is now
-(the registry learns of an edit only at the controller's next pass, and never hears of a
-declared model nothing wants). The check before start of each instance on the model (refused,
-or warned that the weights may not fit) comes from the instances' own statuses and events. A
-model the registry has no status for is shown with the reason it has none.
+The registry's status says what is on disk, what a fetch is doing, or why the model is not
+fetched; it has one for every model the state file names, so each change reaches the watches.
+Whether the model is declared, kept, and which instances use it is always read from the state
+file as it is now (the registry learns of an edit only at the controller's next pass; until
+then the model is shown as not observed). The check before start of each instance on the
+model (refused, or warned that the weights may not fit) comes from the instances' own
+statuses and events.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from tei_reconciler.planner.model_status import (
     ModelStatus,
 )
 from tei_reconciler.store import StatusStore
-
-BUILT_IN_PREFIX = "hash/"  # the built-in engine's computed stand-ins: never fetched
 
 
 def users_of(desired: DesiredState, model_id: str) -> list[str]:
@@ -46,14 +45,12 @@ def shown_in(ctx: ApiContext, desired: DesiredState, model_id: str) -> ModelOut 
     if status is None:
         if declared is None and not users:
             return None
-        keep = declared is not None and declared.keep
-        reason, message = _unobserved(ctx, desired, model_id, keep=keep, used=bool(users))
         status = ModelStatus(
             model_id=model_id,
             state=ModelState.AVAILABLE,
             revision=declared.revision if declared is not None else None,
-            reason=reason,
-            message=message,
+            reason="NotObserved",
+            message="the registry has not looked at it yet",
         )
     overlay = msgspec.structs.replace(
         status,
@@ -66,24 +63,6 @@ def shown_in(ctx: ApiContext, desired: DesiredState, model_id: str) -> ModelOut 
 
 async def shown(ctx: ApiContext, model_id: str) -> ModelOut | None:
     return shown_in(ctx, await ctx.effective(), model_id)
-
-
-def _unobserved(
-    ctx: ApiContext, desired: DesiredState, model_id: str, *, keep: bool, used: bool
-) -> tuple[str, str]:
-    """Why the registry holds no status for a declared or used model."""
-    if model_id.startswith(BUILT_IN_PREFIX):
-        return "ServedWithoutCache", "the built-in engine computes it: nothing to fetch"
-    if not used and not keep:
-        return (
-            "NotWanted",
-            "declared, but no instance uses it and keep is not set: fetched once an instance "
-            "needs it, or when asked to download it",
-        )
-    if ctx.models is not None and ctx.store.observed_revision == desired.revision:
-        # The controller acted on this very state and the registry was not asked for it.
-        return "ServedWithoutCache", "its binary serves it without the cache: nothing to fetch"
-    return "NotObserved", "the registry has not looked at it yet"
 
 
 def checks(store: StatusStore, model_id: str, users: list[str]) -> list[ModelCheckOut]:

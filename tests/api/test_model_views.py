@@ -1,6 +1,6 @@
 """What a model's body says beyond the registry's status, the same in the list, on its page and
 on the watch: the state file's view (declared, users), the check before start of the instances
-on it, and why a model has no status yet."""
+on it, and a model the registry has not looked at yet."""
 
 from __future__ import annotations
 
@@ -74,7 +74,9 @@ async def test_a_refused_start_and_a_gpu_memory_warning_show_on_the_instances_mo
     assert "checks" not in listed["acme/y"]  # "elsewhere" was never observed on acme/y
 
 
-async def test_a_model_without_a_status_says_why(tmp_path: Path) -> None:
+async def test_a_model_the_registry_has_not_looked_at_yet_is_shown_from_the_state_file(
+    tmp_path: Path,
+) -> None:
     _, api = build(tmp_path)
     write_state(
         api,
@@ -83,16 +85,18 @@ async def test_a_model_without_a_status_says_why(tmp_path: Path) -> None:
     )
     async with api.client:
         listed = {m["model_id"]: m for m in (await api.client.get("/models")).json()}
-    assert listed["hash/384"]["reason"] == "ServedWithoutCache"
-    assert listed["hash/384"]["used_by"] == ["stand-in"]
+    assert (listed["hash/384"]["reason"], listed["hash/384"]["used_by"]) == (
+        "NotObserved",
+        ["stand-in"],
+    )
     assert listed["acme/new"]["reason"] == "NotObserved"
     declared = listed["acme/declared"]
     assert (declared["reason"], declared["revision"], declared["declared"]) == (
-        "NotWanted",
+        "NotObserved",
         "v2",
         True,
     )
-    assert "no instance uses it and keep is not set" in declared["message"]
+    assert declared["message"] == "the registry has not looked at it yet"
 
 
 async def test_the_watch_shows_each_model_change_as_the_list_shows_the_model(
@@ -126,7 +130,7 @@ async def test_the_watch_shows_each_model_change_as_the_list_shows_the_model(
                 assert (event, first["model_id"], first["reason"]) == (
                     "model",
                     "hash/8",
-                    "ServedWithoutCache",
+                    "NotObserved",
                 )
                 # a fetch asked for through the API: the registry does not know it is declared
                 api.store.put_model(fetching)
@@ -134,13 +138,13 @@ async def test_the_watch_shows_each_model_change_as_the_list_shows_the_model(
                 assert event == "model"
                 assert data["declared"] is True
                 assert data["progress"]["percent"] == 25.0
-                # forgotten by the registry while declared: still a model, with the reason
+                # forgotten by the registry while declared: still a model, not observed
                 api.store.forget_model("acme/x")
                 event, data = await next_event()
                 assert (event, data["status"], data["reason"]) == (
                     "model",
                     "available",
-                    "NotWanted",
+                    "NotObserved",
                 )
                 # and once it is neither declared nor used nor cached: gone
                 api.store.put_model(fetching)

@@ -121,6 +121,22 @@ def test_the_models_page_lists_a_declared_model_and_an_instances_implicit_model(
     assert implicit["revision"].startswith("main")
 
 
+def test_a_model_declared_by_editing_the_file_appears_on_the_open_page_and_goes(
+    page: Any, reconciler: Reconciler
+) -> None:
+    open_models(page, reconciler)
+    page.execute_script("window.sameDocument = true")  # gone if the page were loaded again
+    before = reconciler.state_file.read_text()
+    reconciler.state_file.write_text(before + '\n[models."acme/edited-e"]\nrevision = "v1"\n')
+    row = wait_until(lambda: model_row(page, "acme/edited-e"), what="the edited-in model's row")
+    assert "declared" in row["model"]
+    assert row["revision"].startswith("v1")
+    assert "no instance uses it" in row["status"]
+    reconciler.state_file.write_text(before)
+    wait_until(lambda: not model_row(page, "acme/edited-e"), what="the row to go")
+    assert page.execute_script("return window.sameDocument") is True
+
+
 def test_download_now_shows_the_progress_then_the_model_on_disk(
     page: Any, reconciler: Reconciler, hub: Hub
 ) -> None:

@@ -2,7 +2,7 @@
 // before start of each instance on it, the instances using it, its events, and its actions.
 
 import { getJSON } from "./api.js";
-import { loadModels, model, subscribe } from "./model.js";
+import { model, subscribe } from "./model.js";
 import { bytes, checkBadges, modelBadge, modelButtons, modelPath, parameters, progressView } from "./modelkit.js";
 import { errorText, h, phaseBadge, readyText, when } from "./ui.js";
 
@@ -188,7 +188,7 @@ export function mountModel(main, id) {
   let offered = null; // what the action buttons were drawn for
   function draw() {
     const item = model.models.get(id);
-    gone.hidden = !!item || !listed;
+    gone.hidden = !!item || !model.modelsLoaded;
     if (!item) {
       title.replaceChildren(id);
       tools.replaceChildren();
@@ -231,12 +231,7 @@ export function mountModel(main, id) {
     }
   }
 
-  let listed = false; // the list was read since this page opened (see mountModels)
   draw();
-  loadModels().then(() => {
-    listed = true;
-    if (!signal.aborted) draw();
-  });
   const unsubscribe = subscribe((kind, changed) => {
     if ((kind === "model" && changed === id) || kind === "models" || kind === "readonly") draw();
     else if (["instance", "deleted", "reset"].includes(kind) && model.models.has(id)) {

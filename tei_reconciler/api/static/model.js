@@ -102,9 +102,10 @@ export function loadModels(signal = watching) {
   return modelsLoading;
 }
 
-// Which instances use a model, and a refusal of its model, come from the state file and the
-// instances' statuses: the list is read again (once for a burst) when an instance appears,
-// goes, changes model or changes reason. Download progress arrives as `model` events.
+// Every change to the models the state file names, and download progress, arrives as `model`
+// and `model_deleted` events. The check before start of each instance on a model comes from
+// the instances' statuses, which change no model: the list is read again (once for a burst)
+// when an instance appears, goes, changes model or changes reason.
 const RELOAD_AFTER_MS = 250;
 let reloadTimer = null;
 

@@ -2,7 +2,7 @@
 // with its download progress live from the watch, and a form to declare one (POST /models).
 
 import { post } from "./api.js";
-import { loadModels, model, putModel, subscribe } from "./model.js";
+import { model, putModel, subscribe } from "./model.js";
 import { bytes, checkBadges, modelBadge, modelButtons, modelHref, parameters, statusNote } from "./modelkit.js";
 import { errorText, h, markWritable, notify } from "./ui.js";
 
@@ -179,9 +179,6 @@ export function mountModels(main) {
 
   redrawAll();
   summary();
-  // A model declared in the file with no instance on it is known to no watch: read the list
-  // again on opening the view (the watch keeps it current from then on).
-  loadModels();
   return subscribe((kind, id) => {
     if (kind === "readonly") redrawAll();
     else if (kind === "models") for (const each of new Set([...rows.keys(), ...sortedIds()])) upsert(each);
