@@ -5,7 +5,7 @@ import { formatMs, formatPercent, formatRate, lineChart } from "./charts.js";
 import { model, subscribe } from "./model.js";
 import { modelBadge, modelHref, modelLink, progressView, waitsForModel } from "./modelkit.js";
 import { highlight, specToml } from "./toml.js";
-import { actionButtons, age, errorText, gpuText, h, phaseBadge, readyText, rolloutBadge, when } from "./ui.js";
+import { actionButtons, age, errorText, eventsTable, gpuText, h, phaseBadge, readyText, rolloutBadge, when } from "./ui.js";
 
 const LOG_TAIL = 200;
 const LOG_KEEP = 2000; // lines kept on the page while following
@@ -168,29 +168,6 @@ function conditionsTable(item) {
   );
 }
 
-function eventsTable(events) {
-  if (!events.length) return h("p", { class: "muted" }, "No events.");
-  return h(
-    "table",
-    { class: "plain" },
-    h("thead", {}, h("tr", {}, ["Type", "Reason", "Count", "Last seen", "Message"].map((c) => h("th", { scope: "col" }, c)))),
-    h(
-      "tbody",
-      {},
-      [...events].reverse().map((e) =>
-        h(
-          "tr",
-          { class: e.type === "Warning" ? "warning" : "" },
-          h("td", {}, e.type),
-          h("td", {}, e.reason),
-          h("td", { class: "num" }, String(e.count)),
-          h("td", {}, age(e.last_time, " ago")),
-          h("td", {}, e.message),
-        ),
-      ),
-    ),
-  );
-}
 
 function tomlBlock(text) {
   return h("pre", { class: "toml" }, ...highlight(text).map((html) => {

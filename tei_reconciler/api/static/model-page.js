@@ -4,7 +4,7 @@
 import { getJSON } from "./api.js";
 import { model, subscribe } from "./model.js";
 import { bytes, checkBadges, modelBadge, modelButtons, modelPath, parameters, progressView } from "./modelkit.js";
-import { errorText, h, phaseBadge, readyText, when } from "./ui.js";
+import { errorText, eventsTable, h, phaseBadge, readyText, when } from "./ui.js";
 
 function field(label, value) {
   return [h("dt", {}, label), h("dd", {}, value ?? "–")];
@@ -117,29 +117,6 @@ function usersShown(item) {
   });
 }
 
-function eventsTable(events) {
-  if (!events.length) return h("p", { class: "muted" }, "No events.");
-  return h(
-    "table",
-    { class: "plain" },
-    h("thead", {}, h("tr", {}, ["Type", "Reason", "Count", "Last seen", "Message"].map((c) => h("th", { scope: "col" }, c)))),
-    h(
-      "tbody",
-      {},
-      [...events].reverse().map((e) =>
-        h(
-          "tr",
-          { class: e.type === "Warning" ? "warning" : "" },
-          h("td", {}, e.type),
-          h("td", {}, e.reason),
-          h("td", { class: "num" }, String(e.count)),
-          h("td", {}, when(e.last_time)),
-          h("td", {}, e.message),
-        ),
-      ),
-    ),
-  );
-}
 
 export function mountModel(main, id) {
   const controller = new AbortController();

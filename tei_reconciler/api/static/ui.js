@@ -211,3 +211,28 @@ export function applyReadOnly(control) {
 export function refreshWritable(root = document) {
   for (const control of root.querySelectorAll(".writes")) applyReadOnly(control);
 }
+
+// The events of an instance or a model, newest first.
+export function eventsTable(events) {
+  if (!events.length) return h("p", { class: "muted" }, "No events.");
+  return h(
+    "table",
+    { class: "plain" },
+    h("thead", {}, h("tr", {}, ["Type", "Reason", "Count", "Last seen", "Message"].map((c) => h("th", { scope: "col" }, c)))),
+    h(
+      "tbody",
+      {},
+      [...events].reverse().map((e) =>
+        h(
+          "tr",
+          { class: e.type === "Warning" ? "warning" : "" },
+          h("td", {}, e.type),
+          h("td", {}, e.reason),
+          h("td", { class: "num" }, String(e.count)),
+          h("td", {}, age(e.last_time, " ago")),
+          h("td", {}, e.message),
+        ),
+      ),
+    ),
+  );
+}
