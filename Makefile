@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STATE ?= tei-state.toml
 PROTO_OUT := tei_reconciler/protos
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2  # two workers (pytest-xdist); PYTEST_ARGS= runs serially
 
 .PHONY: install run test check lint typecheck layers bench proto clean
 

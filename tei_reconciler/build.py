@@ -15,7 +15,7 @@ from pathlib import Path
 from tei_reconciler._types import Clock, SystemClock
 from tei_reconciler.control.actuator import Actuator, Drain
 from tei_reconciler.control.controller import Controller
-from tei_reconciler.control.models import ModelGlue
+from tei_reconciler.control.models import ModelGlue, flavour_of
 from tei_reconciler.control.source import DesiredSource, Loader, file_loader
 from tei_reconciler.drivers.gpus import detect_gpus
 from tei_reconciler.drivers.ports import PortBook
@@ -118,6 +118,7 @@ def build_models(
         store=store,
         clock=SystemClock(),
         endpoint=hub.endpoint,
+        flavour=flavour_of(settings),
         token_file=hub.token_file,
         offline=hub.offline,
         max_concurrent=hub.max_concurrent,

@@ -163,9 +163,13 @@ class TrafficRing:
         step = steps.get(index)
         if step is None:
             step = steps[index] = _Step()
-            for old in [i for i in steps if i <= index - self.steps]:
-                del steps[old]
+            self._expire(steps, index)
         return step
+
+    def _expire(self, steps: dict[int, _Step], index: int) -> None:
+        """Drop the steps that left the window ending at step `index`."""
+        for old in [i for i in steps if i <= index - self.steps]:
+            del steps[old]
 
     def record(self, instance: str, method: str, code: str, seconds: float) -> None:
         step = self._step(instance)
@@ -202,8 +206,7 @@ class TrafficRing:
         index = self._index()
         for name in list(self._data):
             steps = self._data[name]
-            for old in [i for i in steps if i <= index - self.steps]:
-                del steps[old]
+            self._expire(steps, index)
             if not steps:
                 del self._data[name]
         return index

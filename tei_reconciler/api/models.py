@@ -17,18 +17,18 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 import anyio
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tei_reconciler.api._http import decode_json, query_bool, query_float
 from tei_reconciler.api.context import ApiContext, ModelCommands, ctx_of
 from tei_reconciler.api.errors import ApiError, api_error_for, json_response
-from tei_reconciler.api.schemas import DeclareModelRequest, ErrorDetail, ModelOut
-from tei_reconciler.api.streams import HEARTBEAT_SECS, EventStream, sse, wants_stream
+from tei_reconciler.api.modelviews import model_ids, shown, shown_in, users_of
+from tei_reconciler.api.schemas import DeclareModelRequest, ErrorDetail
+from tei_reconciler.api.streams import KEEPALIVE, EventStream, next_change, sse, wants_stream
 from tei_reconciler.api.views import event_out, model_out
 from tei_reconciler.desired.check import accepts
-from tei_reconciler.planner.model_status import ModelChange, ModelState, ModelStatus
+from tei_reconciler.planner.model_status import ModelChange, ModelState
 
 DEFAULT_WAIT_SECS = 3600.0
 
@@ -54,55 +54,20 @@ def _commands(ctx: ApiContext) -> ModelCommands:
     return ctx.models
 
 
-async def _declared(ctx: ApiContext) -> dict[str, tuple[str | None, bool]]:
-    desired = await ctx.effective()
-    return {m: (s.revision, s.keep) for m, s in desired.models.items()}
-
-
-async def _users(ctx: ApiContext, model_id: str) -> list[str]:
-    desired = await ctx.effective()
-    return sorted(s.name for s in desired.instances.values() if s.model_id == model_id)
-
-
-async def _shown(ctx: ApiContext, model_id: str) -> ModelOut | None:
-    """The model as the registry sees it, else as the state file declares it; whether it is
-    declared and who uses it always as the state file says now."""
-    declared = await _declared(ctx)
-    users = await _users(ctx, model_id)
-    revision, keep = declared.get(model_id, (None, False))
-    status = ctx.store.model(model_id)
-    if status is None:
-        if model_id not in declared and not users:
-            return None
-        status = ModelStatus(
-            model_id=model_id,
-            state=ModelState.AVAILABLE,
-            revision=revision,
-            reason="NotObserved",
-            message="the registry has not looked at it yet",
-        )
-    return model_out(
-        msgspec.structs.replace(
-            status, declared=model_id in declared, keep=keep, used_by=tuple(users)
-        )
-    )
-
-
 async def list_models(request: Request) -> Response:
     ctx = ctx_of(request)
-    ids = {s.model_id for s in ctx.store.models()} | set(await _declared(ctx))
-    ids |= {s.model_id for s in (await ctx.effective()).instances.values()}
-    shown = [m for m in [await _shown(ctx, i) for i in sorted(ids)] if m is not None]
-    return json_response(shown)
+    desired = await ctx.effective()
+    listed = [shown_in(ctx, desired, m) for m in model_ids(ctx, desired)]
+    return json_response([m for m in listed if m is not None])
 
 
 async def get_model(request: Request) -> Response:
     ctx = ctx_of(request)
     model_id = _model_id(request)
-    shown = await _shown(ctx, model_id)
-    if shown is None:
+    shown_now = await shown(ctx, model_id)
+    if shown_now is None:
         raise ApiError(404, "MODEL_NOT_FOUND", f"model {model_id!r} not found")
-    return json_response(shown)
+    return json_response(shown_now)
 
 
 async def declare_model(request: Request) -> Response:
@@ -115,8 +80,7 @@ async def declare_model(request: Request) -> Response:
         _, created = await ctx.write(ctx.statefile.declare_model, body.model_id, fields)
     except Exception as exc:
         raise api_error_for(exc, prefix=f"models.{body.model_id}.") from exc
-    shown = await _shown(ctx, body.model_id)
-    return json_response(shown, status=201 if created else 200)
+    return json_response(await shown(ctx, body.model_id), status=201 if created else 200)
 
 
 async def download_model(request: Request) -> Response:
@@ -132,8 +96,7 @@ async def download_model(request: Request) -> Response:
     if wait:
         return await _fetch_and_wait(ctx, commands, model_id, revision, seconds)
     commands.fetch_now(model_id, revision)
-    shown = await _shown(ctx, model_id)
-    return json_response(shown, status=202)
+    return json_response(await shown(ctx, model_id), status=202)
 
 
 async def _fetch_and_wait(
@@ -155,7 +118,7 @@ async def _fetch_and_wait(
                 raise ApiError(
                     500, "MODEL_DOWNLOAD_FAILED", f"{model_id}: {status.reason}: {status.message}"
                 )
-            return json_response(model_out(status))
+            return json_response(await shown(ctx, model_id) or model_out(status))
     raise ApiError(
         504, "TIMEOUT", f"{model_id} is still downloading after {seconds:g} s (it goes on)"
     )
@@ -165,12 +128,13 @@ async def delete_model(request: Request) -> Response:
     ctx = ctx_of(request)
     model_id = _model_id(request)
     evict = query_bool(request, "evict")
-    declared = model_id in await _declared(ctx)
+    desired = await ctx.effective()
+    declared = model_id in desired.models
     cached = ctx.store.model(model_id) is not None
     if not declared and not cached:
         raise ApiError(404, "MODEL_NOT_FOUND", f"model {model_id!r} not found")
     if evict:
-        users = await _users(ctx, model_id)
+        users = users_of(desired, model_id)
         if users:
             raise ApiError(
                 409,
@@ -193,25 +157,25 @@ async def model_events(request: Request) -> Response | EventStream:
     ctx = ctx_of(request)
     model_id = _model_id(request)
     if not wants_stream(request):
-        if await _shown(ctx, model_id) is None:
+        if await shown(ctx, model_id) is None:
             raise ApiError(404, "MODEL_NOT_FOUND", f"model {model_id!r} not found")
         return json_response([event_out(e) for e in ctx.store.model_events(model_id)])
 
     async def changes() -> AsyncGenerator[bytes]:
         with ctx.store.subscribe() as receive:
-            shown = await _shown(ctx, model_id)
-            if shown is not None:
-                yield sse("model", shown)
+            first = await shown(ctx, model_id)
+            if first is not None:
+                yield sse("model", first)
             while True:
-                with anyio.move_on_after(HEARTBEAT_SECS) as idle:
-                    change = await receive.receive()
-                if idle.cancelled_caught:
-                    yield b": keepalive\n\n"
+                change = await next_change(receive)
+                if change is None:
+                    yield KEEPALIVE
                     continue
                 if isinstance(change, ModelChange) and change.model_id == model_id:
-                    if change.status is None:
+                    now = await shown(ctx, model_id)
+                    if now is None:
                         yield sse("deleted", {"model_id": model_id})
                     else:
-                        yield sse("model", model_out(change.status))
+                        yield sse("model", now)
 
     return EventStream(changes, ctx.closing)

@@ -153,7 +153,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op(
         "get",
         "/events",
-        "All events; Accept: text/event-stream watches every status change",
+        "All events; Accept: text/event-stream watches every change: `status` and `deleted` "
+        "(an instance), `model` and `model_deleted` (a model, download progress included)",
         {200: list[EventOut]},
         tags=("events",),
     ),

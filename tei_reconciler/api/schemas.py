@@ -19,6 +19,7 @@ import msgspec
 
 from tei_reconciler.desired.fields import FIELDS
 from tei_reconciler.desired.spec import NAME_MAX, NAME_PATTERN, DesiredRun, InstanceSpec, Rollout
+from tei_reconciler.planner.model_status import ModelFacts
 from tei_reconciler.planner.phase import AnchorStatus, Phase
 from tei_reconciler.routing import DataPlaneStatus
 
@@ -253,22 +254,21 @@ class ProgressOut(Response, frozen=True, kw_only=True):
     files_total: int
 
 
-class ModelMetadataOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ModelMetadataOut(ModelFacts, frozen=True, kw_only=True, omit_defaults=True):
     """tei-manager's `metadata` (each key omitted when unknown), plus the parameter count,
     dtype and sizes read from safetensors headers."""
 
-    model_type: str | None = None
-    architecture: str | None = None
-    hidden_size: int | None = None
-    max_position_embeddings: int | None = None
-    vocab_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    parameters: int | None = None
-    parameters_estimated: bool = False
-    dtype: str | None = None
-    weights_bytes: int | None = None
-    size_bytes: int | None = None
+
+class ModelCheckOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the check before start said of an instance on this model: `refused` (its binary
+    cannot serve the model: the instance is Failed, reason UnsupportedModel, nothing started),
+    or `warning` (the weights may not fit in its GPU's free memory; it started anyway)."""
+
+    instance: str
+    verdict: Literal["refused", "warning"]
+    reason: str  # UnsupportedModel | InsufficientGPUMemory
+    message: str
+    at: datetime | None = None  # when the warning was last given
 
 
 class ModelOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -293,6 +293,7 @@ class ModelOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     message: str = ""
     retry_at: datetime | None = None
     failures: int = 0
+    checks: list[ModelCheckOut] = msgspec.field(default_factory=list)  # per instance on it
     events: str = ""  # URL of this model's event log
 
 

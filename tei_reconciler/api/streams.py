@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -23,17 +24,30 @@ from tei_reconciler.api._http import query_bool, query_int
 from tei_reconciler.api.context import ApiContext, ctx_of
 from tei_reconciler.api.errors import ApiError, json_response
 from tei_reconciler.api.logs import count_lines, follow, normalise, read_slice
-from tei_reconciler.api.views import event_out, instance_out, model_out
+from tei_reconciler.api.modelviews import model_ids, shown, shown_in
+from tei_reconciler.api.views import event_out, instance_out
 from tei_reconciler.desired.spec import is_instance_name
 from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.planner.model_status import ModelChange
+from tei_reconciler.store import Change
 
 HEARTBEAT_SECS = 15.0
+
+
+KEEPALIVE = b": keepalive\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
 
 
 def sse(event: str, data: object, id_: int | None = None) -> bytes:
     head = f"id: {id_}\n" if id_ is not None else ""
     return f"{head}event: {event}\ndata: ".encode() + msgspec.json.encode(data) + b"\n\n"
+
+
+async def next_change(receive: MemoryObjectReceiveStream[Change]) -> Change | None:
+    """The store's next change, or None once `HEARTBEAT_SECS` passed without one (time to
+    send a `KEEPALIVE`)."""
+    with anyio.move_on_after(HEARTBEAT_SECS):
+        return await receive.receive()
+    return None
 
 
 class EventStream:
@@ -127,17 +141,23 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                     yield sse(
                         "status", instance_out(status.spec, status, now, ctx.routed_by(status.name))
                     )
-            for model in ctx.store.models() if name is None else ():
-                yield sse("model", model_out(model))
+            if name is None:
+                desired = await ctx.effective()
+                for model_id in model_ids(ctx, desired):
+                    if (model := shown_in(ctx, desired, model_id)) is not None:
+                        yield sse("model", model)
             while True:
-                with anyio.move_on_after(HEARTBEAT_SECS) as idle:
-                    change = await receive.receive()
-                if idle.cancelled_caught:
-                    yield b": keepalive\n\n"
+                change = await next_change(receive)
+                if change is None:
+                    yield KEEPALIVE
                     continue
                 if isinstance(change, ModelChange):
-                    if name is None and change.status is not None:
-                        yield sse("model", model_out(change.status))
+                    if name is None:
+                        model = await shown(ctx, change.model_id)
+                        if model is None:
+                            yield sse("model_deleted", {"model_id": change.model_id})
+                        else:
+                            yield sse("model", model)
                     continue
                 if name is not None and change.name != name:
                     continue

@@ -7,6 +7,7 @@ one that left the file but still has a process shows its observed spec until it 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from tei_reconciler.api.schemas import (
     EventOut,
     ExitOut,
     InstanceOut,
+    ModelCheckOut,
     ModelMetadataOut,
     ModelOut,
     ProcessOut,
@@ -184,7 +186,7 @@ def model_path(model_id: str) -> str:
     return "/models/" + quote(model_id, safe="")
 
 
-def model_out(status: ModelStatus) -> ModelOut:
+def model_out(status: ModelStatus, checks: Sequence[ModelCheckOut] = ()) -> ModelOut:
     progress = status.progress
     return ModelOut(
         model_id=status.model_id,
@@ -219,6 +221,7 @@ def model_out(status: ModelStatus) -> ModelOut:
         message=status.message,
         retry_at=ts(status.retry_at),
         failures=status.failures,
+        checks=list(checks),
         events=model_path(status.model_id) + "/events",
     )
 

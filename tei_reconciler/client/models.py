@@ -45,7 +45,11 @@ def setup(parser: argparse.ArgumentParser) -> None:
     pull.add_argument(
         "model_id", metavar="MODEL", help="a Hugging Face id, e.g. BAAI/bge-small-en-v1.5"
     )
-    pull.add_argument("--revision", metavar="REV", help="branch, tag or commit (default main)")
+    pull.add_argument(
+        "--revision",
+        metavar="REV",
+        help="branch, tag or commit (default: the declared one, else main)",
+    )
     pull.add_argument("--no-wait", action="store_true", help="return once the fetch is queued")
     pull.add_argument(
         "--timeout", type=float, default=3600.0, metavar="SECS", help="give up after SECS"

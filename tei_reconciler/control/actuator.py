@@ -34,8 +34,8 @@ from tei_reconciler.drivers.probe import Prober
 from tei_reconciler.drivers.process import Driver, ProcessHandle
 from tei_reconciler.errors import ActionError, PermanentError
 from tei_reconciler.planner.actions import AbortNext, Stop
-from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
-from tei_reconciler.planner.observed import Failure
+from tei_reconciler.planner.backoff import BackoffPolicy
+from tei_reconciler.planner.model_status import INSUFFICIENT_GPU_MEMORY, UNSUPPORTED_MODEL
 from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import STOPPED_BECAUSE, ExitInfo, exit_summary
 from tei_reconciler.routing import Backend
@@ -195,13 +195,15 @@ class Actuator(Following):
             self._start_failed(rt, spec, exc, wall, beside=beside)
         else:
             record = rt.started(
-                handle,
-                spec=spec,
-                placement=Placement(assignment.port, assignment.prometheus_port, cuda),
-                log_path=log,
-                log_offset=log_offset,
-                now=self.clock.now(),
-                wall=wall,
+                ProcessRecord(
+                    handle,
+                    spec=spec,
+                    placement=Placement(assignment.port, assignment.prometheus_port, cuda),
+                    now=self.clock.now(),
+                    created_at=wall,
+                    log_path=log,
+                    log_offset=log_offset,
+                ),
                 beside=beside,
             )
             metrics.ACTIONS.labels("start-next" if beside else "start", "ok").inc()
@@ -226,10 +228,10 @@ class Actuator(Following):
             return
         verdict = await self.models.verdict(spec, cuda)
         if verdict.refusal is not None:
-            raise PermanentError("UnsupportedModel", verdict.refusal)
+            raise PermanentError(UNSUPPORTED_MODEL, verdict.refusal)
         if verdict.warning is not None:
             self.store.record_event(
-                spec.name, "Warning", "InsufficientGPUMemory", verdict.warning, wall
+                spec.name, "Warning", INSUFFICIENT_GPU_MEMORY, verdict.warning, wall
             )
 
     def _start_failed(
@@ -244,13 +246,8 @@ class Actuator(Following):
         else:  # a bug or an OS surprise: still an outcome, logged once with its traceback
             reason, message = "StartFailed", f"{type(exc).__name__}: {exc}"
             log.error("starting %s failed unexpectedly", spec.name, exc_info=exc)
-        rt.failures += 1
-        delay = delay_for(rt.failures, self.backoff)
-        rt.failure = Failure(
-            reason=reason,
-            message=message,
-            retry_at=self.clock.now() + delay,
-            spec_hash=spec_hash(spec),
+        delay = rt.failed(
+            reason, message, spec_hash=spec_hash(spec), now=self.clock.now(), policy=self.backoff
         )
         metrics.ACTIONS.labels("start-next" if beside else "start", "failed").inc()
         self.store.record_event(spec.name, "Warning", reason, message, wall)
@@ -341,12 +338,8 @@ class Actuator(Following):
                 self.ports.release_next(rt.name)
                 wall = self.clock.wall()
                 if action.failed:
-                    rt.crash = record_crash(
-                        rt.crash,
-                        now=self.clock.now(),
-                        healthy_for=healthy_for,
-                        spec_hash=new.spec_hash,
-                        policy=self.backoff,
+                    rt.crashed(
+                        new, now=self.clock.now(), healthy_for=healthy_for, policy=self.backoff
                     )
                     self._rollout_failed(
                         rt,
@@ -403,13 +396,7 @@ class Actuator(Following):
                 self.store.record_event(rt.name, "Normal", "Drained", message, self.clock.wall())
         await self._terminate(rt, record, action.reason)
         if action.crash:
-            rt.crash = record_crash(
-                rt.crash,
-                now=self.clock.now(),
-                healthy_for=healthy_for,
-                spec_hash=record.spec_hash,
-                policy=self.backoff,
-            )
+            rt.crashed(record, now=self.clock.now(), healthy_for=healthy_for, policy=self.backoff)
         if action.reason not in {"Removed", "StoppedByUser"}:
             metrics.RESTARTS.labels(action.reason).inc()
         self.store.record_event(

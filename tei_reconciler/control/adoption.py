@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from tei_reconciler._types import Clock
 from tei_reconciler.control.actuator import Actuator
-from tei_reconciler.control.runtime import Placement, Role, Runtime
+from tei_reconciler.control.runtime import Placement, ProcessRecord, Role, Runtime
 from tei_reconciler.desired.spec import InstanceSpec, spec_hash
 from tei_reconciler.drivers.ports import Assignment, PortBook
 from tei_reconciler.drivers.process import Driver, Found
@@ -73,12 +73,14 @@ class _Adopter:
         rt = self.runtime(name)
         started = handle.started_wall
         record = rt.attach(
-            handle,
-            spec=spec if spec is not None and handle.spec_hash == spec_hash(spec) else None,
-            placement=Placement(found.port, found.prometheus_port, found.gpu_id),
-            now=self.clock.now(),
-            created_at=started if started is not None else self.clock.wall(),
-            log_path=self.driver.log_path(name, beside=role is Role.NEXT),
+            ProcessRecord(
+                handle,
+                spec=spec if spec is not None and handle.spec_hash == spec_hash(spec) else None,
+                placement=Placement(found.port, found.prometheus_port, found.gpu_id),
+                now=self.clock.now(),
+                created_at=started if started is not None else self.clock.wall(),
+                log_path=self.driver.log_path(name, beside=role is Role.NEXT),
+            ),
             role=role,
         )
         if found.port is not None and found.prometheus_port is not None:

@@ -21,8 +21,8 @@ from tei_reconciler.control.runtime import Probed, ProcessRecord, Role, Runtime
 from tei_reconciler.drivers.logtail import last_lines
 from tei_reconciler.drivers.ports import PortBook
 from tei_reconciler.drivers.probe import ProbeOutcome, Prober, ProbeTarget, probe_forever
-from tei_reconciler.planner.backoff import BackoffPolicy, delay_for, record_crash
-from tei_reconciler.planner.observed import Failure, RolloutFailure
+from tei_reconciler.planner.backoff import BackoffPolicy
+from tei_reconciler.planner.observed import RolloutFailure
 from tei_reconciler.planner.policy import Policy
 from tei_reconciler.planner.status import ExitInfo, ProbeResult, exit_summary
 from tei_reconciler.settings import Settings
@@ -79,13 +79,7 @@ class Following:
         if role is None or role is Role.OLD:  # the old one of a rollout: its stop goes on
             self.changed()
             return
-        rt.crash = record_crash(
-            rt.crash,
-            now=now,
-            healthy_for=healthy_for,
-            spec_hash=record.spec_hash,
-            policy=self.backoff,
-        )
+        rt.crashed(record, now=now, healthy_for=healthy_for, policy=self.backoff)
         how = exit_summary(exit_)
         last = f': "{exit_.last_lines[-1]}"' if exit_.last_lines else ""
         wall = self.clock.wall()
@@ -158,18 +152,18 @@ class Following:
             why = "it requires an API key: set api_key_file (never --api-key in extra_args)"
         else:
             why = "it runs with another API key than the one it was started with"
-        rt.failures += 1
-        delay = delay_for(rt.failures, self.backoff)
-        rt.failure = Failure(
-            reason="Unauthenticated",
-            message=f"the instance refused the probe ({message}): {why}",
-            retry_at=self.clock.now() + delay,
+        refused = f"the instance refused the probe ({message}): {why}"
+        delay = rt.failed(
+            "Unauthenticated",
+            refused,
             spec_hash=record.spec_hash,
+            now=self.clock.now(),
+            policy=self.backoff,
             pid=record.pid,
         )
         metrics.PROBE_FAILURES.labels("startup" if not record.startup_ok else "liveness").inc()
-        self.store.record_event(rt.name, "Warning", "Unauthenticated", rt.failure.message, wall)
-        log.warning("%s: %s (retry in %gs)", rt.name, rt.failure.message, delay)
+        self.store.record_event(rt.name, "Warning", "Unauthenticated", refused, wall)
+        log.warning("%s: %s (retry in %gs)", rt.name, refused, delay)
         self.changed()
 
     def on_probe(

@@ -1,9 +1,10 @@
 """The controller's side of the model registry: what to ask it each pass, what to tell the
 planner, the checks before a start, and the environment that shares the cache with TEI.
 
-The binary decides which weights are fetched: the built-in engine reads ONNX exports, TEI
-safetensors. The built-in engine needs no cache for its stand-ins (`hash/...`) or for the
-packaged MiniLM when the `embedded-model` extra is installed.
+The binary decides which weights are fetched (`flavour_of`, for every fetch the registry
+makes): the built-in engine reads ONNX exports, TEI safetensors. The built-in engine needs no
+cache for its stand-ins (`hash/...`) or for the packaged MiniLM when the `embedded-model`
+extra is installed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tei_reconciler.models.checks import Verdict, check_start
 from tei_reconciler.models.config import HubConfig
 from tei_reconciler.models.registry import ModelRegistry
 from tei_reconciler.models.select import Flavour
-from tei_reconciler.models.wants import wanted_models
+from tei_reconciler.models.wants import named_models
 from tei_reconciler.planner.model_status import ModelGate
 from tei_reconciler.settings import Settings
 
@@ -37,15 +38,23 @@ def _packaged_installed() -> bool:
     return True
 
 
+def runs_builtin(settings: Settings) -> bool:
+    """Whether the configured binary is the built-in engine."""
+    return resolve_binary(settings.tei_binary, settings.tei_protocol)[0] == sys.executable
+
+
+def flavour_of(settings: Settings) -> Flavour:
+    """The weights the configured binary reads, so the registry fetches those."""
+    return Flavour.ONNX if runs_builtin(settings) else Flavour.SAFETENSORS
+
+
 class ModelGlue:
     """One reconciler's use of its model registry (`hub` says where the cache is)."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry, hub: HubConfig) -> None:
         self.registry = registry
         self.hub = hub
-        prefix = resolve_binary(settings.tei_binary, settings.tei_protocol)
-        self.builtin = prefix[0] == sys.executable
-        self.flavour = Flavour.ONNX if self.builtin else Flavour.SAFETENSORS
+        self.builtin = runs_builtin(settings)
 
     def ships(self, model_id: str) -> bool:
         """The binary serves `model_id` without the cache (`hash/...` is the built-in
@@ -55,10 +64,9 @@ class ModelGlue:
         return self.builtin and model_id in PACKAGED_IDS and _packaged_installed()
 
     def sync(self, desired: DesiredState) -> dict[str, ModelGate]:
-        """Tell the registry what `desired` wants; the gates of the instances that must wait."""
-        self.registry.want(
-            wanted_models(desired, flavour=self.flavour, served_without_cache=self.ships)
-        )
+        """Tell the registry the models `desired` names; the gates of the instances that
+        must wait."""
+        self.registry.want(named_models(desired, served_without_cache=self.ships))
         gates: dict[str, ModelGate] = {}
         for name, spec in desired.instances.items():
             if spec.state is DesiredRun.RUNNING and not self.ships(spec.model_id):

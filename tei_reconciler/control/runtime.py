@@ -6,8 +6,9 @@ old one (out of routing, draining, then stopped). `ProcessRecord` holds one proc
 handle, placement, probe state; `Runtime` holds the instance: its processes, crash history,
 start failures, rollout failure and counters. `observe()` freezes what the planner needs
 into an `ObservedInstance`. The controller and the actuator change them through their
-methods, one per event (a process started, adopted, switched or ended; a probe passed), so
-each event's writes stay together.
+methods, one per event (a process started, adopted, switched, crashed or ended; a start
+failed; a probe passed), so each event's writes stay together. Whoever starts or adopts a
+process builds its `ProcessRecord`; the `Runtime` numbers it (`generation`) as it joins.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import anyio
 
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.drivers.process import ProcessHandle
-from tei_reconciler.planner.backoff import CrashLoop
+from tei_reconciler.planner.backoff import BackoffPolicy, CrashLoop, delay_for, record_crash
 from tei_reconciler.planner.model_status import ModelGate
 from tei_reconciler.planner.observed import (
     Busy,
@@ -70,7 +71,6 @@ class ProcessRecord:
         *,
         spec: InstanceSpec | None,
         placement: Placement,
-        generation: int,
         now: float,
         created_at: float,
         log_path: Path,
@@ -79,7 +79,7 @@ class ProcessRecord:
         self.handle = handle
         self.spec = spec  # the spec it runs, if known (None: adopted, spec not desired now)
         self.placement = placement
-        self.generation = generation  # unique per instance: routing tells processes apart by it
+        self.generation = 0  # unique per instance, set by `Runtime`: routing tells them apart
         self.started_at = now  # monotonic
         self.created_at = created_at  # wall
         self.log_path = log_path  # where its output goes (moves when a rollout hands over)
@@ -189,88 +189,29 @@ class Runtime:
         return None
 
     # ---- events ------------------------------------------------------------------------
-    def _record(
-        self,
-        handle: ProcessHandle,
-        *,
-        spec: InstanceSpec | None,
-        placement: Placement,
-        now: float,
-        created_at: float,
-        log_path: Path,
-        log_offset: int = 0,
-    ) -> ProcessRecord:
+    def _add(self, record: ProcessRecord, *, beside: bool) -> ProcessRecord:
+        """`record` numbered as the instance's newest process, current or (`beside`) next."""
         self.generation += 1
-        return ProcessRecord(
-            handle,
-            spec=spec,
-            placement=placement,
-            generation=self.generation,
-            now=now,
-            created_at=created_at,
-            log_path=log_path,
-            log_offset=log_offset,
-        )
-
-    def attach(
-        self,
-        handle: ProcessHandle,
-        *,
-        spec: InstanceSpec | None,
-        placement: Placement,
-        now: float,
-        created_at: float,
-        log_path: Path,
-        role: Role = Role.CURRENT,
-    ) -> ProcessRecord:
-        """A process found running (adopted) now represents the instance, or is the new
-        process of its rollout (`role`); it writes to `log_path`."""
-        record = self._record(
-            handle,
-            spec=spec,
-            placement=placement,
-            now=now,
-            created_at=created_at,
-            log_path=log_path,
-        )
-        if role is Role.NEXT:
-            self.next = record
-        else:
-            self.current = record
-            self.placement = placement
-        return record
-
-    def started(
-        self,
-        handle: ProcessHandle,
-        *,
-        spec: InstanceSpec,
-        placement: Placement,
-        log_path: Path,
-        log_offset: int,
-        now: float,
-        wall: float,
-        beside: bool = False,
-    ) -> ProcessRecord:
-        """A process this reconciler spawned: the instance's current process (a restart when
-        one ran before), or with `beside` the new process of a rollout. Either ends any start
-        failure. Its output starts at `log_offset` in `log_path`."""
-        record = self._record(
-            handle,
-            spec=spec,
-            placement=placement,
-            now=now,
-            created_at=wall,
-            log_path=log_path,
-            log_offset=log_offset,
-        )
+        record.generation = self.generation
         if beside:
             self.next = record
         else:
-            if self.generation > 1:
-                self.restarts += 1
             self.current = record
-            self.placement = placement
+            self.placement = record.placement
+        return record
+
+    def attach(self, record: ProcessRecord, *, role: Role = Role.CURRENT) -> ProcessRecord:
+        """A process found running (adopted) now represents the instance, or is the new
+        process of its rollout (`role`)."""
+        return self._add(record, beside=role is Role.NEXT)
+
+    def started(self, record: ProcessRecord, *, beside: bool = False) -> ProcessRecord:
+        """A process this reconciler spawned: the instance's current process (a restart when
+        one ran before), or with `beside` the new process of a rollout. Either ends any start
+        failure."""
+        self._add(record, beside=beside)
+        if not beside and self.generation > 1:
+            self.restarts += 1
         self.failure = None  # the count stays until it is Ready: a refused key backs off too
         return record
 
@@ -303,6 +244,34 @@ class Runtime:
         if role is not None:
             self.last_exit = exit_
         return role
+
+    def crashed(
+        self, record: ProcessRecord, *, now: float, healthy_for: float, policy: BackoffPolicy
+    ) -> None:
+        """`record`'s process crashed, failed its probes, or failed its rollout, after being
+        Ready for `healthy_for` seconds: one more step on the backoff curve for its spec."""
+        self.crash = record_crash(
+            self.crash, now=now, healthy_for=healthy_for, spec_hash=record.spec_hash, policy=policy
+        )
+
+    def failed(
+        self,
+        reason: str,
+        message: str,
+        *,
+        spec_hash: str,
+        now: float,
+        policy: BackoffPolicy,
+        pid: int | None = None,
+    ) -> float:
+        """A start of `spec_hash` failed, or the started process `pid` can never serve: one
+        more step on the slow retry curve. Returns the delay before the retry."""
+        self.failures += 1
+        delay = delay_for(self.failures, policy)
+        self.failure = Failure(
+            reason=reason, message=message, retry_at=now + delay, spec_hash=spec_hash, pid=pid
+        )
+        return delay
 
     def cancel_probes(self) -> None:
         for _, record in self.processes():

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -30,6 +30,9 @@ from tei_reconciler.engine.types import (
     backend_error,
     validation_error,
 )
+
+#: A kind of request: the batcher batches each kind apart, and it names the backend's method.
+Kind = Literal["embed", "embed_all", "embed_sparse", "predict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,20 +185,22 @@ class Infer:
 
     async def _run(
         self,
-        kind: str,
-        run: Run,
+        kind: Kind,
         text: Text,
-        pair: str | None,
+        pair: str | None = None,
         *,
         truncate: bool,
         left: bool,
-        prompt_name: str | None,
+        prompt_name: str | None = None,
     ) -> tuple[Any, Meta]:
+        """One input through the batcher to the backend's method `kind`, with TEI's metrics
+        and metadata."""
         start = time.perf_counter_ns()
         family = "te_predict" if kind == "predict" else "te_embed"
         self.metrics.inc(f"{family}_count")
         encoded = self._encode(text, pair, truncate, left, prompt_name)
         tokenized = time.perf_counter_ns()
+        run: Run = getattr(self.backend, kind)
         outcome = await self.batcher.submit(kind, run, encoded)
         if self._faults.slow_ms:
             await anyio.sleep(self._faults.slow_ms / 1000)
@@ -237,13 +242,7 @@ class Infer:
                 f"Given: {dimensions}"
             )
         vector, meta = await self._run(
-            "embed",
-            self.backend.embed,
-            text,
-            None,
-            truncate=truncate,
-            left=left,
-            prompt_name=prompt_name,
+            "embed", text, truncate=truncate, left=left, prompt_name=prompt_name
         )
         if dimensions is not None:
             vector = vector[:dimensions]
@@ -257,13 +256,7 @@ class Infer:
     ) -> tuple[list[list[float]], Meta]:
         self._require(ModelType.EMBEDDING, "Model is not an embedding model")
         result: tuple[list[list[float]], Meta] = await self._run(
-            "embed_all",
-            self.backend.embed_all,
-            text,
-            None,
-            truncate=truncate,
-            left=left,
-            prompt_name=prompt_name,
+            "embed_all", text, truncate=truncate, left=left, prompt_name=prompt_name
         )
         return result
 
@@ -274,13 +267,7 @@ class Infer:
         if self.backend.pooling != "splade":
             raise backend_error("Model is not an embedding model with SPLADE pooling")
         result: tuple[list[tuple[int, float]], Meta] = await self._run(
-            "embed_sparse",
-            self.backend.embed_sparse,
-            text,
-            None,
-            truncate=truncate,
-            left=left,
-            prompt_name=prompt_name,
+            "embed_sparse", text, truncate=truncate, left=left, prompt_name=prompt_name
         )
         return result
 
@@ -291,15 +278,7 @@ class Infer:
         if self.backend.model_type is ModelType.EMBEDDING:
             raise backend_error("Model is not a classifier model")
         pair = inputs[1] if len(inputs) > 1 else None
-        scores, meta = await self._run(
-            "predict",
-            self.backend.predict,
-            inputs[0],
-            pair,
-            truncate=truncate,
-            left=left,
-            prompt_name=None,
-        )
+        scores, meta = await self._run("predict", inputs[0], pair, truncate=truncate, left=left)
         labels = self.backend.id2label
         ranked = sorted(
             ((labels[i], s) for i, s in enumerate(activate(scores, raw_scores))),
@@ -310,15 +289,7 @@ class Infer:
     async def rerank_one(
         self, query: str, text: str, *, truncate: bool, left: bool, raw_scores: bool
     ) -> tuple[float, Meta]:
-        scores, meta = await self._run(
-            "predict",
-            self.backend.predict,
-            query,
-            text,
-            truncate=truncate,
-            left=left,
-            prompt_name=None,
-        )
+        scores, meta = await self._run("predict", query, text, truncate=truncate, left=left)
         return activate(scores, raw_scores)[0], meta
 
     def tokenize(

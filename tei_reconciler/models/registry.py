@@ -1,18 +1,23 @@
 """The model registry: makes the Hugging Face cache hold the models the state file wants.
 
-Level-triggered like the controller: every pass the controller hands it the models the
-desired state wants (`want`), each with the weights its serving binary reads; the registry
-answers at once, from the cache on disk, whether each is complete (`gate`), and its own loop
-fetches the missing ones in the background, at most `max_concurrent` at a time. A failed fetch
-is retried on the crash-loop backoff curve (10 s doubling to 5 min by default); `fetch_now`
-(REST `POST /models/{id}/download`) retries at once and also checks the Hub for a newer
-commit of the wanted revision. Statuses, progress (bytes and percent, at most a few updates a
-second) and events go to the status store, from which the REST API, the event stream and the
-CLI read them; the controller is asked for a pass whenever a model becomes complete or fails.
+Level-triggered like the controller: every pass the controller hands it every model the
+desired state names (`want`), each saying whether it is wanted on disk; the registry answers
+at once, from the cache on disk, whether each wanted one is complete (`gate`), and its own
+loop fetches the missing ones in the background, at most `max_concurrent` at a time. A failed
+fetch is retried on the crash-loop backoff curve (10 s doubling to 5 min by default);
+`fetch_now` (REST `POST /models/{id}/download`) retries at once, checks the Hub for a newer
+commit of the wanted revision, or fetches a model nothing wants on disk. Every fetch takes the
+weights of the one binary that serves the models (`flavour`: ONNX for the built-in engine,
+safetensors for TEI), whatever asked for it. Statuses, progress (bytes and percent, at most a
+few updates a second) and events go to the status store, from which the REST API, the event
+stream and the CLI read them; the controller is asked for a pass whenever a model becomes
+complete or fails.
 
-Models the built-in engine serves without the cache (the packaged MiniLM, `hash/...`) are not
-wanted; a local directory is inspected, never fetched. The cache is also scanned, so models
-put there by someone else (another host, TEI itself, `hf download`) are listed too.
+Every named model has a status, so declaring, undeclaring, using or dropping a model reaches
+the watches. Models the binary serves without the cache (the packaged MiniLM, `hash/...`)
+and declared models nothing uses are listed, not fetched; a local directory is inspected,
+never fetched. The cache is also scanned, so models put there by someone else (another host,
+TEI itself, `hf download`) are listed too.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -31,51 +35,18 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from tei_reconciler._types import Clock
 from tei_reconciler.models.cache import CachedModel, HubCache
+from tei_reconciler.models.entry import IDLE, Entry, not_fetched
 from tei_reconciler.models.hub import Cancelled, Fetcher, FetchError, FetchRequest, FetchResult
 from tei_reconciler.models.inspect import InspectError, read_facts
-from tei_reconciler.models.wants import Want
+from tei_reconciler.models.select import Flavour
+from tei_reconciler.models.wants import Want, is_local
 from tei_reconciler.planner.backoff import BackoffPolicy, delay_for
-from tei_reconciler.planner.model_status import (
-    ModelFacts,
-    ModelGate,
-    ModelState,
-    ModelStatus,
-    Progress,
-)
+from tei_reconciler.planner.model_status import ModelFacts, ModelGate, ModelState, Progress
 from tei_reconciler.store import StatusStore
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.25  # seconds between progress updates published for one fetch
-
-
-@dataclass
-class _Entry:
-    """The registry's mutable record of one model (published as a ModelStatus)."""
-
-    model_id: str
-    added_at: float
-    want: Want | None = None  # from the desired state
-    requested: Want | None = None  # a one-off fetch asked through the API
-    state: ModelState = ModelState.AVAILABLE
-    reason: str = ""
-    message: str = ""
-    progress: Progress | None = None
-    commit: str | None = None
-    path: Path | None = None
-    facts: ModelFacts | None = None
-    facts_of: Path | None = None  # the snapshot `facts` and `size` were read from
-    size: int | None = None  # bytes of the model's cache folder
-    failures: int = 0
-    retry_at: float | None = None  # monotonic
-    retry_wall: float | None = None
-    fetching: bool = False
-    refresh: bool = False  # fetch_now: ask the Hub even when the cache is complete
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def wanted(self) -> Want | None:
-        return self.want or self.requested
 
 
 class ModelRegistry:
@@ -88,6 +59,7 @@ class ModelRegistry:
         store: StatusStore,
         clock: Clock,
         endpoint: str,
+        flavour: Flavour,
         token_file: Path | None = None,
         offline: bool = False,
         max_concurrent: int = 2,
@@ -99,33 +71,40 @@ class ModelRegistry:
         self.store = store
         self.clock = clock
         self.endpoint = endpoint
+        self.flavours = frozenset({flavour})  # the weights the binary reads: every fetch's
         self.token_file = token_file
         self.offline = offline
         self.backoff = backoff or BackoffPolicy()
         self.changed = changed
         self._slots = anyio.CapacityLimiter(max(1, max_concurrent))
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
 
     # ---- what the controller asks ------------------------------------------------------
-    def want(self, wants: Mapping[str, Want]) -> None:
-        """The models the desired state wants now (the others are no longer wanted)."""
+    def want(self, named: Mapping[str, Want]) -> None:
+        """Every model the desired state names now (the others are no longer named)."""
         changed = False
         for model_id, entry in list(self._entries.items()):
-            if model_id in wants or entry.want is None:
+            if model_id in named or entry.named is None:
                 continue
-            entry.want = None
+            entry.named = None
             changed = True
-            if entry.requested is None and entry.fetching:
+            if entry.wanted is None:
                 entry.cancel.set()  # nobody wants it any more
-            if entry.wanted is None and entry.state is not ModelState.DOWNLOADED:
-                self._forget(entry)
-        for model_id, wanted in wants.items():
+                if entry.state is not ModelState.DOWNLOADED:
+                    self._forget(entry)
+                    continue
+            self._settle(entry)  # still cached, or still asked for through the API
+        for model_id, want in named.items():
             entry = self._entry(model_id)
-            if entry.want != wanted:
-                entry.want = wanted
+            if entry.named != want:
+                entry.named = want
                 changed = True
+                if entry.wanted is None:
+                    entry.cancel.set()  # a fetch of it, if one runs, is wanted no more
+                elif entry.wanted is want and entry.retry_at == math.inf:
+                    entry.retry_at = None  # a one-off fetch failed; now the state file wants it
             self._settle(entry)
         if changed:
             self._wake.set()
@@ -153,10 +132,14 @@ class ModelRegistry:
     # ---- what the REST API asks --------------------------------------------------------
     def fetch_now(self, model_id: str, revision: str | None = None) -> None:
         """Fetch `model_id` now: retry a failed fetch at once, check the Hub for a newer
-        commit of a complete one, or fetch a model nothing declares (it is then cached)."""
+        commit of a complete one, or fetch a model nothing wants on disk (it is then cached),
+        at `revision`, else the revision its declaration names."""
         entry = self._entry(model_id)
-        if entry.want is None:
-            entry.requested = Want(model_id=model_id, revision=revision)
+        if entry.wanted is None or entry.wanted is entry.requested:
+            declared = entry.named.revision if entry.named is not None else None
+            entry.requested = Want(
+                model_id=model_id, revision=revision or declared, local=is_local(model_id)
+            )
         wanted = entry.wanted
         assert wanted is not None
         if wanted.local:
@@ -189,14 +172,14 @@ class ModelRegistry:
                 model_id, "Normal", "Evicted", "removed from the cache", self.clock.wall()
             )
         if entry is not None:
-            if entry.wanted is None:
+            if entry.named is None:
                 self._forget(entry)
             else:
                 self._settle(entry)
         self._wake.set()
         return removed
 
-    def _forget(self, entry: _Entry) -> None:
+    def _forget(self, entry: Entry) -> None:
         self._entries.pop(entry.model_id, None)
         self.store.forget_model(entry.model_id)
 
@@ -254,30 +237,36 @@ class ModelRegistry:
             self._publish(entry)
 
     # ---- one model ---------------------------------------------------------------------
-    def _entry(self, model_id: str) -> _Entry:
+    def _entry(self, model_id: str) -> Entry:
         entry = self._entries.get(model_id)
         if entry is None:
-            entry = self._entries[model_id] = _Entry(model_id=model_id, added_at=self.clock.wall())
+            entry = self._entries[model_id] = Entry(model_id=model_id, added_at=self.clock.wall())
         return entry
 
-    def _settle(self, entry: _Entry) -> None:
-        """Bring a wanted entry up to date with the disk (cheap: a few stat calls)."""
+    def _settle(self, entry: Entry) -> None:
+        """Bring a wanted entry up to date with the disk (cheap: a few stat calls), and say
+        why an entry that is named, not wanted and not on disk is not fetched."""
         want = entry.wanted
-        if want is not None and not entry.fetching:
+        if want is None and entry.named is not None and not entry.fetching:
+            if entry.state is not ModelState.DOWNLOADED:
+                entry.state, entry.path, entry.progress = ModelState.AVAILABLE, None, None
+                entry.retry_at, entry.retry_wall, entry.failures = None, None, 0
+                entry.reason, entry.message = not_fetched(entry.named.need)
+        elif want is not None and not entry.fetching:
             if want.local:
                 self._settle_local(entry, Path(want.model_id))
             else:
-                path = self.cache.complete(want.model_id, want.revision, want.flavours)
+                path = self.cache.complete(want.model_id, want.revision, self.flavours)
                 if path is not None:
                     self._complete(entry, path)
                 elif entry.state is ModelState.DOWNLOADED:
                     entry.state, entry.path = ModelState.AVAILABLE, None
                     entry.reason, entry.message = "NotCached", "waiting to download"
-                elif entry.state is ModelState.AVAILABLE and not entry.reason:
+                elif entry.state is ModelState.AVAILABLE and entry.reason in IDLE:
                     entry.reason, entry.message = "NotCached", "waiting to download"
         self._publish(entry)
 
-    def _settle_local(self, entry: _Entry, path: Path) -> None:
+    def _settle_local(self, entry: Entry, path: Path) -> None:
         if path.is_dir():
             entry.state, entry.path, entry.reason, entry.message = (
                 ModelState.DOWNLOADED,
@@ -290,14 +279,14 @@ class ModelRegistry:
             entry.state, entry.path = ModelState.FAILED, None
             entry.reason, entry.message = "ModelNotFound", f"{path} is not a directory"
 
-    def _complete(self, entry: _Entry, path: Path) -> None:
+    def _complete(self, entry: Entry, path: Path) -> None:
         entry.state, entry.path, entry.commit = ModelState.DOWNLOADED, path, path.name
         entry.progress, entry.retry_at, entry.retry_wall, entry.failures = None, None, None, 0
-        if entry.reason in ("", "NotCached", "Queued", "Downloading"):
+        if entry.reason in IDLE or entry.reason in ("NotCached", "Queued", "Downloading"):
             entry.reason, entry.message = "Cached", ""
         self._read_facts(entry)
 
-    def _read_facts(self, entry: _Entry) -> None:
+    def _read_facts(self, entry: Entry) -> None:
         if entry.path is None or entry.facts_of == entry.path:
             return
         entry.facts_of = entry.path
@@ -313,7 +302,7 @@ class ModelRegistry:
         else:
             entry.size = self.cache.size(entry.model_id)
 
-    def _start_fetch(self, entry: _Entry) -> None:
+    def _start_fetch(self, entry: Entry) -> None:
         wanted = entry.wanted
         assert self._tg is not None
         assert wanted is not None
@@ -324,11 +313,11 @@ class ModelRegistry:
         self._publish(entry)
         self._tg.start_soon(self._fetch, entry, wanted)
 
-    async def _fetch(self, entry: _Entry, want: Want) -> None:
+    async def _fetch(self, entry: Entry, want: Want) -> None:
         request = FetchRequest(
             model_id=want.model_id,
             revision=want.revision,
-            flavours=want.flavours,
+            flavours=self.flavours,
             endpoint=self.endpoint,
             token=self._token(),
             offline=self.offline,
@@ -362,14 +351,14 @@ class ModelRegistry:
             entry.fetching = False
             if entry.state is not ModelState.FAILED:
                 entry.requested = None  # done; a failure stays listed until asked again
-            if entry.wanted is None and entry.state is ModelState.AVAILABLE:
-                self._forget(entry)  # a cancelled fetch of a model nothing wants
+            if entry.named is None and entry.wanted is None and entry.state is ModelState.AVAILABLE:
+                self._forget(entry)  # a cancelled fetch of a model nothing names
             else:
-                self._publish(entry)
+                self._settle(entry)
             self._wake.set()
             self.changed()
 
-    def _fetched(self, entry: _Entry, result: FetchResult) -> None:
+    def _fetched(self, entry: Entry, result: FetchResult) -> None:
         entry.facts_of = None  # new files: read the facts and size again
         self._complete(entry, result.path)
         entry.reason = "Downloaded" if result.fetched_bytes else "Cached"
@@ -383,13 +372,13 @@ class ModelRegistry:
                 entry.model_id, "Normal", "Downloaded", message, self.clock.wall()
             )
 
-    def _failed(self, entry: _Entry, reason: str, message: str) -> None:
+    def _failed(self, entry: Entry, reason: str, message: str) -> None:
         """A failed fetch: retried on the backoff curve while the state file wants the
         model; a one-off fetch (the API's, of a model nothing wants) is not retried."""
         entry.failures += 1
         entry.state, entry.progress = ModelState.FAILED, None
         wall = self.clock.wall()
-        if entry.want is not None:
+        if entry.wanted is not None and entry.wanted is entry.named:
             delay = delay_for(entry.failures, self.backoff)
             entry.retry_at, entry.retry_wall = self.clock.now() + delay, wall + delay
             retry = f"retry in {delay:g}s"
@@ -398,13 +387,13 @@ class ModelRegistry:
             retry = "not retried: nothing wants it"
         entry.reason, entry.message = reason, f"{message} ({retry})"
         self.store.record_model_event(entry.model_id, "Warning", reason, message, wall)
-        for instance in entry.want.used_by if entry.want is not None else ():
+        for instance in entry.named.used_by if entry.named is not None else ():
             self.store.record_event(
                 instance, "Warning", "ModelUnavailable", f"{entry.model_id}: {message}", wall
             )
         log.warning("cannot fetch %s: %s: %s (%s)", entry.model_id, reason, message, retry)
 
-    def _reporter(self, entry: _Entry) -> Callable[[Progress], None]:
+    def _reporter(self, entry: Entry) -> Callable[[Progress], None]:
         """Progress from the worker thread, handed to the loop at each file boundary and at
         most a few times a second within a file."""
         last_time, last_files = 0.0, -1
@@ -438,27 +427,5 @@ class ModelRegistry:
             return None
         return token or None
 
-    def _publish(self, entry: _Entry) -> None:
-        want = entry.wanted
-        downloaded = entry.state is ModelState.DOWNLOADED
-        self.store.put_model(
-            ModelStatus(
-                model_id=entry.model_id,
-                state=entry.state,
-                revision=want.revision if want is not None else None,
-                commit=entry.commit,
-                local=want.local if want is not None else False,
-                declared=entry.want.declared if entry.want is not None else False,
-                keep=entry.want.keep if entry.want is not None else False,
-                used_by=entry.want.used_by if entry.want is not None else (),
-                cache_path=str(entry.path) if entry.path is not None else None,
-                cache_size_bytes=entry.size if downloaded else None,
-                metadata=entry.facts if downloaded else None,
-                progress=entry.progress if entry.state is ModelState.DOWNLOADING else None,
-                reason=entry.reason,
-                message=entry.message,
-                retry_at=entry.retry_wall if entry.state is ModelState.FAILED else None,
-                failures=entry.failures,
-                added_at=entry.added_at,
-            )
-        )
+    def _publish(self, entry: Entry) -> None:
+        self.store.put_model(entry.status())

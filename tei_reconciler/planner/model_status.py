@@ -11,6 +11,12 @@ import enum
 
 import msgspec
 
+#: The check before an instance starts (models/checks.py) speaks through these two reasons: the
+#: instance's reason when its binary cannot serve the model (phase Failed, nothing started), and
+#: the Warning event when the weights may not fit in its GPU's free memory (it starts anyway).
+UNSUPPORTED_MODEL = "UnsupportedModel"
+INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
+
 
 class ModelState(enum.StrEnum):
     """tei-manager's model statuses, those that still mean something here."""

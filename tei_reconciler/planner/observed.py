@@ -12,7 +12,7 @@ import enum
 
 import msgspec
 
-from tei_reconciler.planner.backoff import CrashLoop
+from tei_reconciler.planner.backoff import CrashLoop, waiting
 from tei_reconciler.planner.model_status import ModelGate
 
 
@@ -72,3 +72,14 @@ class ObservedInstance(msgspec.Struct, frozen=True, kw_only=True):
     crash: CrashLoop = msgspec.field(default_factory=CrashLoop)
     failure: Failure | None = None
     model: ModelGate | None = None  # its model is not on disk yet (or cannot be fetched)
+
+    def start_held(self, spec_hash: str, now: float) -> tuple[bool, float | None]:
+        """Whether a start of `spec_hash` must wait at `now`, and until when: a failed start's
+        retry time, the crash backoff's end, or None while its model is not on disk (the model
+        registry asks for a pass once it is)."""
+        failure = self.failure
+        if failure is not None and failure.spec_hash == spec_hash and failure.retry_at > now:
+            return True, failure.retry_at
+        if waiting(self.crash, now=now, spec_hash=spec_hash):
+            return True, self.crash.until
+        return self.model is not None, None

@@ -115,13 +115,9 @@ def plan_one(
             return Stop(name=name, reason="LivenessFailed", crash=True), None
         return None, None
     if obs is not None:
-        failure = obs.failure
-        if failure is not None and failure.spec_hash == wanted and failure.retry_at > now:
-            return None, failure.retry_at
-        if waiting(obs.crash, now=now, spec_hash=wanted):
-            return None, obs.crash.until
-        if obs.model is not None:
-            return None, None  # the model registry asks for a pass when the model is ready
+        held, until = obs.start_held(wanted, now)
+        if held:
+            return None, until
     return Start(name=name, spec=spec), None
 
 

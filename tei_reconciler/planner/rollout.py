@@ -19,7 +19,6 @@ import msgspec
 
 from tei_reconciler.desired.spec import DesiredRun, InstanceSpec, Rollout, spec_hash
 from tei_reconciler.planner.actions import AbortNext, Action, Promote, StartNext, Stop
-from tei_reconciler.planner.backoff import waiting
 from tei_reconciler.planner.observed import Busy, ObservedInstance, ProcessView
 from tei_reconciler.planner.policy import Policy
 
@@ -50,14 +49,9 @@ def progress_deadline(spec: InstanceSpec, policy: Policy) -> float:
 def plan_surge(spec: InstanceSpec, obs: ObservedInstance, now: float) -> Plan:
     """The current process runs an older spec and no new one runs yet: start it, unless a
     failed attempt at this spec still waits out its backoff or its model is not on disk."""
-    wanted = spec_hash(spec)
-    failure = obs.failure
-    if failure is not None and failure.spec_hash == wanted and failure.retry_at > now:
-        return None, failure.retry_at
-    if waiting(obs.crash, now=now, spec_hash=wanted):
-        return None, obs.crash.until
-    if obs.model is not None:
-        return None, None  # the model registry asks for a pass when the model is ready
+    held, until = obs.start_held(spec_hash(spec), now)
+    if held:
+        return None, until
     return StartNext(name=obs.name, spec=spec), None
 
 

@@ -14,6 +14,7 @@ from tei_reconciler._types import SystemClock
 from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Fetcher
 from tei_reconciler.models.registry import ModelRegistry
+from tei_reconciler.models.select import Flavour
 from tei_reconciler.planner.backoff import BackoffPolicy
 
 from .harness import Api, build
@@ -49,6 +50,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             store=None,  # type: ignore[arg-type]  # set below: the API's own store
             clock=SystemClock(),
             endpoint=hub.url,
+            flavour=Flavour.SAFETENSORS,
             backoff=BackoffPolicy(initial=600, maximum=600),
         )
         _, api = build(tmp_path, models=registry)

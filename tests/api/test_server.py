@@ -16,7 +16,7 @@ import pytest
 import trustme
 from starlette.applications import Starlette
 
-from tei_reconciler.api import serve_api
+from tei_reconciler.api import serve_api, streams
 from tei_reconciler.desired.spec import InstanceSpec
 from tei_reconciler.planner.phase import Phase
 
@@ -114,6 +114,21 @@ async def test_an_instance_watch_sees_only_that_instance(app_api: tuple[Starlett
                 _event, data = await anext(events)
                 assert data["name"] == "a"  # type: ignore[index]
                 assert data["phase"] == "Running"  # type: ignore[index]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/events", "/models/org%2Fm/events"])
+async def test_a_quiet_watch_sends_keep_alive_comments(
+    app_api: tuple[Starlette, Api], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(streams, "HEARTBEAT_SECS", 0.05)
+    app, _ = app_api
+    headers = {"accept": "text/event-stream"}
+    async with served(app) as client:
+        with anyio.fail_after(DEADLINE):
+            async with client.stream("GET", path, headers=headers) as response:
+                lines = (line async for line in response.aiter_lines() if line.startswith(":"))
+                assert [await anext(lines), await anext(lines)] == [": keepalive"] * 2
 
 
 @pytest.mark.anyio

@@ -20,11 +20,13 @@ from tei_reconciler.settings import AuthSettings, TokenSettings
 
 from .pki import Pki
 from .servers import grpc_router, settings_with
+from support.grpc_status import answered
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+TOKEN = AuthSettings(providers=("token",), token=TokenSettings(tokens=("s3cret",)))
 
 
 @asynccontextmanager
@@ -38,6 +40,18 @@ async def tls_channel(
     )
     options = [("grpc.ssl_target_name_override", "localhost")]
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
+        yield channel
+
+
+@asynccontextmanager
+async def plaintext(
+    tmp_path: Path, data_plane: str, auth: AuthSettings
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel without TLS to a router on `data_plane` that authenticates with `auth`."""
+    async with (
+        grpc_router(settings_with(tmp_path, auth), data_plane) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
         yield channel
 
 
@@ -79,11 +93,13 @@ async def reflect(channel: grpc.aio.Channel, **kwargs: object) -> grpc.StatusCod
     async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-    try:
-        replies = [r async for r in call(ask(), timeout=30, **kwargs)]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    services = {s.name for s in replies[0].list_services_response.service}
+    async def replies() -> list[reflection_pb2.ServerReflectionResponse]:
+        return [r async for r in call(ask(), timeout=30, **kwargs)]
+
+    outcome = await answered(replies)
+    if isinstance(outcome, grpc.aio.AioRpcError):
+        return outcome.code()
+    services = {s.name for s in outcome[0].list_services_response.service}
     assert {"tei.v1.Embed", "tei_multiplexer.v1.TeiMultiplexer"} <= services
     return grpc.StatusCode.OK
 
@@ -141,11 +157,7 @@ async def test_a_missing_or_wrong_token_is_unauthenticated_and_health_stays_open
     tmp_path: Path,
     data_plane: str,
 ) -> None:
-    auth = AuthSettings(providers=("token",), token=TokenSettings(tokens=("s3cret",)))
-    async with (
-        grpc_router(settings_with(tmp_path, auth), data_plane) as port,
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
+    async with plaintext(tmp_path, data_plane, TOKEN) as channel:
         missing = await reflect(channel)
         wrong = await reflect(channel, metadata=(("authorization", "Bearer nope"),))
         right = await reflect(channel, metadata=(("authorization", "Bearer s3cret"),))
@@ -223,11 +235,7 @@ async def test_refusals_say_why_in_the_same_words_on_both_data_planes(
 async def test_token_refusals_distinguish_missing_malformed_and_unknown_tokens(
     tmp_path: Path, data_plane: str
 ) -> None:
-    auth = AuthSettings(providers=("token",), token=TokenSettings(tokens=("s3cret",)))
-    async with (
-        grpc_router(settings_with(tmp_path, auth), data_plane) as port,
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
+    async with plaintext(tmp_path, data_plane, TOKEN) as channel:
         missing = await refusal(channel)
         malformed = await refusal(channel, metadata=(("authorization", "Basic abc"),))
         unknown = await refusal(channel, metadata=(("authorization", "Bearer nope"),))
@@ -244,10 +252,7 @@ async def test_a_tokens_file_change_takes_effect_without_a_restart(
     auth = AuthSettings(providers=("token",), token=TokenSettings(tokens_file=str(tokens)))
     first = (("authorization", "Bearer first-token"),)
     second = (("authorization", "Bearer second-token"),)
-    async with (
-        grpc_router(settings_with(tmp_path, auth), data_plane) as port,
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
+    async with plaintext(tmp_path, data_plane, auth) as channel:
         before = await info(channel, metadata=first)
         tokens.write_text("second-token\n")
 

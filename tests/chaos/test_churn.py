@@ -13,7 +13,7 @@ import pytest
 
 from .invariants import converged
 from support.reconciler import Reconciler
-from support.traffic import Traffic
+from support.traffic import background_traffic
 
 ONE_NAME_CYCLES = 200
 NAMES = 4
@@ -50,7 +50,7 @@ def test_hundreds_of_create_delete_cycles_leave_a_live_converged_reconciler(
 ) -> None:
     reconciler.create("serving")
     reconciler.wait_ready("serving")
-    with Traffic(f"127.0.0.1:{reconciler.grpc_port}", "serving") as traffic:
+    with background_traffic(f"127.0.0.1:{reconciler.grpc_port}", instance="serving") as traffic:
         churn(reconciler, "churn", ONE_NAME_CYCLES)
         with ThreadPoolExecutor(NAMES) as pool:
             done = [
@@ -63,5 +63,5 @@ def test_hundreds_of_create_delete_cycles_leave_a_live_converged_reconciler(
         reconciler.wait_ready("fresh")
     converged(reconciler, {"serving", "fresh"})
     reconciler.check_running()
-    assert not traffic.errors, traffic.summary()
-    assert traffic.ok > 0, traffic.summary()
+    assert not traffic.failed(), traffic.summary()
+    assert traffic.answered() > 0, traffic.summary()

@@ -18,6 +18,7 @@ from tei_reconciler.client.render import progress_bar
 from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Fetcher
 from tei_reconciler.models.registry import ModelRegistry
+from tei_reconciler.models.select import Flavour
 from tei_reconciler.planner.backoff import BackoffPolicy
 from tei_reconciler.store import StatusStore
 
@@ -46,6 +47,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[Server, Hub]]:
             store=store,
             clock=SystemClock(),
             endpoint=hub.url,
+            flavour=Flavour.SAFETENSORS,
             backoff=BackoffPolicy(initial=600, maximum=600),
         )
         state = '[instances.emb]\nmodel_id = "other/cached"\n'

@@ -46,6 +46,21 @@ def edit(server: Server) -> tuple[str, str]:
     return old, spec_hash(server.spec("alpha"))
 
 
+STARTING = "new process pid 7 is starting; pid 4242 keeps serving"
+SWITCHED = "traffic switched to pid 7; the old process is draining"
+
+
+def starting(server: Server, old: str, new: str) -> None:
+    """Alpha's edited spec: the new process (pid 7) starts beside the old one (4242)."""
+    server.observe(
+        "alpha",
+        Phase.RUNNING,
+        spec_hash=old,
+        processes=(process("current", 4242, old), process("next", 7, new, "Starting")),
+        conditions=(progressing(STARTING),),
+    )
+
+
 async def test_rollout_status_prints_each_step_and_succeeds_once_the_new_process_serves(
     tmp_path: Path,
 ) -> None:
@@ -54,31 +69,20 @@ async def test_rollout_status_prints_each_step_and_succeeds_once_the_new_process
         old, new = edit(server)
         async with running("rollout", "status", "alpha", "--server", server.url) as follower:
             await follower.read_until("Waiting for instance/alpha rollout to finish")
-            starting = "new process pid 7 is starting; pid 4242 keeps serving"
+            starting(server, old, new)
+            await follower.read_until(STARTING)
             server.observe(
                 "alpha",
                 Phase.RUNNING,
-                spec=server.spec("alpha"),
-                spec_hash=old,
-                processes=(process("current", 4242, old), process("next", 7, new, "Starting")),
-                conditions=(progressing(starting),),
-            )
-            await follower.read_until(starting)
-            switched = "traffic switched to pid 7; the old process is draining"
-            server.observe(
-                "alpha",
-                Phase.RUNNING,
-                spec=server.spec("alpha"),
                 pid=7,
                 spec_hash=new,
                 processes=(process("current", 7, new), process("old", 4242, old, "Draining")),
-                conditions=(progressing(switched),),
+                conditions=(progressing(SWITCHED),),
             )
-            await follower.read_until(switched)
+            await follower.read_until(SWITCHED)
             server.observe(
                 "alpha",
                 Phase.RUNNING,
-                spec=server.spec("alpha"),
                 pid=7,
                 spec_hash=new,
                 processes=(process("current", 7, new),),
@@ -96,7 +100,6 @@ async def test_rollout_status_fails_when_the_rollout_failed(tmp_path: Path) -> N
         server.observe(
             "alpha",
             Phase.RUNNING,
-            spec=server.spec("alpha"),
             spec_hash=old,
             processes=(process("current", 4242, old),),
             conditions=(progressing(message, status="False", reason="RolloutFailed"),),
@@ -133,7 +136,7 @@ async def test_wait_for_ready_waits_for_the_process_of_the_new_spec(tmp_path: Pa
     async with served(tmp_path, instances(["alpha"])) as server:
         server.observe("alpha", Phase.RUNNING)
         old, _ = edit(server)
-        server.observe("alpha", Phase.RUNNING, spec=server.spec("alpha"), spec_hash=old)
+        server.observe("alpha", Phase.RUNNING, spec_hash=old)
         done = await cli("wait", "alpha", "--timeout", "0.5", "--server", server.url)
     assert done.returncode == 1
 
@@ -144,19 +147,11 @@ async def test_describe_shows_the_rollout_and_both_processes_while_it_rolls(
     async with served(tmp_path, instances(["alpha"])) as server:
         server.observe("alpha", Phase.RUNNING)
         old, new = edit(server)
-        starting = "new process pid 7 is starting; pid 4242 keeps serving"
-        server.observe(
-            "alpha",
-            Phase.RUNNING,
-            spec=server.spec("alpha"),
-            spec_hash=old,
-            processes=(process("current", 4242, old), process("next", 7, new, "Starting")),
-            conditions=(progressing(starting),),
-        )
+        starting(server, old, new)
         done = await cli("describe", "alpha", "--server", server.url)
     assert done.returncode == 0, done.stderr
     rollout = next(line for line in done.stdout.splitlines() if line.startswith("Rollout:"))
-    assert rollout.split(None, 1)[1] == f"surge, progressing (RollingUpdate: {starting})"
+    assert rollout.split(None, 1)[1] == f"surge, progressing (RollingUpdate: {STARTING})"
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
     assert ["current", "4242", "8142", "Ready", old] == rows[
         rows.index(["ROLE", "PID", "PORT", "STATE", "SPEC", "AGE"]) + 1

@@ -16,7 +16,7 @@ from tei_reconciler.desired.spec import DesiredRun, InstanceSpec, spec_hash
 from tei_reconciler.errors import PermanentError
 from tei_reconciler.planner.status import InstanceStatus, StoreChange
 
-from .reconciler_fakes import World, found, running
+from .reconciler_fakes import FakeHandle, World, found, running
 
 pytestmark = pytest.mark.anyio
 OLD = InstanceSpec(name="a", model_id="hash/8")
@@ -27,6 +27,10 @@ NEWER = msgspec.structs.replace(OLD, max_batch_tokens=2048)
 def condition(status: InstanceStatus, type_: str) -> tuple[str, str]:
     found = next(c for c in status.conditions if c.type == type_)
     return found.status, found.reason
+
+
+def progressing_message(status: InstanceStatus) -> str:
+    return next(c.message for c in status.conditions if c.type == "Progressing")
 
 
 def reasons(world: World) -> list[str]:
@@ -69,6 +73,41 @@ async def serving(world: World, spec: InstanceSpec = OLD) -> InstanceStatus:
     return status
 
 
+async def new_process(world: World, spec: InstanceSpec, probe: str = "fail") -> FakeHandle:
+    """Desire `spec` while `a` serves; its new process once spawned beside the serving one,
+    answering its probes with `probe` ("fail": not Ready yet)."""
+    world.prober.by_hash[spec_hash(spec)] = probe
+    world.set_desired(spec)
+    await world.until(lambda: len(world.driver.spawns_of("a")) == 2, "the new process")
+    return world.driver.spawns_of("a")[1]
+
+
+async def rollout_failed(world: World, reason: str, what: str = "condition") -> InstanceStatus:
+    """`a`'s status once its rollout ended with `reason` (Progressing False)."""
+    status: InstanceStatus = await world.until(
+        lambda: (
+            (s := world.status("a")) is not None
+            and condition(s, "Progressing") == ("False", reason)
+            and s
+        ),
+        what,
+    )
+    return status
+
+
+async def serving_alone(world: World, spec: InstanceSpec) -> InstanceStatus:
+    """`a`'s status once a process of `spec` serves alone."""
+    status: InstanceStatus = await world.until(
+        lambda: (
+            (s := world.status("a")) is not None
+            and s.spec_hash == spec_hash(spec)
+            and len(s.processes) == 1
+            and s
+        )
+    )
+    return status
+
+
 async def test_a_changed_spec_starts_beside_the_old_process_and_switches_once_it_is_ready(
     tmp_path: Path,
 ) -> None:
@@ -77,10 +116,8 @@ async def test_a_changed_spec_starts_beside_the_old_process_and_switches_once_it
         first = await serving(world)
         old_endpoint = world.table.get("a")
         assert old_endpoint is not None
-        world.prober.by_hash[spec_hash(NEW)] = "fail"  # the new process is not Ready yet
         async with watching_ready(world) as seen:
-            world.set_desired(NEW)
-            await world.until(lambda: len(world.driver.spawns_of("a")) == 2, "the new process")
+            new = await new_process(world, NEW)  # not Ready yet
             rolling = await world.until(
                 lambda: (s := world.status("a")) is not None and len(s.processes) == 2 and s
             )
@@ -93,15 +130,7 @@ async def test_a_changed_spec_starts_beside_the_old_process_and_switches_once_it
             assert world.table.get("a") == old_endpoint
             assert world.driver.stopped == []
             world.prober.by_hash.clear()  # the new process answers its probe
-            done = await world.until(
-                lambda: (
-                    (s := world.status("a")) is not None
-                    and s.spec_hash == spec_hash(NEW)
-                    and len(s.processes) == 1
-                    and s
-                )
-            )
-        new = world.driver.spawns_of("a")[1]
+            done = await serving_alone(world, NEW)
         assert done.pid == new.pid
         assert world.driver.stopped == [str(first.pid)]
         endpoint = world.table.get("a")
@@ -124,22 +153,11 @@ async def test_a_new_process_that_crashes_leaves_the_old_one_serving_and_is_retr
     async with running(world):
         first = await serving(world)
         failed_before = rollouts("failed")
-        world.prober.by_hash[spec_hash(NEW)] = "fail"
-        world.set_desired(NEW)
-        await world.until(lambda: len(world.driver.spawns_of("a")) == 2, "the new process")
-        world.driver.spawns_of("a")[1].die(3)
-        status = await world.until(
-            lambda: (
-                (s := world.status("a")) is not None
-                and condition(s, "Progressing") == ("False", "RolloutFailed")
-                and s
-            )
-        )
+        (await new_process(world, NEW)).die(3)
+        status = await rollout_failed(world, "RolloutFailed")
         assert status.ready
         assert status.pid == first.pid
-        assert "exited with code 3" in next(
-            c.message for c in status.conditions if c.type == "Progressing"
-        )
+        assert "exited with code 3" in progressing_message(status)
         assert status.rollout_failure is not None
         assert status.rollout_failure.spec_hash == spec_hash(NEW)
         assert world.driver.stopped == []
@@ -158,20 +176,10 @@ async def test_a_new_process_not_ready_by_the_progress_deadline_is_stopped(
     world = World(tmp_path)
     async with running(world):
         first = await serving(world)
-        late = msgspec.structs.replace(NEW, progress_deadline_secs=5)
-        world.prober.by_hash[spec_hash(late)] = "fail"
-        world.set_desired(late)
-        await world.until(lambda: len(world.driver.spawns_of("a")) == 2, "the new process")
-        new = world.driver.spawns_of("a")[1]
+        new = await new_process(world, msgspec.structs.replace(NEW, progress_deadline_secs=5))
         world.clock.advance(6)
         await world.passes(1)
-        status = await world.until(
-            lambda: (
-                (s := world.status("a")) is not None
-                and condition(s, "Progressing") == ("False", "ProgressDeadlineExceeded")
-                and s
-            )
-        )
+        status = await rollout_failed(world, "ProgressDeadlineExceeded")
         assert world.driver.stopped == [str(new.pid)]
         assert status.pid == first.pid
         assert status.ready
@@ -183,25 +191,15 @@ async def test_a_new_process_that_refuses_the_probes_key_fails_the_rollout_at_on
     world = World(tmp_path, backoff_initial_secs=10)
     async with running(world):
         first = await serving(world)
-        world.prober.by_hash[spec_hash(NEW)] = "refuse"
-        world.set_desired(NEW)
-        await world.until(lambda: len(world.driver.spawns_of("a")) == 2, "the new process")
-        new = world.driver.spawns_of("a")[1]
-        status = await world.until(
-            lambda: (
-                (s := world.status("a")) is not None
-                and condition(s, "Progressing") == ("False", "RolloutFailed")
-                and s
-            ),
-            "the rollout to fail without waiting for any deadline",
+        new = await new_process(world, NEW, probe="refuse")
+        status = await rollout_failed(
+            world, "RolloutFailed", "the rollout to fail without waiting for any deadline"
         )
         assert world.driver.stopped == [str(new.pid)]
         assert status.pid == first.pid
         assert status.ready
         assert status.phase == "Running"
-        assert "refused the probe" in next(
-            c.message for c in status.conditions if c.type == "Progressing"
-        )
+        assert "refused the probe" in progressing_message(status)
         assert "Unauthenticated" in reasons(world)
 
 
@@ -209,19 +207,9 @@ async def test_a_further_edit_replaces_the_rollout_under_way(tmp_path: Path) -> 
     world = World(tmp_path)
     async with running(world):
         first = await serving(world)
-        world.prober.by_hash[spec_hash(NEW)] = "fail"
-        world.set_desired(NEW)
-        await world.until(lambda: len(world.driver.spawns_of("a")) == 2, "the new process")
-        obsolete = world.driver.spawns_of("a")[1]
+        obsolete = await new_process(world, NEW)
         world.set_desired(NEWER)
-        done = await world.until(
-            lambda: (
-                (s := world.status("a")) is not None
-                and s.spec_hash == spec_hash(NEWER)
-                and len(s.processes) == 1
-                and s
-            )
-        )
+        done = await serving_alone(world, NEWER)
         assert world.driver.stopped == [str(obsolete.pid), str(first.pid)]
         assert [h for _, h, _ in world.driver.spawned] == [
             spec_hash(OLD),
@@ -238,10 +226,7 @@ async def test_stopping_or_deleting_mid_rollout_stops_both_processes(
     world = World(tmp_path)
     async with running(world):
         first = await serving(world)
-        world.prober.by_hash[spec_hash(NEW)] = "fail"
-        world.set_desired(NEW)
-        await world.until(lambda: len(world.driver.spawns_of("a")) == 2, "the new process")
-        new = world.driver.spawns_of("a")[1]
+        new = await new_process(world, NEW)
         if how == "stopped":
             world.set_desired(msgspec.structs.replace(NEW, state=DesiredRun.STOPPED))
             await world.phase("a", "Stopped")
@@ -259,19 +244,11 @@ async def test_a_new_process_that_cannot_start_is_a_failed_rollout(tmp_path: Pat
         first = await serving(world)
         world.driver.errors["a"] = PermanentError("OutOfMemory", "CUDA out of memory")
         world.set_desired(NEW)
-        status = await world.until(
-            lambda: (
-                (s := world.status("a")) is not None
-                and condition(s, "Progressing") == ("False", "RolloutFailed")
-                and s
-            )
-        )
+        status = await rollout_failed(world, "RolloutFailed")
         assert status.pid == first.pid
         assert status.ready
         assert status.phase.value == "Running"
-        assert "CUDA out of memory" in next(
-            c.message for c in status.conditions if c.type == "Progressing"
-        )
+        assert "CUDA out of memory" in progressing_message(status)
 
 
 async def test_a_reconciler_restarted_mid_rollout_adopts_both_processes_and_finishes(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 from anyio.abc import TaskStatus
 
 from tei_reconciler.control.controller import Controller
@@ -90,9 +91,9 @@ class Harness:
         self.table = table
         self.ports: list[int] = []  # with front ends: the REST API's port, then the gRPC port
 
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports[0]}"
+    def api(self) -> httpx.AsyncClient:
+        """A client of the REST API (with front ends), for `async with`."""
+        return httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.ports[0]}", timeout=DEADLINE)
 
     @property
     def grpc_target(self) -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import anyio
 import grpc
-import httpx
 import psutil
 import pytest
 
@@ -46,7 +45,7 @@ async def test_an_instance_with_an_api_key_serves_through_the_data_plane_and_nev
     state = instance_toml("alpha", "hash/384", api_key_file=str(key_file))
     async with (
         reconciler(settings, state, with_front_ends=True) as h,
-        httpx.AsyncClient(base_url=h.api_url, timeout=DEADLINE) as api,
+        h.api() as api,
     ):
         status = await h.ready("alpha")  # the probe sent the key: Info answers only with it
         assert status.pid is not None

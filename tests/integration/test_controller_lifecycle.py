@@ -6,7 +6,6 @@ import os
 import signal
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
@@ -20,7 +19,7 @@ from .reconciler_harness import (
     write_atomic,
 )
 from support.processes import children
-from support.waiting import DEADLINE, eventually
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -173,7 +172,7 @@ async def test_a_deleted_stopped_instance_disappears_from_the_api(tmp_path: Path
     settings = fast_settings(tmp_path)
     async with (
         reconciler(settings, "[instances]\n", with_front_ends=True) as h,
-        httpx.AsyncClient(base_url=h.api_url, timeout=DEADLINE) as api,
+        h.api() as api,
     ):
         body = {"name": "idle", "model_id": "hash/8", "gpu": "none", "state": "stopped"}
         assert (await api.post("/instances", json=body)).status_code == 201

@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 
 from tei_reconciler.desired.spec import DesiredState
@@ -40,7 +39,7 @@ async def test_health_answers_while_a_multi_megabyte_file_is_parsed_and_problems
     settings = fast_settings(tmp_path, max_state_bytes=64 * 1024 * 1024)
     async with (
         reconciler(settings, instance_toml("alpha"), with_front_ends=True) as h,
-        httpx.AsyncClient(base_url=h.api_url, timeout=30) as api,
+        h.api() as api,
     ):
         before = await h.ready("alpha")
         source = h.controller.source
@@ -90,7 +89,7 @@ async def test_a_file_above_max_state_bytes_is_refused_unread_and_changes_nothin
     settings = fast_settings(tmp_path, max_state_bytes=64 * 1024)
     async with (
         reconciler(settings, instance_toml("alpha"), with_front_ends=True) as h,
-        httpx.AsyncClient(base_url=h.api_url, timeout=30) as api,
+        h.api() as api,
     ):
         before = await h.ready("alpha")
         write_atomic(h.state_file, huge_invalid_state(10_000))

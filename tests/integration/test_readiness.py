@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from .reconciler_harness import (
@@ -31,7 +30,7 @@ async def test_an_invalid_file_after_a_good_one_keeps_the_pod_ready_and_says_why
     settings = fast_settings(tmp_path)
     async with (
         reconciler(settings, instance_toml("alpha"), with_front_ends=True) as h,
-        httpx.AsyncClient(base_url=h.api_url, timeout=30) as api,
+        h.api() as api,
     ):
         await h.ready("alpha")
         good = (await api.get("/ready")).json()
@@ -74,7 +73,7 @@ async def test_a_pod_whose_first_file_is_invalid_is_not_ready_and_says_why(
     settings = fast_settings(tmp_path)
     async with (
         reconciler(settings, "[instances.alpha]\nmodel_id = 7\n", with_front_ends=True) as h,
-        httpx.AsyncClient(base_url=h.api_url, timeout=30) as api,
+        h.api() as api,
     ):
         await passes(h.controller, 1)
         ready = await api.get("/ready")

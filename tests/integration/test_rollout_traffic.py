@@ -15,7 +15,6 @@ from pathlib import Path
 
 import anyio
 import grpc
-import httpx
 import psutil
 import pytest
 
@@ -25,7 +24,7 @@ from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.routing import RoutingTable
 
 from .reconciler_harness import Harness, fast_settings, instance_toml, reconciler, write_atomic
-from support.load import Load, traffic
+from support.traffic import Load, traffic
 from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -119,7 +118,7 @@ async def test_a_restart_under_load_loses_no_call(tmp_path: Path, data_plane: st
         traffic(h.grpc_target, instance="a") as load,
     ):
         await load.more(12)
-        async with httpx.AsyncClient(base_url=h.api_url) as api:
+        async with h.api() as api:
             response = await api.post("/instances/a/restart")
         assert response.status_code == 200, response.text
         second = await rolled_out(h, first)
@@ -171,7 +170,7 @@ async def test_a_stop_or_delete_under_load_fails_only_calls_sent_after_it_left_r
     ):
         await load.more(12)
         tg.start_soon(left_routing, h.table, "a", left)
-        async with httpx.AsyncClient(base_url=h.api_url) as api:
+        async with h.api() as api:
             await load.sent_next()  # a call has just begun: it is in flight at the change
             if how == "stop":
                 response = await api.post("/instances/a/stop")

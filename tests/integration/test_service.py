@@ -34,36 +34,40 @@ def test_a_second_reconciler_on_the_same_runtime_dir_is_refused_with_the_holders
         pass
 
 
+def run_once(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`tei-reconciler run` with one instance in its state file, until it exits."""
+    state = tmp_path / "state.toml"
+    state.write_text(instance_toml("alpha"))
+    environ = {
+        **os.environ,
+        "TEI_RECONCILER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "TEI_RECONCILER_API_PORT": "0",
+        "TEI_RECONCILER_TEI_BINARY": "builtin",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tei_reconciler", "run", "--state", str(state), *argv],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_held_api_port_stops_the_reconciler_before_it_starts_any_instance(
     tmp_path: Path,
 ) -> None:
-    state = tmp_path / "state.toml"
-    state.write_text(instance_toml("alpha"))
-    runtime = tmp_path / "runtime"
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        env = {
-            **os.environ,
-            "TEI_RECONCILER_RUNTIME_DIR": str(runtime),
-            "TEI_RECONCILER_GRPC_PORT": "0",
-            "TEI_RECONCILER_TEI_BINARY": "builtin",
-        }
-        argv = ["run", "--state", str(state), "--api-port", str(port)]
-        result = subprocess.run(
-            [sys.executable, "-m", "tei_reconciler", *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_once(tmp_path, "--api-port", str(port), TEI_RECONCILER_GRPC_PORT="0")
     assert result.returncode == 1
     assert "error:" in result.stderr
     assert str(port) in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (runtime / "logs" / "alpha.log").exists()
+    assert not (tmp_path / "runtime" / "logs" / "alpha.log").exists()
 
 
 #: `tei-reconciler run` with one more part that ends once `alpha` is Ready, as a part of the
@@ -121,27 +125,6 @@ def test_a_part_that_ends_makes_run_exit_non_zero_and_leaves_the_instances_to_ad
     finally:
         for child in children(owner):
             child.kill()
-
-
-def run_once(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`tei-reconciler run` with one instance in its state file, until it exits."""
-    state = tmp_path / "state.toml"
-    state.write_text(instance_toml("alpha"))
-    environ = {
-        **os.environ,
-        "TEI_RECONCILER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "TEI_RECONCILER_API_PORT": "0",
-        "TEI_RECONCILER_TEI_BINARY": "builtin",
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "tei_reconciler", "run", "--state", str(state), *argv],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_data_plane_envoy_without_its_binary_stops_run_with_one_line(tmp_path: Path) -> None:

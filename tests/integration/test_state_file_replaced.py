@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 
 from .reconciler_harness import fast_settings, instance_toml, passes, reconciler
@@ -20,7 +19,7 @@ async def test_a_directory_in_place_of_the_state_file_is_a_clear_error_and_stops
     settings = fast_settings(tmp_path)
     async with (
         reconciler(settings, instance_toml("alpha"), with_front_ends=True) as h,
-        httpx.AsyncClient(base_url=h.api_url, timeout=30) as api,
+        h.api() as api,
     ):
         before = await h.ready("alpha")
         h.state_file.unlink()

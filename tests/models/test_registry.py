@@ -1,6 +1,8 @@
 """The model registry against a local Hub: wanted models are fetched in the background with
 progress, failures become conditions and events (on the model and on its instances), offline
-caches and local directories need no network, and the cache can be listed and evicted."""
+caches and local directories need no network, the cache can be listed and evicted, every
+fetch takes the weights of the configured binary, and every model the state file names has a
+status."""
 
 from __future__ import annotations
 
@@ -14,12 +16,15 @@ import anyio
 import pytest
 
 from tei_reconciler._types import SystemClock
+from tei_reconciler.control.models import flavour_of
 from tei_reconciler.models.cache import HubCache
 from tei_reconciler.models.hub import Fetcher
 from tei_reconciler.models.registry import ModelRegistry
-from tei_reconciler.models.wants import Want
+from tei_reconciler.models.select import Flavour
+from tei_reconciler.models.wants import Need, Want
 from tei_reconciler.planner.backoff import BackoffPolicy
 from tei_reconciler.planner.model_status import ModelState, ModelStatus
+from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
 
 from support.hub import Hub, serving, unreachable_url
@@ -58,7 +63,7 @@ async def running(cache: Path, endpoint: str, **options: object) -> AsyncIterato
         store=StatusStore(),
         clock=SystemClock(),
         endpoint=endpoint,
-        **options,  # type: ignore[arg-type]
+        **{"flavour": Flavour.SAFETENSORS, **options},  # type: ignore[arg-type]
     )
     harness = Harness(registry)
 
@@ -267,3 +272,99 @@ async def test_downloads_share_a_bounded_number_of_slots(hub: Hub, tmp_path: Pat
             gate.set()
         for name in names:
             await h.until(state_is(ModelState.DOWNLOADED), name)
+
+
+ONNX_ONLY = {k: v for k, v in FILES.items() if k != "model.safetensors"}
+TEI = "/opt/tei/bin/text-embeddings-router"
+
+
+@pytest.mark.parametrize(
+    ("binary", "files", "declared", "taken", "left"),
+    [
+        ("builtin", ONNX_ONLY, False, "onnx/model.onnx", "model.safetensors"),
+        ("builtin", ONNX_ONLY, True, "onnx/model.onnx", "model.safetensors"),
+        ("builtin", FILES, False, "onnx/model.onnx", "model.safetensors"),
+        (TEI, FILES, True, "model.safetensors", "onnx/model.onnx"),
+    ],
+)
+async def test_a_fetch_asked_for_takes_the_weights_of_the_binary_that_will_serve_it(
+    hub: Hub,
+    tmp_path: Path,
+    binary: str,
+    files: dict[str, bytes],
+    declared: bool,
+    taken: str,
+    left: str,
+) -> None:
+    """`POST /models/{id}/download` of a model nothing wants on disk (undeclared, or declared
+    without keep and unused) fetches what the background fetches would."""
+    hub.add("acme/asked", files)
+    flavour = flavour_of(Settings(tei_binary=binary))
+    async with running(tmp_path, hub.url, flavour=flavour) as h:
+        if declared:
+            listed = Want(model_id="acme/asked", need=Need.LISTED, declared=True)
+            h.registry.want({"acme/asked": listed})
+        h.registry.fetch_now("acme/asked")
+        done = await h.until(
+            lambda s: s is not None and s.state in (ModelState.DOWNLOADED, ModelState.FAILED),
+            "acme/asked",
+        )
+    assert done is not None
+    assert (done.state, done.reason, done.message) == (ModelState.DOWNLOADED, "Downloaded", "")
+    assert done.declared is declared
+    assert done.cache_path is not None
+    assert (Path(done.cache_path) / taken).read_bytes() == files[taken]
+    assert not (Path(done.cache_path) / left).exists()
+    assert not hub.requests("GET", f"/resolve/{'c' * 40}/{left}")
+
+
+async def test_a_named_model_not_wanted_on_disk_is_listed_with_why_and_never_fetched(
+    hub: Hub, tmp_path: Path
+) -> None:
+    write_cached(tmp_path, "other/cached", FILES, "e" * 40)
+    async with running(tmp_path, hub.url) as h:
+        h.registry.want(
+            {
+                "acme/listed": Want(
+                    model_id="acme/listed", revision="v1", need=Need.LISTED, declared=True
+                ),
+                "hash/8": Want(model_id="hash/8", need=Need.SHIPPED, used_by=("stand-in",)),
+                "other/cached": Want(model_id="other/cached", need=Need.LISTED, declared=True),
+            }
+        )
+        listed, shipped, cached = (h.status(m) for m in ("acme/listed", "hash/8", "other/cached"))
+        assert listed is not None
+        assert (listed.state, listed.reason, listed.revision, listed.declared) == (
+            ModelState.AVAILABLE,
+            "NotWanted",
+            "v1",
+            True,
+        )
+        assert "no instance uses it and keep is not set" in listed.message
+        assert shipped is not None
+        assert (shipped.state, shipped.reason, shipped.used_by) == (
+            ModelState.AVAILABLE,
+            "ServedWithoutCache",
+            ("stand-in",),
+        )
+        assert cached is not None
+        assert (cached.state, cached.declared) == (ModelState.DOWNLOADED, True)
+        assert h.registry.gate("acme/listed") is None
+
+        h.registry.want({})  # all undeclared and unused: gone, unless cached
+        assert h.status("acme/listed") is None
+        assert h.status("hash/8") is None
+        cached = h.status("other/cached")
+        assert cached is not None
+        assert (cached.state, cached.declared) == (ModelState.DOWNLOADED, False)
+    assert not hub.requests()
+
+
+async def test_a_listed_model_an_instance_comes_to_use_is_fetched(hub: Hub, tmp_path: Path) -> None:
+    async with running(tmp_path, hub.url) as h:
+        h.registry.want({REPO: Want(model_id=REPO, need=Need.LISTED, declared=True)})
+        assert not hub.requests()
+        h.registry.want({REPO: Want(model_id=REPO, declared=True, used_by=("embedder",))})
+        done = await h.until(state_is(ModelState.DOWNLOADED))
+        assert done is not None
+        assert (done.reason, done.used_by) == ("Downloaded", ("embedder",))

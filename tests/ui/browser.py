@@ -11,9 +11,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support.waiting import wait_until
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver", "/usr/lib/chromium/chromedriver")
@@ -65,3 +68,64 @@ def chromium() -> Iterator[Any]:
             yield session
         finally:
             session.quit()
+
+
+# ---- reading and driving the page ----------------------------------------------------
+def cell(page: Any, name: str, column: str) -> str:
+    """The text of one cell of an instance's row ("" while the row is absent), read in one
+    step in the page: rows are replaced as updates arrive."""
+    script = """
+        const [name, column] = arguments;
+        const row = document.querySelector(`tr[data-name="${name}"]`);
+        if (!row) return "";
+        const heads = [...document.querySelectorAll("table.instances thead th")]
+            .map((h) => h.textContent.trim().toLowerCase());
+        return row.children[heads.indexOf(column)].innerText.trim();
+    """
+    return str(page.execute_script(script, name, column))
+
+
+def phase(page: Any, name: str) -> str:
+    text = cell(page, name, "phase")
+    return text.splitlines()[0] if text else ""
+
+
+def text_of(page: Any, selector: str) -> str:
+    script = (
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText).join('\\n')"
+    )
+    return str(page.execute_script(script, selector))
+
+
+def click(page: Any, label: str) -> Any:
+    """Click the button showing `label` once it is there."""
+    from selenium.webdriver.common.by import By  # noqa: PLC0415 - only once the skip check passed
+
+    xpath = f"//button[normalize-space()='{label}']"
+    button = wait_until(lambda: page.find_elements(By.XPATH, xpath), what=f"the {label} button")[0]
+    button.click()
+    return button
+
+
+def screenshot(page: Any, path: Path) -> None:
+    page.save_screenshot(str(path))
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 10_000  # a rendered page, not a blank image
+
+
+def press(page: Any, selector: str) -> None:
+    """Click the element at `selector` once it is there; live updates may redraw it between
+    finding and clicking it (a stale element), so it is found again then."""
+    from selenium.common.exceptions import StaleElementReferenceException  # noqa: PLC0415
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    def attempt() -> bool:
+        try:
+            page.find_element(By.CSS_SELECTOR, selector).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait_until(lambda: page.find_elements(By.CSS_SELECTOR, selector), what=selector)
+    wait_until(attempt, what=f"a click on {selector}")

@@ -9,53 +9,13 @@ from typing import Any
 
 import pytest
 
+from .browser import cell, click, phase, screenshot, text_of
 from support.reconciler import Reconciler
 from support.waiting import wait_until
 
 REASON = "selenium is not installed (pip install -e '.[dev]')"
 By = pytest.importorskip("selenium.webdriver.common.by", reason=REASON).By
 Keys = pytest.importorskip("selenium.webdriver.common.keys", reason=REASON).Keys
-
-
-def cell(page: Any, name: str, column: str) -> str:
-    """The text of one cell of an instance's row ("" while the row is absent), read in one
-    step in the page: rows are replaced as updates arrive."""
-    script = """
-        const [name, column] = arguments;
-        const row = document.querySelector(`tr[data-name="${name}"]`);
-        if (!row) return "";
-        const heads = [...document.querySelectorAll("table.instances thead th")]
-            .map((h) => h.textContent.trim().toLowerCase());
-        return row.children[heads.indexOf(column)].innerText.trim();
-    """
-    return str(page.execute_script(script, name, column))
-
-
-def phase(page: Any, name: str) -> str:
-    text = cell(page, name, "phase")
-    return text.splitlines()[0] if text else ""
-
-
-def text_of(page: Any, selector: str) -> str:
-    script = (
-        "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText).join('\\n')"
-    )
-    return str(page.execute_script(script, selector))
-
-
-def click(page: Any, label: str) -> Any:
-    """Click the button showing `label` once it is there."""
-    xpath = f"//button[normalize-space()='{label}']"
-    button = wait_until(lambda: page.find_elements(By.XPATH, xpath), what=f"the {label} button")[0]
-    button.click()
-    return button
-
-
-def screenshot(page: Any, path: Path) -> None:
-    page.save_screenshot(str(path))
-    data = path.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    assert len(data) > 10_000  # a rendered page, not a blank image
 
 
 def test_an_instance_created_meanwhile_appears_and_goes_ready_without_a_reload(
@@ -176,6 +136,11 @@ def test_a_read_only_state_file_disables_every_action_and_says_why(
         start.click()
         wait_until(lambda: "Read-only" in text_of(page, ".toast"), what="the refusal")
         assert reconciler.instance("ro-a")["desired_state"] == "stopped"  # type: ignore[index]
+        page.find_element(By.LINK_TEXT, "Models").click()
+        declare = wait_until(
+            lambda: page.find_elements(By.XPATH, "//button[text()='Declare']"), what="the form"
+        )[0]
+        assert declare.get_attribute("aria-disabled") == "true"
     finally:
         reconciler.state_file.unlink()
         os.replace(reconciler.state_file.with_name("saved.toml"), reconciler.state_file)
@@ -198,7 +163,7 @@ def test_the_instance_page_shows_why_the_last_process_ended_and_what_it_wrote(
     follow = click(page, "Follow")
     assert follow.get_attribute("aria-pressed") == "true"
     wait_until(
-        lambda: "no_such_fault" in page.find_element(By.CSS_SELECTOR, "pre.log").text,
+        lambda: "no_such_fault" in text_of(page, 'pre[aria-label="Log of ghost"]'),
         what="the log",
     )
 

@@ -1,11 +1,11 @@
-"""Which models a desired state wants fetched: every instance's, kept declared ones, at the
-right revision and with the weights the binary reads; never what the built-in engine ships."""
+"""Which models a desired state names and which it wants fetched: every instance's, kept
+declared ones, at the right revision; declared ones nothing uses are only listed, and what the
+built-in engine ships is never fetched."""
 
 from __future__ import annotations
 
 from tei_reconciler.desired.spec import DesiredRun, DesiredState, InstanceSpec, ModelSpec
-from tei_reconciler.models.select import Flavour
-from tei_reconciler.models.wants import Want, wanted_models
+from tei_reconciler.models.wants import Need, Want, named_models
 
 PACKAGED = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -29,35 +29,28 @@ def test_instances_models_are_wanted_with_their_users_and_revision() -> None:
         InstanceSpec(name="m", model_id=PACKAGED),
         InstanceSpec(name="l", model_id="/srv/model"),
     )
-    wants = wanted_models(desired, flavour=Flavour.ONNX, served_without_cache=builtin_ships)
-    assert wants == {
-        "BAAI/bge": Want(
-            model_id="BAAI/bge",
-            revision="v2",
-            flavours=frozenset({Flavour.ONNX}),
-            used_by=("a", "b"),
-        ),
-        "/srv/model": Want(
-            model_id="/srv/model", flavours=frozenset({Flavour.ONNX}), used_by=("l",), local=True
-        ),
+    named = named_models(desired, served_without_cache=builtin_ships)
+    assert named == {
+        "/srv/model": Want(model_id="/srv/model", used_by=("l",), local=True),
+        "BAAI/bge": Want(model_id="BAAI/bge", revision="v2", used_by=("a", "b")),
+        "hash/384": Want(model_id="hash/384", need=Need.SHIPPED, used_by=("h",)),
+        PACKAGED: Want(model_id=PACKAGED, need=Need.SHIPPED, used_by=("m",)),
     }
 
 
-def test_a_declared_model_is_wanted_alone_only_when_kept() -> None:
+def test_a_declared_model_is_wanted_alone_only_when_kept_and_listed_otherwise() -> None:
     desired = state(
         kept=ModelSpec(model_id="org/kept", revision="v1", keep=True),
         pinned=ModelSpec(model_id="org/pinned", revision="v1"),
     )
-    wants = wanted_models(desired, flavour=Flavour.SAFETENSORS, served_without_cache=builtin_ships)
-    assert list(wants) == ["org/kept"]
-    assert wants["org/kept"].keep
-    assert wants["org/kept"].revision == "v1"
-    assert wants["org/kept"].used_by == ()
+    named = named_models(desired, served_without_cache=builtin_ships)
+    assert named == {
+        "org/kept": Want(model_id="org/kept", revision="v1", declared=True, keep=True),
+        "org/pinned": Want(model_id="org/pinned", revision="v1", need=Need.LISTED, declared=True),
+    }
 
 
 def test_tei_fetches_the_packaged_models_id_like_any_other() -> None:
     desired = state(InstanceSpec(name="m", model_id=PACKAGED))
-    wants = wanted_models(
-        desired, flavour=Flavour.SAFETENSORS, served_without_cache=lambda _: False
-    )
-    assert wants[PACKAGED].flavours == frozenset({Flavour.SAFETENSORS})
+    named = named_models(desired, served_without_cache=lambda _: False)
+    assert named[PACKAGED].need is Need.FETCH

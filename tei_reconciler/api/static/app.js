@@ -1,10 +1,12 @@
 // The dashboard's shell: the live watches, the read-only banner, sign-in, and a hash router
-// over four views (instances, one instance, the state file, a new instance).
+// over six views (instances, one instance, models, one model, the state file, a new instance).
 
 import { onTokenNeeded } from "./api.js";
 import { mountCreate } from "./create.js";
 import { mountInstance } from "./instance.js";
 import { mountInstances } from "./instances.js";
+import { mountModel } from "./model-page.js";
+import { mountModels } from "./models.js";
 import { model, refreshReadOnly, startWatching, subscribe } from "./model.js";
 import { mountState } from "./statefile.js";
 import { markWritable, refreshWritable, tickAges } from "./ui.js";
@@ -12,6 +14,8 @@ import { markWritable, refreshWritable, tickAges } from "./ui.js";
 const ROUTES = [
   [/^#?\/?$/, "instances", mountInstances],
   [/^#\/instances\/([a-z0-9-]+)$/, "instances", mountInstance],
+  [/^#\/models$/, "models", mountModels],
+  [/^#\/models\/([^/]+)$/, "models", mountModel],
   [/^#\/state$/, "state", mountState],
   [/^#\/new$/, "new", mountCreate],
 ];
@@ -32,7 +36,13 @@ function route() {
       if (link.dataset.nav === section) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
     }
-    unmount = mount(main, ...match.slice(1).map(decodeURIComponent)) || null;
+    let params;
+    try {
+      params = match.slice(1).map(decodeURIComponent);
+    } catch {
+      break; // a malformed %-escape: no such page
+    }
+    unmount = mount(main, ...params) || null;
     return;
   }
   main.append(Object.assign(document.createElement("p"), { textContent: "No such page." }));

@@ -3,8 +3,9 @@
 import { ApiError, getJSON, watch } from "./api.js";
 import { formatMs, formatPercent, formatRate, lineChart } from "./charts.js";
 import { model, subscribe } from "./model.js";
+import { modelBadge, modelHref, modelLink, progressView, waitsForModel } from "./modelkit.js";
 import { highlight, specToml } from "./toml.js";
-import { actionButtons, age, errorText, gpuText, h, phaseBadge, readyText, rolloutBadge, when } from "./ui.js";
+import { actionButtons, age, errorText, eventsTable, gpuText, h, phaseBadge, readyText, rolloutBadge, when } from "./ui.js";
 
 const LOG_TAIL = 200;
 const LOG_KEEP = 2000; // lines kept on the page while following
@@ -13,13 +14,55 @@ function field(label, value) {
   return [h("dt", {}, label), h("dd", {}, value ?? "–")];
 }
 
+// The model, linked to its page, with what the registry says of it (`.model-state` is
+// redrawn alone as a download goes on, so the link keeps keyboard focus).
+function modelState(item) {
+  const m = model.models.get(item.model_id);
+  return m ? [modelBadge(m), " ", progressView(m, { compact: true })] : [];
+}
+
+function modelField(item) {
+  return h("span", { class: "model-field" }, modelLink(item.model_id), " ", h("span", { class: "model-state" }, modelState(item)));
+}
+
+// Pending while its model downloads (or Failed because it could not be fetched): say so first.
+function modelWait(item) {
+  if (!waitsForModel(item)) return null;
+  const m = model.models.get(item.model_id);
+  const downloading = item.reason === "Downloading";
+  return h(
+    "div",
+    { class: `banner ${downloading ? "info" : "error"}`, id: "model-wait", role: "status" },
+    h("p", {}, downloading ? "Waiting for its model to download: " : "Its model could not be fetched: ", h("a", { href: modelHref(item.model_id) }, item.model_id), "."),
+    h("p", { class: "model-wait-detail" }, waitDetail(item, m)),
+  );
+}
+
+function waitDetail(item, m) {
+  const progress = item.reason === "Downloading" && m ? progressView(m) : null;
+  return progress || [item.reason, item.message].filter(Boolean).join(": ");
+}
+
+// A model event: redraw only the parts that show the model's state.
+function redrawModelParts(root, item) {
+  root.querySelector(".model-state")?.replaceChildren(...modelState(item));
+  const banner = root.querySelector("#model-wait");
+  const wanted = modelWait(item);
+  if (banner && wanted && banner.className === wanted.className) {
+    banner.querySelector(".model-wait-detail").replaceChildren(waitDetail(item, model.models.get(item.model_id)));
+  } else if (banner || wanted) {
+    const holder = root.querySelector(".model-wait-holder");
+    holder?.replaceChildren(...[wanted].filter(Boolean));
+  }
+}
+
 function statusList(item) {
   const spec = item.spec || {};
   const reason = [item.reason, item.message].filter(Boolean).join(": ");
   return h(
     "dl",
     { class: "facts" },
-    field("Model", item.model_id),
+    field("Model", modelField(item)),
     field("Desired state", item.desired_state),
     field("Phase", h("span", {}, phaseBadge(item), reason ? ` ${reason}` : "")),
     field("Ready", readyText(item)),
@@ -125,29 +168,6 @@ function conditionsTable(item) {
   );
 }
 
-function eventsTable(events) {
-  if (!events.length) return h("p", { class: "muted" }, "No events.");
-  return h(
-    "table",
-    { class: "plain" },
-    h("thead", {}, h("tr", {}, ["Type", "Reason", "Count", "Last seen", "Message"].map((c) => h("th", { scope: "col" }, c)))),
-    h(
-      "tbody",
-      {},
-      [...events].reverse().map((e) =>
-        h(
-          "tr",
-          { class: e.type === "Warning" ? "warning" : "" },
-          h("td", {}, e.type),
-          h("td", {}, e.reason),
-          h("td", { class: "num" }, String(e.count)),
-          h("td", {}, age(e.last_time, " ago")),
-          h("td", {}, e.message),
-        ),
-      ),
-    ),
-  );
-}
 
 function tomlBlock(text) {
   return h("pre", { class: "toml" }, ...highlight(text).map((html) => {
@@ -166,6 +186,7 @@ export function mountInstance(main, name) {
   const signal = controller.signal;
   const header = h("div", { class: "heading" });
   const gone = h("p", { class: "banner warn", role: "status", hidden: true }, `${name} is not in the state file any more.`);
+  const waiting = h("div", { class: "model-wait-holder" });
   const status = h("div");
   const exit = h("div");
   const rollout = h("div");
@@ -182,6 +203,7 @@ export function mountInstance(main, name) {
     h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/" }, "Instances"), " / ", h("span", { "aria-current": "page" }, name)),
     header,
     gone,
+    waiting,
     h("div", { class: "columns" },
       h("div", {}, section("s-status", "Status", status), section("s-rollout", "Rollout", rollout), section("s-exit", "Last exit", exit), section("s-conditions", "Conditions", conditions)),
       h("div", {}, section("s-traffic", "Traffic", charts), section("s-spec", "Spec", spec)),
@@ -199,6 +221,7 @@ export function mountInstance(main, name) {
     }
     header.replaceChildren(h("h1", {}, name, " ", phaseBadge(item)), h("div", { class: "tools" }, actionButtons(item)));
     status.replaceChildren(statusList(item));
+    waiting.replaceChildren(...[modelWait(item)].filter(Boolean));
     rollout.replaceChildren(rolloutView(item));
     exit.replaceChildren(lastExit(item));
     conditions.replaceChildren(conditionsTable(item));
@@ -291,6 +314,9 @@ export function mountInstance(main, name) {
     if ((kind === "instance" || kind === "deleted" || kind === "reset" || kind === "readonly") && (changed === name || !changed)) {
       draw();
       if (kind !== "readonly") loadEvents();
+    } else if (kind === "models" || (kind === "model" && changed === model.instances.get(name)?.model_id)) {
+      const item = model.instances.get(name);
+      if (item) redrawModelParts(main, item);
     }
   });
   return () => {

@@ -3,6 +3,7 @@
 
 import { formatMs, formatPercent, formatRate } from "./charts.js";
 import { model, sortedNames, subscribe } from "./model.js";
+import { modelHref, modelLink, progressView, waitsForModel } from "./modelkit.js";
 import { actionButtons, age, gpuText, h, markWritable, phaseBadge, readyText, rolloutBadge } from "./ui.js";
 
 const PHASES = ["Pending", "Starting", "Running", "Stopping", "Stopped", "CrashLoopBackOff", "Failed"];
@@ -26,22 +27,46 @@ function rolloutCell(item) {
   return [rolloutBadge(rollout), detail ? h("small", { class: "why", title: rollout.message }, detail) : null];
 }
 
-// Why an instance is not well, in a few words under its phase (the whole text on hover).
+// Why an instance is not well, in a few words under its phase (the whole text on hover); a
+// wait for its model (downloading, or a fetch that failed) links to the model.
 function trouble(item) {
   if (!["CrashLoopBackOff", "Failed", "Pending"].includes(item.phase) && !(item.phase === "Running" && !item.ready)) return null;
   const text = [item.reason, item.message].filter(Boolean).join(": ");
-  return text ? h("small", { class: "why", title: text }, text) : null;
+  if (!text) return null;
+  if (waitsForModel(item)) return h("small", { class: "why" }, h("a", { href: modelHref(item.model_id), title: text }, text));
+  return h("small", { class: "why", title: text }, text);
+}
+
+// What a row shows of its model: a change of it redraws the model and phase cells alone (the
+// row's buttons stay the same elements, so focus and a pointer on them are kept).
+function modelSignature(item) {
+  const m = model.models.get(item.model_id);
+  return JSON.stringify([m?.status ?? null, m?.progress ?? null, waitsForModel(item)]);
+}
+
+function redrawModelCells(tr, item) {
+  const signature = modelSignature(item);
+  if (tr.dataset.modelSignature === signature) return;
+  tr.dataset.modelSignature = signature;
+  tr.querySelector("td.model").replaceWith(modelCell(item));
+  tr.querySelector("td.phase-cell").replaceChildren(phaseBadge(item), ...[trouble(item)].filter(Boolean));
+}
+
+// The model, linked to its page, with its download progress while it downloads.
+function modelCell(item) {
+  const m = model.models.get(item.model_id);
+  return h("td", { class: "model", title: item.model_id }, modelLink(item.model_id), m ? progressView(m, { compact: true }) : null);
 }
 
 function row(item) {
   const spec = item.spec || {};
   return h(
     "tr",
-    { dataset: { name: item.name, phase: item.phase } },
+    { dataset: { name: item.name, phase: item.phase, modelSignature: modelSignature(item) } },
     h("th", { scope: "row" }, h("a", { href: `#/instances/${item.name}` }, item.name)),
     h("td", { class: "phase-cell" }, phaseBadge(item), trouble(item)),
     h("td", {}, readyText(item)),
-    h("td", { class: "model", title: item.model_id }, item.model_id),
+    modelCell(item),
     h("td", {}, gpuText(spec.gpu)),
     h("td", { class: "num" }, item.port ?? "–"),
     h("td", { class: "num" }, String(item.restarts ?? 0)),
@@ -171,7 +196,13 @@ export function mountInstances(main) {
   return subscribe((kind, name) => {
     if (kind === "reset" || kind === "readonly") redrawAll();
     else if (kind === "instance" || kind === "deleted") upsert(name);
-    else if (kind === "traffic") {
+    else if (kind === "model" || kind === "models") {
+      for (const [n, tr] of rows) {
+        const item = model.instances.get(n);
+        if (item && (kind === "models" || item.model_id === name)) redrawModelCells(tr, item);
+      }
+      return;
+    } else if (kind === "traffic") {
       for (const [n, tr] of rows) tr.querySelector(".traffic-cell").replaceChildren(trafficCell(n));
       return;
     } else return;

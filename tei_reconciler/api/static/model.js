@@ -1,11 +1,14 @@
-// What the dashboard knows, kept live: instances (from the /events watch), the traffic of the
-// last minute (from the /traffic watch) and whether the state file may be written (/plan).
-// Views subscribe and redraw only what changed.
+// What the dashboard knows, kept live: instances and models (from the /events watch), the
+// traffic of the last minute (from the /traffic watch) and whether the state file may be
+// written (/plan). Views subscribe and redraw only what changed.
 
 import { ApiError, getJSON, watch } from "./api.js";
 
 export const model = {
   instances: new Map(), // name -> the API's instance JSON
+  models: new Map(), // model_id -> the API's model JSON
+  modelsLoaded: false, // the first GET /models has answered
+  modelsError: null, // why the last GET /models failed, if it did
   traffic: new Map(), // name -> the last minute's summary
   trafficSpan: 60,
   readOnly: null, // null (writable) or the reason the state file is read-only
@@ -14,7 +17,8 @@ export const model = {
 
 const listeners = new Set();
 
-// fn(kind, name): kind is "instance", "deleted", "reset", "traffic", "readonly" or "live".
+// fn(kind, name): kind is "instance", "deleted", "reset", "model" (name: the model id),
+// "models" (the whole list), "traffic", "readonly" or "live".
 export function subscribe(fn) {
   listeners.add(fn);
   return () => listeners.delete(fn);
@@ -27,6 +31,15 @@ function emit(kind, name) {
 export function putInstance(item) {
   model.instances.set(item.name, item);
   emit("instance", item.name);
+}
+
+export function putModel(item) {
+  model.models.set(item.model_id, item);
+  emit("model", item.model_id);
+}
+
+export function dropModel(id) {
+  if (model.models.delete(id)) emit("model", id);
 }
 
 export function sortedNames() {
@@ -46,13 +59,77 @@ export async function refreshReadOnly() {
   }
 }
 
+// The models as GET /models lists them. An update or removal seen on the stream while the list
+// was on its way wins over the list, which may be older.
+let modelsSeen = null;
+let modelsLoading = null;
+let loadAgain = false; // asked while a load was on its way, which may have missed the change
+
+let watching = null; // the signal of the app's watches, set by startWatching()
+
+export function loadModels(signal = watching) {
+  if (modelsLoading) {
+    loadAgain = true;
+    return modelsLoading;
+  }
+  modelsLoading = (async () => {
+    modelsSeen = new Map();
+    try {
+      const items = await getJSON("/models", { signal });
+      const fresh = new Map(items.map((m) => [m.model_id, m]));
+      for (const [id, change] of modelsSeen) {
+        if (change === null) fresh.delete(id);
+        else fresh.set(id, change);
+      }
+      model.models = fresh;
+      model.modelsLoaded = true;
+      model.modelsError = null;
+      emit("models");
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      if (!(err instanceof ApiError)) throw err;
+      model.modelsError = err.text;
+      emit("models");
+    } finally {
+      modelsSeen = null;
+      modelsLoading = null;
+      if (loadAgain && !signal?.aborted) {
+        loadAgain = false;
+        loadModels(signal);
+      }
+    }
+  })();
+  return modelsLoading;
+}
+
+// Every change to the models the state file names, and download progress, arrives as `model`
+// and `model_deleted` events. The check before start of each instance on a model comes from
+// the instances' statuses, which change no model: the list is read again (once for a burst)
+// when an instance appears, goes, changes model or changes reason.
+const RELOAD_AFTER_MS = 250;
+let reloadTimer = null;
+
+function modelKey(item) {
+  return item ? `${item.model_id}\n${item.reason}` : null;
+}
+
+function modelsMayHaveChanged(before, after, signal) {
+  if (modelKey(before) === modelKey(after) || reloadTimer) return;
+  reloadTimer = setTimeout(() => {
+    reloadTimer = null;
+    if (!signal.aborted) loadModels(signal);
+  }, RELOAD_AFTER_MS);
+}
+
 // The instance watch: every status change as it happens. On each (re)connect the full list
 // is read once (it also holds instances the controller has not observed yet); an update or a
 // deletion seen on the stream meanwhile wins over that list, which may be older.
 export function startWatching(signal) {
+  watching = signal;
   let seen = null;
   const load = async () => {
     seen = new Map();
+    loadModels(signal);
     try {
       const items = await getJSON("/instances", { signal });
       const fresh = new Map(items.map((i) => [i.name, i]));
@@ -75,11 +152,21 @@ export function startWatching(signal) {
     onEvent: (name, data) => {
       if (name === "status") {
         seen?.set(data.name, data);
+        const before = model.instances.get(data.name);
         putInstance(data);
+        modelsMayHaveChanged(before, data, signal);
       } else if (name === "deleted") {
         seen?.set(data.name, null);
+        const before = model.instances.get(data.name);
         model.instances.delete(data.name);
         emit("deleted", data.name);
+        modelsMayHaveChanged(before, null, signal);
+      } else if (name === "model") {
+        modelsSeen?.set(data.model_id, data);
+        putModel(data);
+      } else if (name === "model_deleted") {
+        modelsSeen?.set(data.model_id, null);
+        dropModel(data.model_id);
       }
     },
   });

@@ -95,17 +95,30 @@ export function errorText(err) {
   return String(err?.message || err);
 }
 
-// The native modal dialog (focus stays inside; Escape cancels). Resolves true on confirm.
-export function confirmDialog(title, text, action) {
+// The native modal dialog (focus stays inside; Escape cancels). Resolves true on confirm, or,
+// with `option` (the label of a checkbox in the dialog), {option: checked}; false on cancel.
+export function confirmDialog(title, text, action, { option } = {}) {
   const dialog = document.getElementById("confirm");
   dialog.querySelector("#confirm-title").textContent = title;
   dialog.querySelector("#confirm-text").textContent = text;
   dialog.querySelector("#confirm-ok").textContent = action;
+  const box = dialog.querySelector("#confirm-option");
+  const check = dialog.querySelector("#confirm-check");
+  box.hidden = !option;
+  check.checked = false;
+  dialog.querySelector("#confirm-option-text").textContent = option || "";
   dialog.returnValue = "";
   dialog.showModal();
   dialog.querySelector("button[value=cancel]").focus();
   return new Promise((resolve) => {
-    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.addEventListener(
+      "close",
+      () => {
+        const ok = dialog.returnValue === "ok";
+        resolve(ok && option ? { option: check.checked } : ok);
+      },
+      { once: true },
+    );
   });
 }
 
@@ -197,4 +210,29 @@ export function applyReadOnly(control) {
 
 export function refreshWritable(root = document) {
   for (const control of root.querySelectorAll(".writes")) applyReadOnly(control);
+}
+
+// The events of an instance or a model, newest first.
+export function eventsTable(events) {
+  if (!events.length) return h("p", { class: "muted" }, "No events.");
+  return h(
+    "table",
+    { class: "plain" },
+    h("thead", {}, h("tr", {}, ["Type", "Reason", "Count", "Last seen", "Message"].map((c) => h("th", { scope: "col" }, c)))),
+    h(
+      "tbody",
+      {},
+      [...events].reverse().map((e) =>
+        h(
+          "tr",
+          { class: e.type === "Warning" ? "warning" : "" },
+          h("td", {}, e.type),
+          h("td", {}, e.reason),
+          h("td", { class: "num" }, String(e.count)),
+          h("td", {}, age(e.last_time, " ago")),
+          h("td", {}, e.message),
+        ),
+      ),
+    ),
+  );
 }

@@ -1,0 +1,35 @@
+"""The status a server really answered a streaming call with.
+
+grpcio's asyncio client turns a message write that races the server's early status (an auth
+refusal sent before the client finished writing) into a local INTERNAL "Internal error from
+Core", dropping the server's own code (grpc/grpc#36066). Such an attempt tells nothing about
+the server, so `answered` makes the call again; every attempt still sends its messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+T = TypeVar("T")
+ATTEMPTS = 20
+
+
+def lost_to_a_write(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether `exc` is the client's own INTERNAL for a write that raced the server's end."""
+    return bool(
+        exc.code() == grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core"
+    )
+
+
+async def answered(call: Callable[[], Awaitable[T]]) -> T | grpc.aio.AioRpcError:
+    """`call()`'s result, or the error status the server ended it with."""
+    for _ in range(ATTEMPTS):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if not lost_to_a_write(exc):
+                return exc
+    raise AssertionError(f"every one of {ATTEMPTS} attempts lost its write: no status seen")
