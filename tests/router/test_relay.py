@@ -16,7 +16,7 @@ from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2_grpc
 from tei_reconciler.routing import RoutingTable
 
-from .fake_backend import fake_backend, vector
+from .fake_backend import Recorder, fake_backend, vector
 from .harness import endpoint, mux_client, mux_to_fake, running_router, to
 from support.waiting import DEADLINE, eventually
 
@@ -128,17 +128,25 @@ async def test_a_client_cancel_reaches_the_backend() -> None:
             await recorder.cancelled.wait()
 
 
+async def cancel_mid_stream(
+    stub: multiplexer_pb2_grpc.TeiMultiplexerStub, recorder: Recorder, instance: str
+) -> None:
+    """Open an EmbedStream to `instance`, get one answer, start a slow call on it, cancel the
+    stream, and wait until the backend saw the cancellation."""
+    call = stub.EmbedStream(timeout=DEADLINE)
+    await call.write(embed("fine", to(instance)))
+    await call.read()
+    await call.write(embed("slow too"))
+    with anyio.fail_after(DEADLINE):
+        await recorder.slow_started.wait()
+    call.cancel()
+    with anyio.fail_after(DEADLINE):
+        await recorder.cancelled.wait()
+
+
 async def test_a_client_cancel_of_a_stream_reaches_the_backend() -> None:
     async with mux_to_fake() as (stub, recorder):
-        call = stub.EmbedStream(timeout=DEADLINE)
-        await call.write(embed("fine", to("a")))
-        await call.read()
-        await call.write(embed("slow too"))
-        with anyio.fail_after(DEADLINE):
-            await recorder.slow_started.wait()
-        call.cancel()
-        with anyio.fail_after(DEADLINE):
-            await recorder.cancelled.wait()
+        await cancel_mid_stream(stub, recorder, "a")
 
 
 def router_calls(instance: str, method: str, code: str) -> float:
@@ -162,15 +170,7 @@ async def test_streams_the_client_cancels_are_counted_cancelled_and_finished_one
             await finished.read()
             await finished.done_writing()
             assert await finished.read() == grpc.aio.EOF
-            cancelled = stub.EmbedStream(timeout=DEADLINE)
-            await cancelled.write(embed("fine", to("cancel-counted")))
-            await cancelled.read()
-            await cancelled.write(embed("slow too"))
-            with anyio.fail_after(DEADLINE):
-                await recorder.slow_started.wait()
-            cancelled.cancel()
-            with anyio.fail_after(DEADLINE):
-                await recorder.cancelled.wait()
+            await cancel_mid_stream(stub, recorder, "cancel-counted")
             await eventually(
                 lambda: router_calls("cancel-counted", stream, "CANCELLED") > cancelled_before,
                 what="the count",
