@@ -14,6 +14,7 @@ from tei_reconciler.routing import RoutingTable
 
 from .fake_backend import vector
 from .harness import endpoint, mux_client, mux_to, mux_to_fake, running_router, to
+from support.grpc_status import answered
 
 pytestmark = pytest.mark.anyio
 
@@ -135,16 +136,20 @@ FAILS_IN_CHUNK_TWO = [f"ok {i}" if i != 50 else "fail: x" for i in range(100)]
 
 async def test_a_backend_error_keeps_its_code_inside_arrow_calls() -> None:
     async with mux_to_fake() as (stub, _):
-        with pytest.raises(grpc.aio.AioRpcError) as dense:
-            await stub.EmbedArrow(
+        dense = await answered(
+            lambda: stub.EmbedArrow(
                 mux.EmbedArrowRequest(target=to("a"), arrow_ipc=ipc(FAILS_IN_CHUNK_TWO))
             )
-        with pytest.raises(grpc.aio.AioRpcError) as sparse:
-            await stub.EmbedSparseArrow(
+        )
+        sparse = await answered(
+            lambda: stub.EmbedSparseArrow(
                 mux.EmbedSparseArrowRequest(target=to("a"), arrow_ipc=ipc(["fail: y"]))
             )
-    assert dense.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert sparse.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+    assert isinstance(dense, grpc.aio.AioRpcError)
+    assert isinstance(sparse, grpc.aio.AioRpcError)
+    assert dense.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert sparse.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_arrow_calls_are_routed_and_refused_like_any_other() -> None:

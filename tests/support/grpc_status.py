@@ -1,4 +1,4 @@
-"""The status a server really answered a streaming call with.
+"""The status a server really answered a call with.
 
 grpcio's asyncio client turns a message write that races the server's early status (an auth
 refusal sent before the client finished writing) into a local INTERNAL "Internal error from
