@@ -93,6 +93,7 @@ class Resources(msgspec.Struct, frozen=True, kw_only=True):
     routed: dict[str, tuple[str, int]]  # Ready instance -> (address, generation) routes reach
     cluster_labels: dict[str, str]  # cluster -> the `instance` label of its metrics
     addresses: dict[str, str]  # instance -> "host:port" of its endpoint (drain accounting)
+    secrets: frozenset[Secret] = frozenset()  # the API keys they carry, never to be shown
 
 
 def grpc_timeout(secs: float) -> str:
@@ -329,4 +330,5 @@ def translate(endpoints: Sequence[Endpoint], plan: Plan) -> Resources:
         routed={name: (e.address, e.generation) for name, e in ready.items()},
         cluster_labels=labels,
         addresses={e.name: e.address for e in known},
+        secrets=frozenset(e.api_key for e in known if e.api_key is not None),
     )
