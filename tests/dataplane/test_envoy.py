@@ -150,11 +150,15 @@ async def test_envoys_reason_for_a_rejection_never_shows_an_instances_key(
             route.request_headers_to_add[0].header.key = ""  # a header needs a name
             plane.control.publish(broken, table.version)
             await eventually(lambda: plane.status().config_rejected == 1, what="the NACK")
+            assert plane.supervisor is not None
+            envoy_log = plane.supervisor.log_path.read_text(errors="replace")
     (event,) = [e for e in store.events("") if e.reason == "DataPlaneConfigRejected"]
     assert event.message.count("Bearer ***") >= 2  # Envoy quoted the routes that carry it
     assert "k3y" not in event.message
     assert "k3y" not in caplog.text
     assert "Envoy rejected routes version" in caplog.text
+    assert "k3y" not in envoy_log  # nor Envoy's own log
+    assert "starting main dispatch loop" in envoy_log
 
 
 @pytest.fixture
