@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import grpc
 
-from tei_reconciler._types import SystemClock
+from tei_reconciler._types import Secret, SystemClock
 from tei_reconciler.dataplane.binary import Choice, find_envoy
 from tei_reconciler.dataplane.serve import DataPlaneRunner
 from tei_reconciler.planner.phase import Phase
@@ -43,6 +43,7 @@ def endpoint(
     ready: bool = True,
     phase: Phase = Phase.RUNNING,
     generation: int = 0,
+    api_key: str | None = None,
 ) -> Endpoint:
     return Endpoint(
         name=name,
@@ -52,6 +53,7 @@ def endpoint(
         ready=ready,
         phase=phase if ready or phase is not Phase.RUNNING else Phase.STARTING,
         generation=generation,
+        api_key=None if api_key is None else Secret(api_key),
     )
 
 
