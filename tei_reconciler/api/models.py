@@ -23,9 +23,17 @@ from starlette.responses import Response
 from tei_reconciler.api._http import decode_json, query_bool, query_float
 from tei_reconciler.api.context import ApiContext, ModelCommands, ctx_of
 from tei_reconciler.api.errors import ApiError, api_error_for, json_response
-from tei_reconciler.api.modelviews import model_ids, shown, shown_in, users_of
-from tei_reconciler.api.schemas import DeclareModelRequest, ErrorDetail
-from tei_reconciler.api.streams import KEEPALIVE, EventStream, next_change, sse, wants_stream
+from tei_reconciler.api.modelviews import WatchedModels, model_ids, shown, shown_in, users_of
+from tei_reconciler.api.schemas import DeclareModelRequest, ErrorDetail, ModelOut
+from tei_reconciler.api.streams import (
+    HEARTBEAT_SECS,
+    KEEPALIVE,
+    RECHECK_SECS,
+    EventStream,
+    next_change,
+    sse,
+    wants_stream,
+)
 from tei_reconciler.api.views import event_out, model_out
 from tei_reconciler.desired.check import accepts
 from tei_reconciler.planner.model_status import ModelChange, ModelState
@@ -153,6 +161,10 @@ async def delete_model(request: Request) -> Response:
     return Response(status_code=204)
 
 
+def _model_sse(model_id: str, body: ModelOut | None) -> bytes:
+    return sse("deleted", {"model_id": model_id}) if body is None else sse("model", body)
+
+
 async def model_events(request: Request) -> Response | EventStream:
     ctx = ctx_of(request)
     model_id = _model_id(request)
@@ -162,20 +174,27 @@ async def model_events(request: Request) -> Response | EventStream:
         return json_response([event_out(e) for e in ctx.store.model_events(model_id)])
 
     async def changes() -> AsyncGenerator[bytes]:
+        models = WatchedModels(ctx)
         with ctx.store.subscribe() as receive:
-            first = await shown(ctx, model_id)
+            first = models.show(await models.desired(), model_id)
             if first is not None:
                 yield sse("model", first)
+            quiet_since = anyio.current_time()
             while True:
-                change = await next_change(receive)
+                recheck = models.ahead
+                change = await next_change(receive, RECHECK_SECS if recheck else HEARTBEAT_SECS)
                 if change is None:
-                    yield KEEPALIVE
+                    if recheck:
+                        for changed, body in await models.recheck():
+                            if changed == model_id:
+                                yield _model_sse(model_id, body)
+                                quiet_since = anyio.current_time()
+                    if anyio.current_time() - quiet_since >= HEARTBEAT_SECS:
+                        yield KEEPALIVE
+                        quiet_since = anyio.current_time()
                     continue
                 if isinstance(change, ModelChange) and change.model_id == model_id:
-                    now = await shown(ctx, model_id)
-                    if now is None:
-                        yield sse("deleted", {"model_id": model_id})
-                    else:
-                        yield sse("model", now)
+                    yield _model_sse(model_id, models.show(await models.desired(), model_id))
+                    quiet_since = anyio.current_time()
 
     return EventStream(changes, ctx.closing)

@@ -65,6 +65,53 @@ async def shown(ctx: ApiContext, model_id: str) -> ModelOut | None:
     return shown_in(ctx, await ctx.effective(), model_id)
 
 
+class WatchedModels:
+    """The models one watch has shown, and the state file revision it read them against.
+
+    A body reads the state file as it is now, which may be ahead of what the controller has
+    acted on. When the file changes again before the controller sees that revision (an edit
+    undone within the file watcher's debounce), no registry change follows, so a watch that
+    read a revision the controller has not acted on (`ahead`) reads the file again
+    (`recheck`) and shows each model whose body changed since."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self.sent: dict[str, ModelOut] = {}
+        self._basis = ""  # revision of the valid file the bodies were read against
+
+    async def desired(self) -> DesiredState:
+        snap = await self.ctx.snapshot()
+        if snap.desired is None:  # invalid: the last good state, which the controller acts on
+            self._basis = ""
+            return self.ctx.last_good()
+        self._basis = snap.revision
+        return snap.desired
+
+    @property
+    def ahead(self) -> bool:
+        return self._basis not in ("", self.ctx.store.observed_revision)
+
+    def show(self, desired: DesiredState, model_id: str) -> ModelOut | None:
+        """`model_id` as shown against `desired` (None: gone), noted as sent."""
+        body = shown_in(self.ctx, desired, model_id)
+        if body is None:
+            self.sent.pop(model_id, None)
+        else:
+            self.sent[model_id] = body
+        return body
+
+    async def recheck(self) -> list[tuple[str, ModelOut | None]]:
+        """(model id, body or None: gone) of each model shown otherwise than last sent."""
+        desired = await self.desired()
+        changed: list[tuple[str, ModelOut | None]] = []
+        for model_id in sorted(set(self.sent) | set(model_ids(self.ctx, desired))):
+            before = self.sent.get(model_id)
+            body = self.show(desired, model_id)
+            if body != before:
+                changed.append((model_id, body))
+        return changed
+
+
 def checks(store: StatusStore, model_id: str, users: list[str]) -> list[ModelCheckOut]:
     """The check before start of each instance on `model_id`: a refusal stands while the
     instance is Failed for it; a warning is the last one given at a start of the instance."""

@@ -24,7 +24,7 @@ from tei_reconciler.api._http import query_bool, query_int
 from tei_reconciler.api.context import ApiContext, ctx_of
 from tei_reconciler.api.errors import ApiError, json_response
 from tei_reconciler.api.logs import count_lines, follow, normalise, read_slice
-from tei_reconciler.api.modelviews import model_ids, shown, shown_in
+from tei_reconciler.api.modelviews import WatchedModels, model_ids
 from tei_reconciler.api.views import event_out, instance_out
 from tei_reconciler.desired.spec import is_instance_name
 from tei_reconciler.paths import RuntimeDir
@@ -32,6 +32,7 @@ from tei_reconciler.planner.model_status import ModelChange
 from tei_reconciler.store import Change
 
 HEARTBEAT_SECS = 15.0
+RECHECK_SECS = 0.25  # how soon a watch ahead of the controller reads the state file again
 
 
 KEEPALIVE = b": keepalive\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
@@ -42,10 +43,12 @@ def sse(event: str, data: object, id_: int | None = None) -> bytes:
     return f"{head}event: {event}\ndata: ".encode() + msgspec.json.encode(data) + b"\n\n"
 
 
-async def next_change(receive: MemoryObjectReceiveStream[Change]) -> Change | None:
-    """The store's next change, or None once `HEARTBEAT_SECS` passed without one (time to
-    send a `KEEPALIVE`)."""
-    with anyio.move_on_after(HEARTBEAT_SECS):
+async def next_change(
+    receive: MemoryObjectReceiveStream[Change], within: float = HEARTBEAT_SECS
+) -> Change | None:
+    """The store's next change, or None once `within` seconds passed without one (by
+    default, time to send a `KEEPALIVE`)."""
+    with anyio.move_on_after(within):
         return await receive.receive()
     return None
 
@@ -134,6 +137,7 @@ async def get_logs(request: Request) -> Response | EventStream:
 
 def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[bytes]]:
     async def changes() -> AsyncGenerator[bytes]:
+        models = WatchedModels(ctx)
         with ctx.store.subscribe() as receive:
             now = ctx.clock.wall()
             for status in ctx.store.all():
@@ -142,22 +146,28 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                         "status", instance_out(status.spec, status, now, ctx.routed_by(status.name))
                     )
             if name is None:
-                desired = await ctx.effective()
+                desired = await models.desired()
                 for model_id in model_ids(ctx, desired):
-                    if (model := shown_in(ctx, desired, model_id)) is not None:
+                    if (model := models.show(desired, model_id)) is not None:
                         yield sse("model", model)
+            quiet_since = anyio.current_time()
             while True:
-                change = await next_change(receive)
+                recheck = name is None and models.ahead
+                change = await next_change(receive, RECHECK_SECS if recheck else HEARTBEAT_SECS)
                 if change is None:
-                    yield KEEPALIVE
+                    if recheck:
+                        for model_id, body in await models.recheck():
+                            yield _model_sse(model_id, body)
+                            quiet_since = anyio.current_time()
+                    if anyio.current_time() - quiet_since >= HEARTBEAT_SECS:
+                        yield KEEPALIVE
+                        quiet_since = anyio.current_time()
                     continue
                 if isinstance(change, ModelChange):
                     if name is None:
-                        model = await shown(ctx, change.model_id)
-                        if model is None:
-                            yield sse("model_deleted", {"model_id": change.model_id})
-                        else:
-                            yield sse("model", model)
+                        body = models.show(await models.desired(), change.model_id)
+                        yield _model_sse(change.model_id, body)
+                        quiet_since = anyio.current_time()
                     continue
                 if name is not None and change.name != name:
                     continue
@@ -169,8 +179,15 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                         status.spec, status, ctx.clock.wall(), ctx.routed_by(status.name)
                     )
                     yield sse("status", out)
+                quiet_since = anyio.current_time()
 
     return changes
+
+
+def _model_sse(model_id: str, body: object) -> bytes:
+    if body is None:
+        return sse("model_deleted", {"model_id": model_id})
+    return sse("model", body)
 
 
 async def list_events(request: Request) -> Response | EventStream:

@@ -81,12 +81,17 @@ async def service(tmp_path: Path, hub_url: str) -> AsyncIterator[tuple[httpx.Asy
 
 
 async def model_event(
-    events: Events, model_id: str, until: Callable[[dict[str, Any]], bool] = lambda _: True
+    events: Events,
+    model_id: str,
+    until: Callable[[dict[str, Any]], bool] = lambda _: True,
+    kind: str = "model",
 ) -> tuple[str, dict[str, Any]]:
-    """The watch's next `model` or `model_deleted` event about `model_id` whose data passes
-    `until`."""
+    """The watch's next `kind` event (`model` or `model_deleted`) about `model_id` whose data
+    passes `until`. Each body is the model as it is when the watch sends it, so a change
+    made before an action may arrive after it already showing the action's outcome, and the
+    action's own change then follows: what matters is the state the action leads to."""
     async for event, data in events:
-        if not (event.startswith("model") and isinstance(data, dict)):
+        if event != kind or not isinstance(data, dict):
             continue
         if data["model_id"] == model_id and until(data):
             return event, data
@@ -116,8 +121,9 @@ async def test_a_model_declared_used_cached_undeclared_and_removed_shows_live_on
             # declared by a file edit; nothing uses it and it is not kept
             declared = '[models."acme/listed"]\nrevision = "v1"\n'
             state.write_text(declared + STAND_IN.format("idle"))
-            event, listed = await model_event(events, "acme/listed")
-            assert event == "model"
+            _, listed = await model_event(
+                events, "acme/listed", lambda m: m.get("declared") and m["reason"] == "NotWanted"
+            )
             assert listed == await shown(client, "acme/listed")
             assert (listed["reason"], listed["declared"], listed["revision"]) == (
                 "NotWanted",
@@ -126,7 +132,9 @@ async def test_a_model_declared_used_cached_undeclared_and_removed_shows_live_on
             )
             # one more instance on the stand-in
             state.write_text(declared + STAND_IN.format("idle") + STAND_IN.format("spare"))
-            event, stand_in = await model_event(events, "hash/8")
+            _, stand_in = await model_event(
+                events, "hash/8", lambda m: "spare" in m.get("used_by", [])
+            )
             assert stand_in == await shown(client, "hash/8")
             assert (stand_in["reason"], stand_in["used_by"]) == (
                 "ServedWithoutCache",
@@ -167,7 +175,7 @@ async def test_a_model_declared_used_cached_undeclared_and_removed_shows_live_on
             # and removed from the cache
             evicted = await client.delete("/models/acme%2Fonnx-only", params={"evict": "true"})
             assert evicted.status_code == 204
-            assert await model_event(events, "acme/onnx-only") == (
+            assert await model_event(events, "acme/onnx-only", kind="model_deleted") == (
                 "model_deleted",
                 {"model_id": "acme/onnx-only"},
             )
