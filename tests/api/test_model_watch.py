@@ -122,7 +122,9 @@ async def test_a_model_declared_used_cached_undeclared_and_removed_shows_live_on
             declared = '[models."acme/listed"]\nrevision = "v1"\n'
             state.write_text(declared + STAND_IN.format("idle"))
             _, listed = await model_event(
-                events, "acme/listed", lambda m: m.get("declared") and m["reason"] == "NotWanted"
+                events,
+                "acme/listed",
+                lambda m: m.get("declared") is True and m["reason"] == "NotWanted",
             )
             assert listed == await shown(client, "acme/listed")
             assert (listed["reason"], listed["declared"], listed["revision"]) == (
