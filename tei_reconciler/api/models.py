@@ -20,15 +20,14 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tei_reconciler.api import streams
 from tei_reconciler.api._http import decode_json, query_bool, query_float
 from tei_reconciler.api.context import ApiContext, ModelCommands, ctx_of
 from tei_reconciler.api.errors import ApiError, api_error_for, json_response
 from tei_reconciler.api.modelviews import WatchedModels, model_ids, shown, shown_in, users_of
 from tei_reconciler.api.schemas import DeclareModelRequest, ErrorDetail, ModelOut
 from tei_reconciler.api.streams import (
-    HEARTBEAT_SECS,
     KEEPALIVE,
-    RECHECK_SECS,
     EventStream,
     next_change,
     sse,
@@ -182,14 +181,14 @@ async def model_events(request: Request) -> Response | EventStream:
             quiet_since = anyio.current_time()
             while True:
                 recheck = models.ahead
-                change = await next_change(receive, RECHECK_SECS if recheck else HEARTBEAT_SECS)
+                change = await next_change(receive, streams.wait_secs(recheck=recheck))
                 if change is None:
                     if recheck:
                         for changed, body in await models.recheck():
                             if changed == model_id:
                                 yield _model_sse(model_id, body)
                                 quiet_since = anyio.current_time()
-                    if anyio.current_time() - quiet_since >= HEARTBEAT_SECS:
+                    if anyio.current_time() - quiet_since >= streams.HEARTBEAT_SECS:
                         yield KEEPALIVE
                         quiet_since = anyio.current_time()
                     continue

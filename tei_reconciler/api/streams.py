@@ -38,17 +38,22 @@ RECHECK_SECS = 0.25  # how soon a watch ahead of the controller reads the state 
 KEEPALIVE = b": keepalive\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
 
 
+def wait_secs(*, recheck: bool) -> float:
+    """How long a watch waits for a change before it looks again or sends a `KEEPALIVE`."""
+    return min(RECHECK_SECS, HEARTBEAT_SECS) if recheck else HEARTBEAT_SECS
+
+
 def sse(event: str, data: object, id_: int | None = None) -> bytes:
     head = f"id: {id_}\n" if id_ is not None else ""
     return f"{head}event: {event}\ndata: ".encode() + msgspec.json.encode(data) + b"\n\n"
 
 
 async def next_change(
-    receive: MemoryObjectReceiveStream[Change], within: float = HEARTBEAT_SECS
+    receive: MemoryObjectReceiveStream[Change], within: float | None = None
 ) -> Change | None:
     """The store's next change, or None once `within` seconds passed without one (by
     default, time to send a `KEEPALIVE`)."""
-    with anyio.move_on_after(within):
+    with anyio.move_on_after(HEARTBEAT_SECS if within is None else within):
         return await receive.receive()
     return None
 
@@ -153,7 +158,7 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
             quiet_since = anyio.current_time()
             while True:
                 recheck = name is None and models.ahead
-                change = await next_change(receive, RECHECK_SECS if recheck else HEARTBEAT_SECS)
+                change = await next_change(receive, wait_secs(recheck=recheck))
                 if change is None:
                     if recheck:
                         for model_id, body in await models.recheck():

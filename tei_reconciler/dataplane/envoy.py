@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 TOKENS_POLL_SECS = 1.0  # how soon a tokens file change reaches Envoy
 TRAFFIC_POLL_SECS = 2.0  # how often Envoy's counters feed the dashboard's traffic ring
 _POLL = 0.05  # seconds between checks of Envoy's in-flight counters during a drain
-FIRST_SNAPSHOT_SECS = 60.0  # how long the start waits for Envoy to apply the first routes
 
 
 def auth_context(auth: AuthSettings, digests: tuple[str, ...]) -> AuthContext | None:
@@ -239,19 +238,6 @@ class EnvoyDataPlane:
                 feed.update(parse(text, self._cluster_labels()))
 
     # ---- running -----------------------------------------------------------------------
-    async def _until_applied(self) -> None:
-        """Wait for Envoy to apply the first snapshot: `/ready` alone does not say the routes
-        (and the auth context on them) arrived, since Envoy goes live without them once its
-        initial fetch times out, and then refuses every call as not configured yet."""
-        with anyio.move_on_after(FIRST_SNAPSHOT_SECS):
-            while self.control.applied is None:
-                await self.control.wait_progress()
-            return
-        log.warning(
-            "Envoy has not applied the routes after %gs; it refuses calls until it does",
-            FIRST_SNAPSHOT_SECS,
-        )
-
     def _write_bootstrap(self, port: int) -> str:
         spec = bootstrap_spec(self.settings, self.files, port)
         data = boot.to_json(boot.bootstrap(spec)).encode()
@@ -296,7 +282,6 @@ class EnvoyDataPlane:
                     self.settings.grpc_host,
                     self.port,
                 )
-                await self._until_applied()
                 tg.start_soon(self._follow_table)
                 tg.start_soon(self._follow_applied)
                 if self.tokens is not None:
