@@ -10,37 +10,20 @@ from pathlib import Path
 import grpc
 import msgspec
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from router.fake_backend import fake_backend
-from router.harness import endpoint, mux_client, running_data_plane, to
+from router.harness import endpoint, mux_client, router_calls, running_data_plane, to
 
 from tei_reconciler._types import Secret
-from tei_reconciler.dataplane.envoy import EnvoyDataPlane
 from tei_reconciler.dataplane.lua_mux import CLUSTER_HEADER
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
-from tei_reconciler.routing import DataPlane, RoutingTable
+from tei_reconciler.routing import RoutingTable
 
 pytestmark = pytest.mark.anyio
 
 
 def embed(target: mux.Target, text: str = "hello") -> mux.EmbedRequest:
     return mux.EmbedRequest(target=target, request=tei_pb2.EmbedRequest(inputs=text))
-
-
-async def router_calls(plane: DataPlane) -> float:
-    """Calls Envoy has sent to the Python router behind it."""
-    assert isinstance(plane, EnvoyDataPlane)
-    text = await plane.admin.cluster_stats()
-    assert text is not None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (
-                sample.name.startswith("envoy_cluster_upstream_rq_total")
-                and sample.labels.get("cluster") == "router"
-            ):
-                return float(sample.value)
-    return 0.0
 
 
 async def test_a_multiplexer_call_envoy_can_route_reaches_the_instance_without_the_router(
