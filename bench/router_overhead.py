@@ -12,7 +12,7 @@ the Envoy data plane against stock Envoy (ratios taken within each round) and th
 on the Envoy data plane against grpcio, next to the targets.
 
 Scenarios: plain tei.v1 unary (short, medium, long text), 20 in flight, EmbedStream of 20;
-the multiplexer (unary, EmbedArrow of 100 texts), which only the Python router serves.
+the multiplexer (unary, EmbedStream of 20, EmbedArrow of 100 texts), on the two data planes.
 """
 
 from __future__ import annotations
@@ -165,12 +165,23 @@ async def run(paths: dict[str, Path_], scale: float, rounds: int) -> list[Scenar
         mux_request = mux.EmbedRequest(target=target, request=tei_pb2.EmbedRequest(inputs=MEDIUM))
         texts = [f"{SHORT} number {i}" for i in range(100)]
         arrow = mux.EmbedArrowRequest(target=target, arrow_ipc=arrow_ipc(texts))
+        mux_stream = [
+            mux.EmbedRequest(target=target, request=tei_pb2.EmbedRequest(inputs=f"{MEDIUM} {i}"))
+            for i in range(20)
+        ]
 
-        def multiplexed(kinds: tuple[str, ...], arrow_call: bool) -> dict[str, tuple[Path_, Op]]:
+        def multiplexed(kinds: tuple[str, ...], kind: str) -> dict[str, tuple[Path_, Op]]:
             def op(stub: multiplexer_pb2_grpc.TeiMultiplexerStub) -> Op:
                 async def call() -> None:
-                    if arrow_call:
+                    if kind == "arrow":
                         await stub.EmbedArrow(arrow, timeout=DEADLINE)
+                    elif kind == "stream":
+
+                        async def feed() -> AsyncIterator[mux.EmbedRequest]:
+                            for request in mux_stream:
+                                yield request
+
+                        _ = [x async for x in stub.EmbedStream(feed(), timeout=DEADLINE)]
                     else:
                         await stub.Embed(mux_request, timeout=DEADLINE)
 
@@ -185,9 +196,12 @@ async def run(paths: dict[str, Path_], scale: float, rounds: int) -> list[Scenar
             await compare("unary, long text", unary(LONG), n(30), rounds),
             await compare("20 in flight", unary(MEDIUM), n(200), rounds, concurrency=20),
             await compare("EmbedStream of 20", stream(20), n(10), rounds),
-            await compare("multiplexer Embed", multiplexed(both, False), n(60), rounds),
+            await compare("multiplexer Embed", multiplexed(both, "unary"), n(60), rounds),
             await compare(
-                "multiplexer EmbedArrow, 100 texts", multiplexed(both, True), n(4), rounds
+                "multiplexer EmbedStream of 20", multiplexed(both, "stream"), n(10), rounds
+            ),
+            await compare(
+                "multiplexer EmbedArrow, 100 texts", multiplexed(both, "arrow"), n(4), rounds
             ),
         ]
     finally:

@@ -11,7 +11,8 @@ Envoy has not been told about.
 A snapshot counts as applied once every type acknowledged it (endpoints and routes for all
 the names the snapshot needs): from then on Envoy routes by it. A rejection keeps the last
 applied snapshot in force, and is reported, never retried in a loop: the same version is not
-sent again, the next snapshot is.
+sent again, the next snapshot is. Envoy's reason for a rejection may quote the resource
+whole, API keys included: `redact` masks them before the reason is shown anywhere.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, text_encoding
 
+from tei_reconciler._types import Secret
 from tei_reconciler.dataplane.translate import ROUTE_CONFIG, Resources
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -50,6 +52,20 @@ class Nack(msgspec.Struct, frozen=True, kw_only=True):
     type_url: str
     version: int
     message: str
+
+
+def redact(message: str, secrets: Iterable[Secret]) -> str:
+    """Envoy's reason for a rejection with every secret in `secrets` masked as `***`. A
+    resource that fails validation comes back quoted whole in protobuf's text format, where a
+    key appears as sent or escaped (bytes outside printable ASCII, quotes, backslashes)."""
+    forms: set[str] = set()
+    for secret in secrets:
+        value = secret.reveal()
+        raw = value.encode()
+        forms |= {value, text_encoding.CEscape(raw, False), text_encoding.CEscape(raw, True)}
+    for form in sorted(forms - {""}, key=len, reverse=True):  # a key inside another: longest first
+        message = message.replace(form, "***")
+    return message
 
 
 @dataclass

@@ -9,11 +9,16 @@ second Lua filter on the unary multiplexer routes, does that:
 
 - it buffers the call's one gRPC message (uncompressed), walks the wrapper's fields as
   `wire.split_wrapper` does and decodes the target;
-- when the target is in the route's context (`translate.mux_context`: Ready targets whose
-  route needs no API key) and the inner request is a well-formed message no larger than
-  an instance accepts (4 MiB), it replaces the body with the inner request and names the
-  target's cluster in an internal header; the route table then sends the call to that
-  cluster, with the path rewritten to the `tei.v1` method (the `mux:<Method>` routes);
+- when the target is in the route's context (`translate.mux_context`: Ready instances, and
+  models whose Ready instances share one API key or have none) and the inner request is a
+  well-formed message no larger than an instance accepts (4 MiB), it replaces the body with
+  the inner request and names the target's cluster in an internal header; the route table
+  then sends the call to that cluster, with the path rewritten to the `tei.v1` method (the
+  `mux:<Method>` routes);
+- when that cluster's instances need an API key, it sets `authorization` to the key the
+  context holds for the cluster, in place of the client's (which was for the reconciler), as
+  the plain routes to the instance do; to a cluster without a key the client's
+  `authorization` goes on as it came, as on those routes and through the Python router;
 - everything else (no or an unknown target, a not-Ready instance, a malformed wrapper, a
   missing or oversized inner request, a compressed message) reaches the Python router
   untouched, which answers it exactly as it does without Envoy.
@@ -140,9 +145,10 @@ local function unwrap(handle, path, body)
   if not ok or targets ~= 1 or inners > 1 or (needs_inner and inners == 0) then return nil end
   local kind, value = target_of(raw, ta, tb)
   if kind == nil then return nil end
-  local choices = nil
+  local choices, keys = nil, nil
   for key, entries in pairs(handle:filterContext()) do  -- iterable, not indexable
-    if key == kind then choices = entries end
+    if key == kind then choices = entries
+    elseif key == "authorization" then keys = entries end
   end
   local cluster = choices and choices[value]
   if cluster == nil then return nil end
@@ -150,7 +156,7 @@ local function unwrap(handle, path, body)
   if inners == 1 then inner = raw:sub(ia, ib) end
   local n = #inner
   if n > LIMIT or not walk(inner, 1, n, ignore) then return nil end
-  return cluster, frame(inner)
+  return cluster, frame(inner), keys and keys[cluster]
 end
 
 function envoy_on_request(handle)
@@ -159,10 +165,15 @@ function envoy_on_request(handle)
   local path = headers:get(":path") or ""
   if NEEDS_INNER[path] == nil then return end
   local body = handle:body()  -- waits for the whole message
-  local ok, cluster, frame = pcall(unwrap, handle, path, body)
+  local ok, cluster, frame, authorization = pcall(unwrap, handle, path, body)
   if ok and cluster ~= nil then
     body:setBytes(frame)
-    handle:headers():replace(INTERNAL, cluster)
+    headers = handle:headers()
+    headers:replace(INTERNAL, cluster)
+    if authorization ~= nil then  -- the instance's key, never the client's (every copy of it)
+      headers:remove("authorization")
+      headers:add("authorization", authorization)
+    end
     handle:clearRouteCache()
   end
 end

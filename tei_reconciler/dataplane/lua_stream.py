@@ -161,8 +161,8 @@ local FIELDS = {{ {FIELDS} }}
 local OWN = "{OWN}"  -- this script's dynamic metadata
 local UNDECODABLE = frame(string.char(0))  -- field number 0: no protobuf parser takes it
 
--- The cluster of the first message's target, when the route's context has one for it, and
--- the largest message the route takes.
+-- The cluster of the first message's target, when the route's context has one for it, the
+-- largest message the route takes, and the `authorization` the cluster's instances need.
 local function route_of(handle)
   local fields = handle:streamInfo():dynamicMetadata():get(EXTRACTED)
   if fields == nil then return nil end
@@ -176,12 +176,15 @@ local function route_of(handle)
     end
   end
   if kind == nil then return nil end
-  local choices, limit = nil, nil
+  local choices, keys, limit = nil, nil, nil
   for key, entries in pairs(handle:filterContext()) do  -- iterable, not indexable
-    if key == kind then choices = entries end
-    if key == "limit" then limit = entries end
+    if key == kind then choices = entries
+    elseif key == "authorization" then keys = entries
+    elseif key == "limit" then limit = entries end
   end
-  return choices and choices[value], limit
+  local cluster = choices and choices[value]
+  if cluster == nil then return nil end
+  return cluster, limit, keys and keys[cluster]
 end
 
 -- The frame s[a..b] as a frame of its inner request (repeated fields merge, as protobuf's);
@@ -205,9 +208,13 @@ function envoy_on_request(handle)
   if headers:get(INTERNAL) ~= nil then headers:remove(INTERNAL) end
   local method = STREAMS[headers:get(":path") or ""]
   if method == nil then return end
-  local ok, cluster, limit = pcall(route_of, handle)
+  local ok, cluster, limit, authorization = pcall(route_of, handle)
   if not ok or cluster == nil then return end
   headers:replace(INTERNAL, cluster)
+  if authorization ~= nil then  -- the instance's key, never the client's (every copy of it)
+    headers:remove("authorization")
+    headers:add("authorization", authorization)
+  end
   handle:clearRouteCache()
   handle:streamInfo():dynamicMetadata():set(OWN, "unwrapped", true)
   local f, n, refused = framer(), 0, false

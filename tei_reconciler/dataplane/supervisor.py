@@ -61,6 +61,10 @@ def envoy_argv(binary: str, bootstrap: str) -> list[str]:
         "5",
         "--log-level",
         os.environ.get("TEI_ENVOY_LOG_LEVEL", "info"),
+        # A rejected update is logged with the resource quoted whole, an instance's API key
+        # included; the reconciler reports rejections itself, the keys masked (`ads.redact`).
+        "--component-log-level",
+        "config:error",
     ]
 
 

@@ -15,9 +15,11 @@ a socket, so every rule is table-tested and the same input always gives the same
   whose target Envoy can route (`lua_mux.py`); they then reach the instance or model cluster
   like a `tei.v1` call, and every other multiplexer call goes to the Python router.
 - An instance with an API key gets it as `authorization` on every route to it (in place of
-  the client's, which was for the reconciler); a model whose Ready instances have different
-  keys is routed by the Python router, which sends each instance its own (multiplexer calls
-  to a keyed instance or model, too).
+  the client's, which was for the reconciler): plain routes add it themselves, and for an
+  unwrapped multiplexer call the Lua script sets it from its context, which holds the header
+  per keyed cluster. A model whose Ready instances have different keys is routed by the
+  Python router, which sends each instance its own (for multiplexer calls to it, too). The
+  keys travel only to Envoy, over the private control socket, as they must to be sent.
 - Deadlines: the client's `grpc-timeout` bounds the call and reaches the instance; without
   one the call gets `request_timeout_secs`, also sent to the instance as `grpc-timeout`.
 - With auth, the virtual host carries the allowlists and token digests as the Lua filter's
@@ -92,6 +94,7 @@ class Resources(msgspec.Struct, frozen=True, kw_only=True):
     routed: dict[str, tuple[str, int]]  # Ready instance -> (address, generation) routes reach
     cluster_labels: dict[str, str]  # cluster -> the `instance` label of its metrics
     addresses: dict[str, str]  # instance -> "host:port" of its endpoint (drain accounting)
+    secrets: frozenset[Secret] = frozenset()  # the API keys they carry, never to be shown
 
 
 def grpc_timeout(secs: float) -> str:
@@ -100,6 +103,20 @@ def grpc_timeout(secs: float) -> str:
     if millis < 10**8:
         return f"{millis}m"
     return f"{min(round(secs), 10**8 - 1)}S"
+
+
+def _bearer(api_key: Secret) -> str:
+    """The `authorization` value that carries an instance's API key."""
+    return f"Bearer {api_key.reveal()}"
+
+
+def _model_keys(ready: dict[str, Endpoint]) -> dict[str, set[Secret | None]]:
+    """Each model's distinct API keys over its Ready instances (None: an instance without
+    one); Envoy routes a model itself only when there is exactly one."""
+    keys: dict[str, set[Secret | None]] = {}
+    for e in ready.values():
+        keys.setdefault(e.model_id, set()).add(e.api_key)
+    return keys
 
 
 def _header(name: str, *, exact: str | None = None) -> route_components_pb2.HeaderMatcher:
@@ -143,9 +160,7 @@ def _to_instance(
     if api_key is not None:  # the instance's own key, in place of the client's (the router's)
         route.request_headers_to_add.append(
             base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(
-                    key="authorization", value=f"Bearer {api_key.reveal()}"
-                ),
+                header=base_pb2.HeaderValue(key="authorization", value=_bearer(api_key)),
                 append_action=base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
             )
         )
@@ -199,20 +214,24 @@ def auth_context(auth: AuthContext) -> struct_pb2.Struct:
 def mux_context(ready: dict[str, Endpoint]) -> struct_pb2.Struct:
     """The multiplexer script's per-route context: the cluster of each target Envoy routes a
     multiplexer call to by itself, by instance name, by model and by `instance_index` (the
-    Ready instances sorted by name, as the Python router counts); a target whose route needs
-    an API key is left to the Python router."""
-    keys: dict[str, set[Secret | None]] = {}
-    for e in ready.values():
-        keys.setdefault(e.model_id, set()).add(e.api_key)
+    Ready instances sorted by name, as the Python router counts), and for each of those
+    clusters whose instances need an API key the `authorization` the call gets. A model whose
+    Ready instances have different keys is left to the Python router."""
     ordered = [ready[name] for name in sorted(ready)]
+    models = {m: next(iter(k)) for m, k in sorted(_model_keys(ready).items()) if len(k) == 1}
+    authorization = {
+        instance_cluster(e.name): _bearer(e.api_key) for e in ordered if e.api_key is not None
+    }
+    authorization.update(
+        {model_cluster(m): _bearer(key) for m, key in models.items() if key is not None}
+    )
     context = struct_pb2.Struct()
     context.update(
         {
-            "instances": {e.name: instance_cluster(e.name) for e in ordered if e.api_key is None},
-            "models": {m: model_cluster(m) for m in sorted(keys) if keys[m] == {None}},
-            "indexes": {
-                str(i): instance_cluster(e.name) for i, e in enumerate(ordered) if e.api_key is None
-            },
+            "instances": {e.name: instance_cluster(e.name) for e in ordered},
+            "models": {m: model_cluster(m) for m in models},
+            "indexes": {str(i): instance_cluster(e.name) for i, e in enumerate(ordered)},
+            "authorization": authorization,
         }
     )
     return context
@@ -298,9 +317,7 @@ def _route_config(
         for name in sorted(ready)
     ]
     routes.append(_to_router("instance:other", TEI_PREFIX, [_header(INSTANCE_KEY)]))
-    keys: dict[str, set[Secret | None]] = {}
-    for e in ready.values():
-        keys.setdefault(e.model_id, set()).add(e.api_key)
+    keys = _model_keys(ready)
     for m in sorted(keys):
         by_model = [_header(MODEL_KEY, exact=m)]
         if len(keys[m]) == 1:
@@ -348,4 +365,5 @@ def translate(endpoints: Sequence[Endpoint], plan: Plan) -> Resources:
         routed={name: (e.address, e.generation) for name, e in ready.items()},
         cluster_labels=labels,
         addresses={e.name: e.address for e in known},
+        secrets=frozenset(e.api_key for e in known if e.api_key is not None),
     )

@@ -4,7 +4,8 @@
 is one per Envoy process, a new one after each Envoy restart) answers it as `ads.py` decides.
 The newest stream's acknowledgements say which snapshot Envoy routes by (`applied`), which is
 what `?wait=ready` and the drain wait for; a rejection goes to `on_rejected` (an event and a
-metric), and the snapshot Envoy applied before stays in force.
+metric) and to the log, its reason without the API keys of any snapshot Envoy may have been
+sent (`ads.redact`), and the snapshot Envoy applied before stays in force.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import grpc
 from anyio.abc import TaskStatus
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from tei_reconciler.dataplane.ads import SHORT, Ack, AdsSession, Nack, Snapshot
+from tei_reconciler.dataplane.ads import SHORT, Ack, AdsSession, Nack, Snapshot, redact
 from tei_reconciler.dataplane.translate import Resources
 
 log = logging.getLogger(__name__)
@@ -109,14 +110,16 @@ class ControlPlane:
 
     def _record(self, session: AdsSession, outcome: Ack | Nack | None) -> None:
         if isinstance(outcome, Nack):
+            keys = (key for s in self._snapshots.values() for key in s.resources.secrets)
+            message = redact(outcome.message, keys)
             log.error(
                 "Envoy rejected %s version %d: %s",
                 SHORT[outcome.type_url],
                 outcome.version,
-                outcome.message,
+                message,
             )
             if self.on_rejected is not None:
-                self.on_rejected(SHORT[outcome.type_url], outcome.version, outcome.message)
+                self.on_rejected(SHORT[outcome.type_url], outcome.version, message)
         if outcome is None or session is not self._session:
             return
         applied = session.applied(self._snapshots)

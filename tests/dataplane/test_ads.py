@@ -9,7 +9,8 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from tei_reconciler.dataplane.ads import CDS, EDS, RDS, Ack, AdsSession, Nack, Snapshot
+from tei_reconciler._types import Secret
+from tei_reconciler.dataplane.ads import CDS, EDS, RDS, Ack, AdsSession, Nack, Snapshot, redact
 from tei_reconciler.dataplane.clusters import model_cluster
 from tei_reconciler.dataplane.translate import Plan, translate
 from tei_reconciler.planner.phase import Phase
@@ -150,3 +151,14 @@ def test_a_type_this_control_plane_does_not_serve_is_left_unanswered() -> None:
     session = AdsSession()
     listeners = "type.googleapis.com/envoy.config.listener.v3.Listener"
     assert session.request(request(listeners), snapshot(1, "a")) == ([], None)
+
+
+def test_a_rejection_reason_shows_no_key_as_sent_or_as_text_format_escapes_it() -> None:
+    quoted = (
+        'value: "Bearer abc" value: "Bearer abc-2" value: "Bearer k\\001\\303\\251\\"x" name: "a"'
+    )
+    keys = [Secret("abc"), Secret("abc-2"), Secret('k\x01\u00e9"x')]
+    assert redact(quoted, keys) == (
+        'value: "Bearer ***" value: "Bearer ***" value: "Bearer ***" name: "a"'
+    )
+    assert redact(quoted, []) == quoted

@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 from router.fake_backend import fake_backend
 from router.harness import endpoint, running_data_plane
 
+from tei_reconciler.dataplane.bootstrap import MUX_METHODS
 from tei_reconciler.dataplane.envoy import EnvoyDataPlane
 from tei_reconciler.dataplane.supervisor import discover
 from tei_reconciler.dataplane.translate import Plan, translate
@@ -125,6 +126,39 @@ async def test_a_snapshot_envoy_rejects_is_reported_and_the_last_good_one_keeps_
     (event,) = [e for e in store.events("") if e.reason == "DataPlaneConfigRejected"]
     assert event.type == "Warning"
     assert f"routing snapshot {bad.version}" in event.message
+
+
+async def test_envoys_reason_for_a_rejection_never_shows_an_instances_key(
+    envoy: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resource that fails Envoy's validation comes back quoted whole in protobuf's text
+    format, the key in every route to its instance and in the multiplexer's context, escaped
+    where it holds bytes the format escapes; the event and the log show it masked."""
+    key = 'k3y-\x01-\u00e9-"-9f1c'
+    store = StatusStore()
+    async with fake_backend() as (a_port, _):
+        table = RoutingTable()
+        table.update([endpoint("a", a_port, api_key=key)])
+        async with running_data_plane(table, data_plane="envoy", runtime=tmp_path, store=store) as (
+            _,
+            plane,
+        ):
+            assert isinstance(plane, EnvoyDataPlane)
+            await eventually(lambda: plane.routes_to("a"), what="routing")
+            broken = translate(table.all(), Plan(request_timeout_secs=30, multiplexer=MUX_METHODS))
+            route = broken.routes[0].virtual_hosts[0].routes[0]
+            route.request_headers_to_add[0].header.key = ""  # a header needs a name
+            plane.control.publish(broken, table.version)
+            await eventually(lambda: plane.status().config_rejected == 1, what="the NACK")
+            assert plane.supervisor is not None
+            envoy_log = plane.supervisor.log_path.read_text(errors="replace")
+    (event,) = [e for e in store.events("") if e.reason == "DataPlaneConfigRejected"]
+    assert event.message.count("Bearer ***") >= 2  # Envoy quoted the routes that carry it
+    assert "k3y" not in event.message
+    assert "k3y" not in caplog.text
+    assert "Envoy rejected routes version" in caplog.text
+    assert "k3y" not in envoy_log  # nor Envoy's own log
+    assert "starting main dispatch loop" in envoy_log
 
 
 @pytest.fixture

@@ -8,16 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-import msgspec
 import pytest
 from router.fake_backend import fake_backend
-from router.harness import endpoint, mux_client, router_calls, running_data_plane, to
+from router.harness import endpoint, mux_client, running_data_plane, to
 
-from tei_reconciler._types import Secret
 from tei_reconciler.dataplane.lua_mux import CLUSTER_HEADER
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.routing import RoutingTable
+
+from support.envoy import router_calls
 
 pytestmark = pytest.mark.anyio
 
@@ -66,27 +66,52 @@ async def test_a_multiplexer_call_envoy_can_route_reaches_the_instance_without_t
     assert answered_by_router == 2
 
 
-async def test_a_multiplexer_call_to_an_instance_with_an_api_key_goes_through_the_router(
+async def test_envoy_unwraps_calls_to_keyed_instances_with_their_key_in_place_of_the_clients(
     envoy: str, tmp_path: Path
 ) -> None:
-    """One route of Envoy's serves every unwrapped call, so it cannot add an instance's own
-    key: the Python router relays these, sending the instance its key."""
-    async with fake_backend(dim=2) as (a_port, a):
+    """As on the plain tei.v1 routes: an instance with an API key gets its own key as
+    `authorization`, one without gets the client's as it came, and a model whose Ready
+    instances hold different keys is left to the Python router, which sends each its own."""
+    client = (("authorization", "Bearer for-the-reconciler"),)
+    async with (
+        fake_backend(dim=2, model_id="org/k") as (a_port, a),
+        fake_backend(dim=3, model_id="org/u") as (b_port, b),
+        fake_backend(dim=4, model_id="org/mixed") as (c_port, c),
+        fake_backend(dim=4, model_id="org/mixed") as (d_port, d),
+    ):
         table = RoutingTable()
-        keyed = msgspec.structs.replace(endpoint("a", a_port), api_key=Secret("instance-key"))
-        table.update([keyed])
+        table.update(
+            [
+                endpoint("a", a_port, model_id="org/k", api_key="key-a"),
+                endpoint("b", b_port, model_id="org/u"),
+                endpoint("c", c_port, model_id="org/mixed", api_key="key-c"),
+                endpoint("d", d_port, model_id="org/mixed", api_key="key-d"),
+            ]
+        )
         async with running_data_plane(table, data_plane="envoy", runtime=tmp_path) as (
             port,
             plane,
         ):
-            await plane.wait_routed("a")
+            for name in "abcd":
+                await plane.wait_routed(name)
             before = await router_calls(plane)
             async with mux_client(port) as stub:
-                reply = await stub.Embed(embed(to("a")))
+                by_envoy = [
+                    await stub.Embed(embed(target), metadata=client)
+                    for target in (to("a"), mux.Target(model_id="org/k"), to("b"))
+                ]
+                unwrapped = await router_calls(plane) - before
+                mixed = await stub.Embed(embed(mux.Target(model_id="org/mixed")), metadata=client)
             relayed = await router_calls(plane) - before
-    assert len(reply.embeddings) == 2
+    assert [len(r.embeddings) for r in (*by_envoy, mixed)] == [2, 2, 3, 4]
+    assert unwrapped == 0
+    assert [seen.get("authorization") for seen in a.metadata] == ["Bearer key-a"] * 2
+    assert [seen.get("authorization") for seen in b.metadata] == ["Bearer for-the-reconciler"]
     assert relayed == 1
-    assert a.metadata[-1].get("authorization") == "Bearer instance-key"
+    assert [seen.get("authorization") for seen in c.metadata + d.metadata] in (
+        ["Bearer key-c"],
+        ["Bearer key-d"],
+    )
 
 
 async def test_a_client_cannot_steer_a_call_with_envoys_internal_header(

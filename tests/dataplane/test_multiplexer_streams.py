@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from router.fake_backend import fake_backend, vector
-from router.harness import endpoint, mux_client, router_calls, running_data_plane, to
+from router.harness import endpoint, mux_client, running_data_plane, to
 
 from tei_reconciler.dataplane.lua_mux import CLUSTER_HEADER
 from tei_reconciler.protos.tei.v1 import tei_pb2
@@ -22,6 +22,7 @@ from tei_reconciler.router.routes import too_large
 from tei_reconciler.routing import RoutingTable
 
 from support import raw_grpc
+from support.envoy import router_calls
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +206,32 @@ async def test_a_message_envoy_cannot_unwrap_ends_the_stream_with_the_routers_wo
     ]
     assert await router_calls(plane) - before == 0
     assert backends["a"].calls == 2 * len(bad)
+
+
+async def test_an_unwrapped_stream_to_a_keyed_instance_carries_its_key_in_place_of_the_clients(
+    envoy: str, tmp_path: Path
+) -> None:
+    client = (("authorization", "Bearer for-the-reconciler"),)
+    async with (
+        fake_backend(dim=2, model_id="org/k") as (k_port, k),
+        fake_backend(dim=3) as (u_port, u),
+    ):
+        table = RoutingTable()
+        table.update(
+            [endpoint("k", k_port, model_id="org/k", api_key="key-k"), endpoint("u", u_port)]
+        )
+        async with running_data_plane(table, data_plane="envoy", runtime=tmp_path) as (
+            port,
+            plane,
+        ):
+            await plane.wait_routed("k")
+            await plane.wait_routed("u")
+            before = await router_calls(plane)
+            async with mux_client(port) as stub:
+                for first in (to("k"), mux.Target(model_id="org/k"), to("u")):
+                    messages = [embed(first, "one"), embed(None, "two")]
+                    _ = [r async for r in stub.EmbedStream(each(messages), metadata=client)]
+            relayed = await router_calls(plane) - before
+    assert relayed == 0
+    assert [seen.get("authorization") for seen in k.metadata] == ["Bearer key-k"] * 4
+    assert [seen.get("authorization") for seen in u.metadata] == ["Bearer for-the-reconciler"] * 2

@@ -374,27 +374,77 @@ def test_a_multiplexer_stream_enters_by_its_methods_route_which_runs_the_stream_
     assert names[-1] == "router"  # a compressed stream, and every other call
 
 
-def test_envoy_unwraps_calls_only_to_ready_targets_whose_routes_need_no_key() -> None:
-    endpoints = [
-        keyed("a", None),
-        keyed("b", "k-b"),
-        keyed("c", None, model="x/y"),
-        ep("d", "x/y", ready=False),
-        keyed("e", None, model="p/q"),
-        keyed("f", "k-f", model="p/q"),
-    ]
+def test_a_stream_has_the_unary_calls_targets_and_keys_and_the_largest_message_it_takes() -> None:
+    endpoints = [keyed("a", None), keyed("b", "k-b"), ep("c", "x/y", ready=False)]
     routes = {r.name: r for r in translate(endpoints, MUX).routes[0].virtual_hosts[0].routes}
-    entry = routes["mux"]
-    context = json_format.MessageToDict(per_route_lua(entry).filter_context)
     stream = routes["mux-stream:/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"]
-    assert json_format.MessageToDict(per_route_lua(stream).filter_context) == context | {
-        "limit": stream.request_body_buffer_limit.value
-    }
+    assert json_format.MessageToDict(per_route_lua(stream).filter_context) == mux_context(
+        endpoints
+    ) | {"limit": stream.request_body_buffer_limit.value}
+
+
+def mux_context(endpoints: list[Endpoint]) -> dict[str, dict[str, str]]:
+    """The multiplexer script's context on the route every unary multiplexer call enters by."""
+    config = translate(endpoints, MUX).routes[0]
+    entry = {r.name: r for r in config.virtual_hosts[0].routes}["mux"]
+    context: dict[str, dict[str, str]] = json_format.MessageToDict(
+        per_route_lua(entry).filter_context
+    )
+    return context
+
+
+def test_envoy_unwraps_calls_to_ready_targets_with_the_key_each_ones_instances_need() -> None:
+    context = mux_context(
+        [
+            keyed("a", None),
+            keyed("b", "k-b"),
+            keyed("c", None, model="x/y"),
+            ep("d", "x/y", ready=False),
+            keyed("e", "k-p", model="p/q"),
+            keyed("f", "k-p", model="p/q"),
+            keyed("g", "k-g", model="u/v"),
+        ]
+    )
     assert context == {
-        "instances": {"a": "instance_a", "c": "instance_c", "e": "instance_e"},
-        "models": {"x/y": model_cluster("x/y")},  # org/m and p/q: a keyed instance among them
-        "indexes": {"0": "instance_a", "2": "instance_c", "3": "instance_e"},  # b is 1, f 4
-    }
+        "instances": {n: instance_cluster(n) for n in "abcefg"},
+        "models": {m: model_cluster(m) for m in ("p/q", "u/v", "x/y")},
+        "indexes": {str(i): instance_cluster(n) for i, n in enumerate("abcefg")},
+        "authorization": {
+            instance_cluster("b"): "Bearer k-b",
+            instance_cluster("e"): "Bearer k-p",
+            instance_cluster("f"): "Bearer k-p",
+            instance_cluster("g"): "Bearer k-g",
+            model_cluster("p/q"): "Bearer k-p",  # one key for the whole model
+            model_cluster("u/v"): "Bearer k-g",
+        },
+    }  # org/m (a without a key, b with one) is left to the Python router, as plain calls are
+
+
+@pytest.mark.parametrize(
+    ("keys", "by_envoy"),
+    [
+        pytest.param((None, None), {}, id="no keys: unwrapped, the client's header kept"),
+        pytest.param(("k", "k"), {M: "Bearer k"}, id="one key: unwrapped with it"),
+        pytest.param(("k-a", "k-b"), None, id="two keys: the Python router"),
+        pytest.param(("k-a", None), None, id="a key and none: the Python router"),
+    ],
+)
+def test_a_multiplexer_call_to_a_model_is_unwrapped_exactly_when_its_plain_route_is(
+    keys: tuple[str | None, str | None], by_envoy: dict[str, str] | None
+) -> None:
+    endpoints = [keyed("a", keys[0]), keyed("b", keys[1])]
+    context = mux_context(endpoints)
+    plain = {r.name: r for r in translate(endpoints, MUX).routes[0].virtual_hosts[0].routes}
+    model_route = plain["model:org/m"]
+    if by_envoy is None:
+        assert "org/m" not in context["models"]
+        assert model_route.route.cluster == "router"
+    else:
+        assert context["models"] == {"org/m": M}
+        assert model_route.route.cluster == M
+        to_model = {c: v for c, v in context["authorization"].items() if c == M}
+        assert to_model == by_envoy
+        assert authorization(model_route) == by_envoy.get(M)
 
 
 def test_without_the_multiplexer_methods_every_multiplexer_call_goes_to_the_router() -> None:

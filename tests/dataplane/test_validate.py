@@ -10,6 +10,7 @@ import msgspec
 import pytest
 import trustme
 
+from tei_reconciler._types import Secret
 from tei_reconciler.dataplane.bootstrap import (
     MUX_METHODS,
     MUX_STREAMS,
@@ -37,6 +38,7 @@ TABLE = [
     ep("bge-2", "BAAI/bge-large-en-v1.5", 8081, ready=False),
     ep("minilm", "sentence-transformers/all-MiniLM-L6-v2", 8082),
     ep("v6", "hash/384", 8083, host="::1"),
+    msgspec.structs.replace(ep("keyed", "hash/8", 8084), api_key=Secret("instance-key")),
 ]
 AUTH = AuthContext(
     mtls=True,
@@ -72,7 +74,7 @@ def validate(envoy: str, path: Path) -> subprocess.CompletedProcess[str]:
             ),
             None,
             "0.0.0.0",
-            id="instances, models, a default, IPv6",
+            id="instances, models, a default, IPv6, an API key",
         ),
         pytest.param(
             TABLE,

@@ -19,7 +19,7 @@ from anyio.abc import TaskStatus
 from tei_reconciler.control.controller import Controller
 from tei_reconciler.dataplane.serve import DataPlaneRunner
 from tei_reconciler.planner.status import InstanceStatus
-from tei_reconciler.routing import RoutingTable
+from tei_reconciler.routing import DataPlane, RoutingTable
 from tei_reconciler.service import FrontEnds, Part, serve
 from tei_reconciler.settings import Settings
 from tei_reconciler.store import StatusStore
@@ -90,10 +90,15 @@ class Harness:
         self.store = store
         self.table = table
         self.ports: list[int] = []  # with front ends: the REST API's port, then the gRPC port
+        self.planes: list[DataPlane] = []  # with front ends: the data plane serving the port
 
     def api(self) -> httpx.AsyncClient:
         """A client of the REST API (with front ends), for `async with`."""
         return httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.ports[0]}", timeout=DEADLINE)
+
+    @property
+    def plane(self) -> DataPlane:
+        return self.planes[0]
 
     @property
     def grpc_target(self) -> str:
@@ -138,14 +143,17 @@ def _port_recorded(part: Part, ports: list[int]) -> Part:
 
 
 class _PortsRecorded(FrontEnds):
-    """`run`'s front ends, each reporting the port it bound into `ports`."""
+    """`run`'s front ends, each reporting the port it bound into `ports`, and the data plane
+    they built into `planes`."""
 
-    def __init__(self, settings: Settings, ports: list[int]) -> None:
+    def __init__(self, settings: Settings, ports: list[int], planes: list[DataPlane]) -> None:
         super().__init__(settings)
         self.ports = ports
+        self.planes = planes
 
     def build(self, table: RoutingTable, store: StatusStore) -> tuple[DataPlaneRunner, list[Part]]:
         runner, parts = super().build(table, store)
+        self.planes.append(runner.plane)
         return runner, [_port_recorded(p, self.ports) for p in parts]
 
 
@@ -161,8 +169,9 @@ async def reconciler(
     state_file.parent.mkdir(parents=True, exist_ok=True)
     store, table = StatusStore(), RoutingTable()
     ports: list[int] = []
+    planes: list[DataPlane] = []
     # As `run` builds them (the data plane its settings choose, which drains what it stops).
-    front = _PortsRecorded(settings, ports) if with_front_ends else None
+    front = _PortsRecorded(settings, ports, planes) if with_front_ends else None
     try:
         async with anyio.create_task_group() as tg:
             controller: Controller = await tg.start(
@@ -178,6 +187,7 @@ async def reconciler(
             try:
                 harness = Harness(controller, store, table)
                 harness.ports = ports
+                harness.planes = planes
                 yield harness
             finally:
                 tg.cancel_scope.cancel()

@@ -14,8 +14,11 @@ import psutil
 import pytest
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
+from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
+from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2_grpc
 
 from .reconciler_harness import fast_settings, instance_toml, reconciler, script
+from support.envoy import router_calls
 from support.waiting import DEADLINE
 
 pytestmark = pytest.mark.anyio
@@ -66,6 +69,46 @@ async def test_an_instance_with_an_api_key_serves_through_the_data_plane_and_nev
     assert json.loads(shown[1])["spec"]["api_key_file"] == str(key_file)
     assert not [text for text in shown if KEY in text]
     assert KEY not in caplog.text
+
+
+async def test_envoy_unwraps_a_multiplexer_call_to_a_keyed_instance_and_sends_it_the_key(
+    tmp_path: Path, envoy: str
+) -> None:
+    """The instance refuses a call without its key or with another one; the multiplexer call
+    (carrying a wrong key, meant for the reconciler) reaches it with its own, by name and by
+    model, without the hop through the Python router behind Envoy."""
+    key_file = tmp_path / "alpha.key"
+    key_file.write_text(KEY + "\n")
+    settings = fast_settings(tmp_path, data_plane="envoy")
+    state = instance_toml("alpha", "hash/384", api_key_file=str(key_file))
+    request = tei_pb2.EmbedRequest(inputs="hello")
+    async with reconciler(settings, state, with_front_ends=True) as h:
+        status = await h.ready("alpha")
+        await h.plane.wait_routed("alpha")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{status.port}") as channel:
+            direct = tei_pb2_grpc.EmbedStub(channel).Embed
+            expected = await direct(request, metadata=(("authorization", f"Bearer {KEY}"),))
+            refused = []
+            for metadata in ((), (("authorization", "Bearer wrong"),)):
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await direct(request, metadata=metadata, timeout=DEADLINE)
+                refused.append(error.value.code())
+        before = await router_calls(h.plane)
+        async with grpc.aio.insecure_channel(h.grpc_target) as channel:
+            stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
+            replies = [
+                await stub.Embed(
+                    mux.EmbedRequest(target=target, request=request),
+                    metadata=(("authorization", "Bearer wrong"),),
+                    timeout=DEADLINE,
+                )
+                for target in (mux.Target(instance_name="alpha"), mux.Target(model_id="hash/384"))
+            ]
+        relayed = await router_calls(h.plane) - before
+    assert refused == [grpc.StatusCode.UNAUTHENTICATED] * 2
+    assert len(expected.embeddings) == 384
+    assert [list(r.embeddings) for r in replies] == [list(expected.embeddings)] * 2
+    assert relayed == 0
 
 
 async def test_an_unreadable_api_key_file_fails_the_instance_with_the_reason(

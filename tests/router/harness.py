@@ -18,11 +18,9 @@ from typing import Any
 
 import anyio
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
-from tei_reconciler._types import SystemClock
+from tei_reconciler._types import Secret, SystemClock
 from tei_reconciler.dataplane.binary import Choice, find_envoy
-from tei_reconciler.dataplane.envoy import EnvoyDataPlane
 from tei_reconciler.dataplane.serve import DataPlaneRunner
 from tei_reconciler.planner.phase import Phase
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2, multiplexer_pb2_grpc
@@ -45,6 +43,7 @@ def endpoint(
     ready: bool = True,
     phase: Phase = Phase.RUNNING,
     generation: int = 0,
+    api_key: str | None = None,
 ) -> Endpoint:
     return Endpoint(
         name=name,
@@ -54,6 +53,7 @@ def endpoint(
         ready=ready,
         phase=phase if ready or phase is not Phase.RUNNING else Phase.STARTING,
         generation=generation,
+        api_key=None if api_key is None else Secret(api_key),
     )
 
 
@@ -172,18 +172,3 @@ async def mux_client(port: int) -> AsyncIterator[multiplexer_pb2_grpc.TeiMultipl
 
 def to(name: str) -> multiplexer_pb2.Target:
     return multiplexer_pb2.Target(instance_name=name)
-
-
-async def router_calls(plane: DataPlane) -> float:
-    """Calls Envoy has sent to the Python router behind it."""
-    assert isinstance(plane, EnvoyDataPlane)
-    text = await plane.admin.cluster_stats()
-    assert text is not None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (
-                sample.name.startswith("envoy_cluster_upstream_rq_total")
-                and sample.labels.get("cluster") == "router"
-            ):
-                return float(sample.value)
-    return 0.0

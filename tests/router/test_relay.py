@@ -6,11 +6,9 @@ from collections.abc import AsyncIterator
 
 import anyio
 import grpc
-import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
-from tei_reconciler._types import Secret
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2_grpc
@@ -362,16 +360,14 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
     each_data_plane: str,
 ) -> None:
     """The limit bounds what the Python router relays (every call on the grpcio data plane;
-    behind Envoy, the multiplexer calls Envoy does not unwrap itself, such as those to an
-    instance with an API key). Envoy streams plain tei.v1 messages, and the unary multiplexer
-    calls it unwraps, without holding one whole, and leaves their size to the instance and
-    the client."""
+    behind Envoy, the multiplexer calls Envoy does not unwrap itself, such as streams). Envoy
+    streams plain tei.v1 messages, and the unary multiplexer calls it unwraps, without holding
+    one whole, and leaves their size to the instance and the client."""
     big = 1_200_000  # floats: about 4.8 MB on the wire
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     async with fake_backend(dim=big) as (a_port, _):
         table = RoutingTable()
-        keyed = msgspec.structs.replace(endpoint("k", a_port), api_key=Secret("instance-key"))
-        table.update([endpoint("a", a_port), keyed])
+        table.update([endpoint("a", a_port)])
         async with (
             running_router(table, default_instance="a") as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
@@ -387,8 +383,10 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
         ):
             mux_stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
+            stream = mux_stub.EmbedStream(timeout=DEADLINE)
+            await stream.write(embed("x", to("a")))
             with pytest.raises(grpc.aio.AioRpcError) as too_big:
-                await mux_stub.Embed(embed("x", to("k")), timeout=DEADLINE)
+                await stream.read()
             unwrapped: grpc.StatusCode | None = None
             try:
                 await mux_stub.Embed(embed("x", to("a")), timeout=DEADLINE)
