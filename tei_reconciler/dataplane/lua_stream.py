@@ -121,8 +121,9 @@ function envoy_on_request(handle)
   for key, value in pairs(handle:filterContext()) do
     if key == "limit" then limit = value end
   end
-  local f, held = framer(), nil
+  local f, held, chunks = framer(), nil, 0
   for chunk in handle:bodyChunks() do
+    chunks = chunks + 1
     local size = chunk:length()
     if held ~= nil then  -- the first message went by: the rest passes as it comes
       if size > 0 then held = held .. chunk:getBytes(0, size) end
@@ -146,6 +147,10 @@ function envoy_on_request(handle)
     else
       chunk:setBytes("")
     end
+  end
+  if chunks == 0 then  -- headers that end the stream: the extraction filter would wait on
+    handle:respond({[":status"] = "200", ["content-type"] = "application/grpc",
+      ["grpc-status"] = "3", ["grpc-message"] = EMPTY_STREAM}, "")
   end
 end
 """
@@ -300,15 +305,18 @@ _NO_MESSAGE = "did not receive enough data to form a message."
 def align_script(empty_stream: str) -> str:
     """The aligning filter's script (`ALIGN_SCRIPT`); its route context holds `limit`, the
     largest first message the extraction filter takes. A stream that ends before its first
-    message gets `empty_stream` (the Python router's words) from the extraction filter."""
+    message gets `empty_stream` (INVALID_ARGUMENT, the Python router's words): from the
+    extraction filter, whose words it replaces, or, for headers that end the stream (which
+    that filter would hold for ever), from the script itself."""
     return (
-        _FRAMER
+        f"local EMPTY_STREAM = {_lua(empty_stream)}\n"
+        + _FRAMER
         + _ALIGN
         + f"""
 function envoy_on_response(handle)
   local headers = handle:headers()
   if headers:get("grpc-status") == "3" and headers:get("grpc-message") == "{_NO_MESSAGE}" then
-    headers:replace("grpc-message", {_lua(empty_stream)})
+    headers:replace("grpc-message", EMPTY_STREAM)
   end
 end
 """

@@ -235,3 +235,13 @@ async def test_an_unwrapped_stream_to_a_keyed_instance_carries_its_key_in_place_
     assert relayed == 0
     assert [seen.get("authorization") for seen in k.metadata] == ["Bearer key-k"] * 4
     assert [seen.get("authorization") for seen in u.metadata] == ["Bearer for-the-reconciler"] * 2
+
+
+async def test_a_stream_without_a_message_is_the_routers_empty_stream_however_it_ends(
+    two_instances: tuple[int, Any, dict[str, Any]],
+) -> None:
+    port, _, _ = two_instances
+    answers = [await raw_grpc.call(port, EMBED_STREAM, pieces) for pieces in ([b""], [])]
+    assert [(messages, t["grpc-status"], t["grpc-message"]) for messages, t in answers] == [
+        ([], "3", "Empty stream")
+    ] * 2

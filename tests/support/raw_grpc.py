@@ -28,8 +28,8 @@ async def call(
     port: int, path: str, pieces: list[bytes], *, host: str = "127.0.0.1"
 ) -> tuple[list[bytes], dict[str, str]]:
     """Send `pieces` as the request body, each piece in DATA frames of its own, the last
-    ending the stream; return the answer's messages and its trailers (or headers, for a
-    trailers-only answer)."""
+    ending the stream (no pieces: the headers end it); return the answer's messages and its
+    trailers (or headers, for a trailers-only answer)."""
     config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
     connection = h2.connection.H2Connection(config=config)
     body = bytearray()
@@ -62,6 +62,7 @@ async def call(
                 ("content-type", "application/grpc"),
                 ("te", "trailers"),
             ],
+            end_stream=not pieces,
         )
         await exchange()  # the server's settings and windows
         for index, piece in enumerate(pieces):
