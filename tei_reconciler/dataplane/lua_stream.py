@@ -45,6 +45,10 @@ ALIGN_SCRIPT = "align"  # its one script
 STREAM_SCRIPT = "stream"  # the unwrapping script, in the multiplexer's Lua filter
 UNWRAPPED_SCRIPT = "unwrapped"  # the script of the routes unwrapped streams leave by
 EXTRACTION_FILTER = "envoy.filters.http.grpc_field_extraction"
+FRAME_PREFIX = 5  # a gRPC frame's bytes before its message: flag and length
+#: grpcio's refusal (RESOURCE_EXHAUSTED) of a message above the Python router's
+#: `max_message_mb`: its size and the limit, in bytes.
+LARGER_THAN_MAX = "SERVER: Received message larger than max (%d vs. %d)"
 OWN_METADATA = "tei.multiplexer.stream"  # the stream scripts' dynamic metadata namespace
 #: The Target's fields the extraction filter reports, by the route context's table for them.
 TARGET_FIELDS = {
@@ -142,6 +146,7 @@ function envoy_on_request(handle)
       chunk:setBytes(table.concat(out))
       if held == "" then return end
     elseif f.declared() > limit then  -- the extraction filter refuses it: let it
+      handle:streamInfo():dynamicMetadata():set(OWN, "larger", f.declared() - 5)
       chunk:setBytes(f.rest())
       return
     else
@@ -161,6 +166,7 @@ local MAX_INNER = {MAX_INNER}
 local STREAMS = {{ {STREAMS} }}
 local MALFORMED = {MALFORMED}
 local TOO_LARGE = {TOO_LARGE}
+local LARGER = {LARGER}
 local EXTRACTED = "{EXTRACTED}"
 local FIELDS = {{ {FIELDS} }}
 local OWN = "{OWN}"  -- this script's dynamic metadata
@@ -223,9 +229,19 @@ function envoy_on_request(handle)
   handle:clearRouteCache()
   handle:streamInfo():dynamicMetadata():set(OWN, "unwrapped", true)
   local f, n, refused = framer(), 0, false
+  -- Ends the call with the Python router's answer (code, message): the instance gets bytes it
+  -- cannot decode and nothing more, and the answer's status says why (`UNWRAPPED`).
+  local function refuse(out, code, message)
+    local metadata = handle:streamInfo():dynamicMetadata()  -- each wrapper lives until
+    metadata:set(OWN, "code", code)  -- the script yields
+    metadata:set(OWN, "message", message)
+    out[#out + 1] = UNDECODABLE
+    refused = true
+    f.rest()
+  end
   for chunk in handle:bodyChunks() do
     local size = chunk:length()
-    if refused then  -- the instance has its undecodable message: nothing more for it
+    if refused then
       if size > 0 then chunk:setBytes("") end
     elseif size > 0 then
       f.push(chunk:getBytes(0, size))
@@ -235,21 +251,14 @@ function envoy_on_request(handle)
         if s == nil then break end
         n = n + 1
         local framed, code, message = unwrapped(method, s, a, b, n)
-        if framed == nil then  -- the instance ends the call, the answer says why
-          local metadata = handle:streamInfo():dynamicMetadata()  -- each wrapper lives
-          metadata:set(OWN, "code", code)  -- until the script yields
-          metadata:set(OWN, "message", message)
-          out[#out + 1] = UNDECODABLE
-          refused = true
-          f.rest()
+        if framed == nil then
+          refuse(out, code, message)
           break
         end
         out[#out + 1] = framed
       end
-      if not refused and f.declared() > limit then  -- above the router's own limit: from
-        out[#out + 1] = f.rest()  -- here on as it comes, the instance refuses it
-        chunk:setBytes(table.concat(out))
-        return
+      if not refused and f.declared() > limit then  -- above the router's max_message_mb
+        refuse(out, 8, string.format(LARGER, f.declared() - 5, limit - 5))
       end
       chunk:setBytes(table.concat(out))
     end
@@ -298,8 +307,10 @@ end
 """
 )
 
-#: The extraction filter's answer to a stream that ends before its first message.
+#: The extraction filter's answers to a stream that ends before its first message, and to
+#: a first message above its buffer limit.
 _NO_MESSAGE = "did not receive enough data to form a message."
+_OVER_LIMIT = "Rejected because internal buffer limits are exceeded."
 
 
 def align_script(empty_stream: str) -> str:
@@ -310,13 +321,28 @@ def align_script(empty_stream: str) -> str:
     that filter would hold for ever), from the script itself."""
     return (
         f"local EMPTY_STREAM = {_lua(empty_stream)}\n"
+        + f"local LARGER = {_lua(LARGER_THAN_MAX)}\n"
+        + f'local OWN = "{OWN_METADATA}"\n'
         + _FRAMER
         + _ALIGN
         + f"""
 function envoy_on_response(handle)
   local headers = handle:headers()
-  if headers:get("grpc-status") == "3" and headers:get("grpc-message") == "{_NO_MESSAGE}" then
+  local status, message = headers:get("grpc-status"), headers:get("grpc-message")
+  if status == "3" and message == "{_NO_MESSAGE}" then
     headers:replace("grpc-message", EMPTY_STREAM)
+  elseif status == "9" and message == "{_OVER_LIMIT}" then
+    local larger, limit = nil, 0
+    for key, value in pairs(handle:streamInfo():dynamicMetadata():get(OWN) or {{}}) do
+      if key == "larger" then larger = value end
+    end
+    for key, value in pairs(handle:filterContext()) do
+      if key == "limit" then limit = value end
+    end
+    if larger ~= nil then
+      headers:replace("grpc-status", "8")
+      headers:replace("grpc-message", string.format(LARGER, larger, limit - 5))
+    end
   end
 end
 """
@@ -343,6 +369,7 @@ def stream_script(methods: Sequence[StreamMethod], refusals: Refusals) -> str:
         .replace("{MAX_INNER}", str(refusals.max_inner_bytes))
         .replace("{MALFORMED}", _lua(refusals.malformed))
         .replace("{TOO_LARGE}", _lua(refusals.too_large))
+        .replace("{LARGER}", _lua(LARGER_THAN_MAX))
         .replace("{EXTRACTED}", EXTRACTION_FILTER)
         .replace("{OWN}", OWN_METADATA)
         .replace("{{ {STREAMS} }}", "{" + streams + "}")

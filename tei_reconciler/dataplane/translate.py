@@ -280,15 +280,18 @@ def _mux_routes(ready: dict[str, Endpoint], plan: Plan) -> list[route_components
         ),
         treat_missing_header_as_empty=True,
     )
+    # The largest frame a stream may send: the router's limit on a message, plus its prefix
+    # (the extraction filter refuses a larger first message, the scripts a later one).
+    frame_limit = plan.max_message_bytes + lua_stream.FRAME_PREFIX
     align = struct_pb2.Struct()
-    align.update({"limit": buffer_limit})
+    align.update({"limit": frame_limit})
     stream_context = struct_pb2.Struct()
     stream_context.CopyFrom(context)
-    stream_context.update({"limit": buffer_limit})
+    stream_context.update({"limit": frame_limit})
     for method in plan.streams:
         entry = _to_router(f"mux-stream:{method.path}", "", [uncompressed])
         entry.match.path = method.path
-        entry.request_body_buffer_limit.value = buffer_limit
+        entry.request_body_buffer_limit.value = frame_limit
         config = entry.typed_per_filter_config
         config[lua_stream.ALIGN_FILTER].CopyFrom(
             pack(lua_pb2.LuaPerRoute(name=lua_stream.ALIGN_SCRIPT, filter_context=align))

@@ -245,3 +245,36 @@ async def test_a_stream_without_a_message_is_the_routers_empty_stream_however_it
     assert [(messages, t["grpc-status"], t["grpc-message"]) for messages, t in answers] == [
         ([], "3", "Empty stream")
     ] * 2
+
+
+async def test_a_message_above_max_message_mb_is_refused_in_the_routers_words(
+    envoy: str, tmp_path: Path
+) -> None:
+    """As the grpcio router refuses it (how many answers come before depends on timing)."""
+    big = "x" * (2 << 20)
+    streams = {
+        "first": [embed(to("a"), big)],
+        "later": [embed(to("a"), "fine"), embed(None, big)],
+        "first, not routable": [embed(to("ghost"), big)],
+    }
+    refusals: dict[str, dict[str, tuple[grpc.StatusCode, str]]] = {}
+    async with fake_backend(dim=3) as (a_port, _):
+        table = RoutingTable()
+        table.update([endpoint("a", a_port)])
+        for kind in ("grpcio", "envoy"):
+            async with (
+                running_data_plane(
+                    table, data_plane=kind, runtime=tmp_path / kind, max_message_mb=1
+                ) as (port, plane),
+                mux_client(port) as stub,
+            ):
+                if kind == "envoy":
+                    await plane.wait_routed("a")
+                for name, messages in streams.items():
+                    try:
+                        _ = [r async for r in stub.EmbedStream(each(messages))]
+                    except grpc.aio.AioRpcError as refused:
+                        outcome = (refused.code(), refused.details())
+                    refusals.setdefault(kind, {})[name] = outcome
+    assert refusals["envoy"] == refusals["grpcio"]
+    assert {code for code, _ in refusals["envoy"].values()} == {grpc.StatusCode.RESOURCE_EXHAUSTED}

@@ -367,7 +367,7 @@ def test_a_multiplexer_stream_enters_by_its_methods_route_which_runs_the_stream_
         assert json_format.MessageToDict(align.filter_context) == {
             "limit": entry.request_body_buffer_limit.value
         }
-        assert entry.request_body_buffer_limit.value >= 40 << 20
+        assert entry.request_body_buffer_limit.value == (40 << 20) + 5  # the router's limit
         enabled = route_components_pb2.FilterConfig()
         assert entry.typed_per_filter_config[lua_stream.EXTRACTION_FILTER].Unpack(enabled)
         assert not enabled.disabled
