@@ -27,7 +27,9 @@ The path stays the multiplexer's until the router filter rewrites it, so Envoy's
 count the call under `tei_multiplexer.v1.TeiMultiplexer/<Method>`, as the Python router does.
 A client cannot pick a cluster with the internal header: the script removes any the call
 carries before it looks at anything, and the routes that read it run the `strip` script
-(removal only), so such a call ends up at the Python router.
+(removal only), so such a call ends up at the Python router. Multiplexer streams are
+unwrapped by the scripts of `lua_stream.py`, which walk each message with the same helpers
+(`WIRE`).
 """
 
 from __future__ import annotations

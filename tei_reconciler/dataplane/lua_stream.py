@@ -7,29 +7,37 @@ same targets as for unary calls: `translate.mux_context`), Envoy unwraps the str
 message by message as they arrive, with flow control and without buffering the stream. Three
 filters work together on the route every uncompressed multiplexer stream enters by:
 
-1. `ALIGN` (a Lua filter) passes the stream's bytes on in whole gRPC frames until the first
-   message has gone by, holding back a partial next message for one chunk. (The field
-   extraction filter drops the bytes that follow the first message in the chunk that
-   completes it when they are not a whole message.)
+1. `align_script`, run by a Lua filter of its own (`ALIGN_FILTER`), passes the stream's
+   bytes on in whole gRPC frames until the first message has gone by, holding back a
+   partial next message for one chunk. (The field extraction filter drops the bytes that
+   follow the first message in the chunk that completes it when they are not a whole
+   message.)
 2. Envoy's gRPC field extraction filter (`envoy.filters.http.grpc_field_extraction`) holds
    the call's headers until the first message is complete and puts its target's fields into
    the stream's dynamic metadata; it leaves the message as it was.
-3. `STREAM`, a script of the multiplexer's Lua filter (`lua_mux.FILTER`), reads the target at
+3. `stream_script`, a script of the multiplexer's Lua filter (`lua_mux.FILTER`), reads the target at
    header time; when the route's context names a cluster for it, it names that cluster in
    the internal header (the call then takes the `mux:<Method>` route, as a unary call Envoy
    unwraps does) and replaces each message with its inner request as the bytes go by,
    walking the wrapper with the unary script's code (`lua_mux.WIRE`).
 
-Every other stream (no or an unknown or a not-Ready target, a target whose instance needs an
-API key, a compressed stream) reaches the Python router untouched, which answers it exactly
-as it does without Envoy. An unwrapped stream differs from the router's only where the
-router would refuse a message the instance is then sent: a message (the first included) that
-is not a well-formed wrapper or carries no inner request reaches the instance as bytes it
-cannot decode, so the instance ends the call with its own error (UNKNOWN from the built-in
-engine, INTERNAL from TEI) where the router answers INVALID_ARGUMENT; a message above an
-instance's 4 MiB limit is refused by the instance (RESOURCE_EXHAUSTED) rather than by the
-router; a stream that ends before its first message is refused by the field extraction
-filter (INVALID_ARGUMENT "did not receive enough data to form a message.").
+Every other stream (no or an unknown or a not-Ready target, a model whose Ready instances
+hold different API keys, a compressed stream) reaches the Python router untouched, which
+answers it exactly as it does without Envoy. An unwrapped stream goes to its instance like a
+plain `tei.v1` stream (the route's deadline, routing keys stripped, drain, flow control; the
+instance's API key as `authorization` where it has one, as the unary script sets it), and
+Envoy's gRPC stats count it under the multiplexer's method. Where the router would refuse a
+message (no inner request, a malformed wrapper or inner request, an inner request above an
+instance's 4 MiB, a message above `max_message_mb`), the script sends the instance a message
+it cannot decode and nothing more, so the instance ends the call, and the `UNWRAPPED` script
+of the route the stream leaves by replaces the instance's status with the router's code and
+words (the answers to the messages before it arrive first, as through the router). The
+aligning script answers a stream without a message as the router does ("Empty stream"), and
+gives a first message above `max_message_mb` grpcio's words in place of the extraction
+filter's. What still differs: an inner request whose bytes are well-formed protobuf fields
+that protobuf's parser refuses (a string that is no UTF-8) is refused by the instance in its
+own words; `max_message_mb` does not bound the answers; a stream the client cancels is not
+counted (Envoy counts calls that end with a status).
 """
 
 from __future__ import annotations

@@ -13,7 +13,11 @@ a socket, so every rule is table-tested and the same input always gives the same
   the services Envoy cannot route by header: the multiplexer, health, reflection.
 - Unary multiplexer calls (`plan.multiplexer`) first pass a Lua filter that unwraps those
   whose target Envoy can route (`lua_mux.py`); they then reach the instance or model cluster
-  like a `tei.v1` call, and every other multiplexer call goes to the Python router.
+  like a `tei.v1` call, and every other multiplexer call goes to the Python router. The
+  multiplexer streams (`plan.streams`) enter by a route per method that enables the gRPC
+  field extraction filter and the stream scripts (`lua_stream.py`), which unwrap a stream by
+  the target of its first message the same way; a compressed stream takes the catch-all
+  route to the Python router.
 - An instance with an API key gets it as `authorization` on every route to it (in place of
   the client's, which was for the reconciler): plain routes add it themselves, and for an
   unwrapped multiplexer call the Lua script sets it from its context, which holds the header

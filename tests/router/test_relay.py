@@ -360,9 +360,9 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
     each_data_plane: str,
 ) -> None:
     """The limit bounds what the Python router relays (every call on the grpcio data plane;
-    behind Envoy, the multiplexer calls Envoy does not unwrap itself, such as streams). Envoy
-    streams plain tei.v1 messages, and the unary multiplexer calls it unwraps, without holding
-    one whole, and leaves their size to the instance and the client."""
+    behind Envoy, the multiplexer calls Envoy does not unwrap itself, such as compressed
+    streams). Envoy streams plain tei.v1 messages, and the multiplexer calls it unwraps,
+    without holding one whole, and leaves their size to the instance and the client."""
     big = 1_200_000  # floats: about 4.8 MB on the wire
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     async with fake_backend(dim=big) as (a_port, _):
@@ -383,20 +383,27 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
         ):
             mux_stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
-            stream = mux_stub.EmbedStream(timeout=DEADLINE)
+            stream = mux_stub.EmbedStream(timeout=DEADLINE, compression=grpc.Compression.Gzip)
             await stream.write(embed("x", to("a")))
             with pytest.raises(grpc.aio.AioRpcError) as too_big:
                 await stream.read()
-            unwrapped: grpc.StatusCode | None = None
-            try:
-                await mux_stub.Embed(embed("x", to("a")), timeout=DEADLINE)
-            except grpc.aio.AioRpcError as exc:
-                unwrapped = exc.code()
+            unwrapped: list[grpc.StatusCode | None] = []
+            for streaming in (False, True):
+                try:
+                    if streaming:
+                        stream = mux_stub.EmbedStream(timeout=DEADLINE)
+                        await stream.write(embed("x", to("a")))
+                        await stream.read()
+                    else:
+                        await mux_stub.Embed(embed("x", to("a")), timeout=DEADLINE)
+                    unwrapped.append(None)
+                except grpc.aio.AioRpcError as exc:
+                    unwrapped.append(exc.code())
     assert len(reply.embeddings) == big
     assert len(relayed.embeddings) == big
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     limited = grpc.StatusCode.RESOURCE_EXHAUSTED if each_data_plane == "grpcio" else None
-    assert unwrapped == limited
+    assert unwrapped == [limited, limited]
 
 
 async def test_the_grpcio_router_limits_plain_tei_messages_to_max_message_mb() -> None:
