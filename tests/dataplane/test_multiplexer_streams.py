@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from router.fake_backend import fake_backend, vector
 from router.harness import endpoint, mux_client, running_data_plane, to
 
@@ -23,10 +24,17 @@ from tei_reconciler.routing import RoutingTable
 
 from support import raw_grpc
 from support.envoy import router_calls
+from support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
 EMBED_STREAM = "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
+
+
+def counted(instance: str, method: str) -> float:
+    """Calls of `method` to `instance` that ended OK, as `GET /metrics` shows them."""
+    labels = {"instance": instance, "method": method, "code": "OK"}
+    return REGISTRY.get_sample_value("tei_reconciler_router_requests_total", labels) or 0.0
 
 
 def embed(target: mux.Target | None, text: str) -> mux.EmbedRequest:
@@ -77,7 +85,7 @@ async def test_a_stream_envoy_can_route_reaches_the_instance_message_by_message_
     texts = ["one", "two", "three", "four"]
     # later targets are ignored, as the Python router ignores them
     later = [to("ghost"), None, mux.Target(model_id="nope")]
-    before = await router_calls(plane)
+    before, streams_before = await router_calls(plane), counted("b", EMBED_STREAM)
     async with mux_client(port) as stub:
         by_name = await embeddings(
             stub, [embed(t, x) for t, x in zip([to("b"), *later], texts, strict=True)]
@@ -94,6 +102,10 @@ async def test_a_stream_envoy_can_route_reaches_the_instance_message_by_message_
             )
         )
     assert await router_calls(plane) - before == 0
+    await eventually(
+        lambda: counted("b", EMBED_STREAM) - streams_before >= 2,  # by name, by index
+        what="the streams to b counted under the multiplexer's method",
+    )
     assert by_name == by_model == [pytest.approx(vector(x, 3)) for x in texts]
     assert by_index == [pytest.approx(vector("one", 3))]
     assert [(r.index, r.score) for r in ranks.ranks] == [(0, 1.0), (1, 2.0), (2, 3.0)]
