@@ -288,10 +288,10 @@ function envoy_on_request(handle)
 end
 
 """
-    + """-- A refused message ends the call with the Python router's answer, in place of the error
--- the instance answered the undecodable message with.
+    + """-- A refused message ends the call with the Python router's answer, in place of the
+-- instance's (its error for the undecodable message, or whatever status it ended with).
 local function answer(handle, map)
-  if map == nil or (map:get("grpc-status") or "0") == "0" then return end
+  if map == nil then return end
   local code, message = nil, nil
   for key, value in pairs(handle:streamInfo():dynamicMetadata():get(OWN) or {}) do
     if key == "code" then code = value end
