@@ -35,13 +35,13 @@ import grpc
 
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2
+from tei_reconciler.router.ending import StatusWatch
 from tei_reconciler.router.methods import MULTIPLEXER_SERVICE
 from tei_reconciler.router.pool import Connection
 from tei_reconciler.router.relay import (
     Context,
     Metadata,
     Relay,
-    pass_through,
     split_metadata,
     upstream_metadata,
 )
@@ -77,13 +77,14 @@ async def fan_out(
         conn.stream_stream(path)(feed(chunk), timeout=deadline_secs, metadata=metadata)
         for chunk in chunks
     ]
+    watches = [StatusWatch(call) for call in calls]
 
     async def run(index: int, scope: anyio.CancelScope) -> None:
         try:
             async for response in calls[index]:
                 answers[index].append(response)
         except grpc.aio.AioRpcError as exc:
-            failure.append(exc)
+            failure.append(watches[index].error(exc))
             scope.cancel()
             for call in calls:  # the first failure ends the whole request
                 call.cancel()
@@ -148,7 +149,7 @@ async def _relay_arrow(
         data: bytes = await build(texts, conn, upstream_metadata(endpoint, metadata))
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
-        await pass_through(context, exc)
+        await relay.pass_through(context, endpoint, exc)
         raise
     except RouteError as exc:
         code = exc.code.name

@@ -74,6 +74,7 @@ class ChannelPool:
         idle_secs: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.max_message_bytes = max_message_bytes  # the largest answer a channel takes
         self._options = channel_options(max_message_bytes)
         self.idle_secs = idle_secs
         self._clock = clock

@@ -5,7 +5,8 @@ does not need to. The client's deadline becomes the backend call's deadline (els
 `request_timeout_secs`, for streams too); metadata is forwarded except the keys gRPC owns
 and the router's own routing keys (an instance with an API key gets its key as
 `authorization`); a backend's status, details and trailing metadata come
-back unchanged. Streams are relayed message by message with gRPC's own flow control on both
+back unchanged (see `ending.py`: an answer above max_message_mb is said in the router's
+words). Streams are relayed message by message with gRPC's own flow control on both
 legs (each write waits for the transport), so a slow reader slows the writer instead of
 filling a buffer. A half-close from the client becomes a half-close to the backend; a client
 cancel, a router-side error or the end of the handler cancels the backend call.
@@ -22,6 +23,7 @@ import anyio
 import grpc
 
 from tei_reconciler import metrics
+from tei_reconciler.router.ending import StatusWatch, answer_too_large
 from tei_reconciler.router.pool import ChannelPool, Connection
 from tei_reconciler.router.routes import Balancer, RouteError
 from tei_reconciler.routing import Endpoint, RoutingTable
@@ -35,6 +37,10 @@ MODEL_KEY = "x-tei-model"
 _NOT_FORWARDED = frozenset(
     {"content-type", "te", "user-agent", "host", "accept-encoding", INSTANCE_KEY, MODEL_KEY}
 )
+#: What a write to an instance's call raises once the instance has ended the call (the reader
+#: hears why): its status, "already finished" or "half-closed", or the failed batch of gRPC
+#: core that `done_writing` lets out bare.
+_WRITE_ENDED = (grpc.aio.AioRpcError, grpc.aio.BaseError, asyncio.InvalidStateError)
 
 
 def split_metadata(context: Context) -> tuple[Metadata, str | None, str | None]:
@@ -134,7 +140,7 @@ class Relay:
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
-            await pass_through(context, exc)
+            await self.pass_through(context, endpoint, exc)
             raise  # unreachable: abort raises
         else:
             code = "OK"
@@ -155,13 +161,19 @@ class Relay:
         metadata: Metadata,
         client_stream_only: bool = False,
     ) -> bytes | None:
-        """Relay a stream; returns the single response of a client-streaming call."""
+        """Relay a stream; returns the single response of a client-streaming call.
+
+        A pump writes the client's messages to the instance while the handler relays the
+        instance's answers back. Neither lets out what ends a call (a message the router
+        refuses, the instance's status): it is noted, ends both, and answered once both are
+        done, so the client hears that status and never the error of a task group."""
         started = time.perf_counter()
         conn = self.begin(endpoint)
         factory = conn.stream_unary(path) if client_stream_only else conn.stream_stream(path)
         call = factory(
             timeout=self.timeout(context), metadata=upstream_metadata(endpoint, metadata)
         )
+        watch = StatusWatch(call)
         code = "CANCELLED"
         refused: RouteError | None = None
         failed: grpc.aio.AioRpcError | None = None
@@ -180,7 +192,7 @@ class Relay:
                 refused = exc
                 call.cancel()  # wakes the reader, which an anyio cancel alone may not
                 scope.cancel()
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            except _WRITE_ENDED:
                 pass  # the backend already ended the call; the reader reports its status
 
         try:
@@ -197,7 +209,7 @@ class Relay:
                                 await context.write(message)
                     finished = True
                 except grpc.aio.AioRpcError as exc:
-                    failed = exc
+                    failed = watch.error(exc)
                 except asyncio.CancelledError:
                     # grpc.aio ends the read of a call cancelled here with a CancelledError
                     # of its own, which anyio does not take for its cancellation: without
@@ -206,6 +218,9 @@ class Relay:
                     if refused is None:
                         raise
                 tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # a fault of the router itself: grpc logs it
+            code = "UNKNOWN"
+            raise _first_error(group) from group
         finally:
             call.cancel()
             if refused is not None:
@@ -218,12 +233,27 @@ class Relay:
         if refused is not None:
             await context.abort(refused.code, refused.message)
         if failed is not None:
-            await pass_through(context, failed)
+            await self.pass_through(context, endpoint, failed)
         return response
 
+    async def pass_through(
+        self, context: Context, endpoint: Endpoint, exc: grpc.aio.AioRpcError
+    ) -> None:
+        """End the call as the instance ended it: its code, details and trailing metadata,
+        or the router's own words for an answer above max_message_mb (always raises, through
+        `context.abort`)."""
+        too_large = answer_too_large(exc, endpoint.name, self.pool.max_message_bytes)
+        if too_large is not None:
+            await context.abort(too_large.code, too_large.message)
+        trailing = tuple(
+            (k, v) for k, v in (exc.trailing_metadata() or ()) if not k.startswith("grpc-")
+        )
+        await context.abort(exc.code(), exc.details() or "", trailing)
 
-async def pass_through(context: Context, exc: grpc.aio.AioRpcError) -> None:
-    trailing = tuple(
-        (k, v) for k, v in (exc.trailing_metadata() or ()) if not k.startswith("grpc-")
-    )
-    await context.abort(exc.code(), exc.details() or "", trailing)
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error inside a task group's, so that grpc answers and logs it by its type."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -99,7 +99,10 @@ class FakeRerank(tei_pb2_grpc.RerankServicer):
 
     async def RerankStream(self, requests: AsyncIterator[Any], context: Any) -> Any:
         self.recorder.calls += 1
-        ranks = [tei_pb2.Rank(index=i, score=float(len(r.text))) async for i, r in _enum(requests)]
+        ranks = [
+            tei_pb2.Rank(index=i, score=float(len(r.text)), text=r.text if r.return_text else None)
+            async for i, r in _enum(requests)
+        ]
         return tei_pb2.RerankResponse(ranks=ranks)
 
 

@@ -233,38 +233,6 @@ async def test_malformed_requests_are_invalid_argument_on_both_routes_never_forw
     assert recorder.calls == 4  # only the good first message of each stream
 
 
-async def test_a_request_above_the_instances_4_mib_limit_is_refused_saying_why() -> None:
-    """The grpcio router's own check (behind Envoy, the instance refuses a plain tei.v1
-    message above its limit itself, RESOURCE_EXHAUSTED too)."""
-    big = tei_pb2.EmbedRequest(inputs="x" * (5 * 1024 * 1024)).SerializeToString()
-    async with fake_backend() as (a_port, recorder):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with (
-            running_router(table, data_plane="grpcio") as port,
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-        ):
-            failures = []
-            for path, payload in [
-                ("/tei_multiplexer.v1.TeiMultiplexer/Embed", wrapped_long(to("a"), big)),
-                ("/tei.v1.Embed/Embed", big),
-            ]:
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await channel.unary_unary(path)(payload, timeout=DEADLINE)
-                failures.append(caught.value)
-    for failure in failures:
-        assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert f"request message of {len(big)} bytes not forwarded" in failure.details()
-        assert "TEI instances accept at most 4194304 bytes (4 MiB)" in failure.details()
-    assert recorder.calls == 0
-
-
-def wrapped_long(target: mux.Target, inner: bytes) -> bytes:
-    return mux.EmbedRequest(
-        target=target, request=tei_pb2.EmbedRequest.FromString(inner)
-    ).SerializeToString()
-
-
 async def test_client_metadata_is_forwarded_but_the_routing_keys_are_not() -> None:
     async with fake_backend() as (a_port, recorder):
         table = RoutingTable()
@@ -354,72 +322,6 @@ async def test_a_backend_error_ends_the_stream_while_the_client_still_holds_it_o
         with anyio.fail_after(DEADLINE / 2), pytest.raises(grpc.aio.AioRpcError) as failed:
             await call.read()
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configurable(
-    each_data_plane: str,
-) -> None:
-    """The limit bounds what the Python router relays (every call on the grpcio data plane;
-    behind Envoy, the multiplexer calls Envoy does not unwrap itself, such as compressed
-    streams). Envoy streams plain tei.v1 messages, and the multiplexer calls it unwraps,
-    without holding one whole, and leaves their size to the instance and the client."""
-    big = 1_200_000  # floats: about 4.8 MB on the wire
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    async with fake_backend(dim=big) as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        async with (
-            running_router(table, default_instance="a") as port,
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
-        ):
-            reply = await tei_pb2_grpc.EmbedStub(channel).Embed(
-                tei_pb2.EmbedRequest(inputs="x"), timeout=DEADLINE
-            )
-            relayed = await multiplexer_pb2_grpc.TeiMultiplexerStub(channel).Embed(
-                embed("x", to("a")), timeout=DEADLINE
-            )
-        async with (
-            running_router(table, max_message_mb=1) as port,
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
-        ):
-            mux_stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
-            stream = mux_stub.EmbedStream(timeout=DEADLINE, compression=grpc.Compression.Gzip)
-            await stream.write(embed("x", to("a")))
-            with pytest.raises(grpc.aio.AioRpcError) as too_big:
-                await stream.read()
-            unwrapped: list[grpc.StatusCode | None] = []
-            for streaming in (False, True):
-                try:
-                    if streaming:
-                        stream = mux_stub.EmbedStream(timeout=DEADLINE)
-                        await stream.write(embed("x", to("a")))
-                        await stream.read()
-                    else:
-                        await mux_stub.Embed(embed("x", to("a")), timeout=DEADLINE)
-                    unwrapped.append(None)
-                except grpc.aio.AioRpcError as exc:
-                    unwrapped.append(exc.code())
-    assert len(reply.embeddings) == big
-    assert len(relayed.embeddings) == big
-    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    limited = grpc.StatusCode.RESOURCE_EXHAUSTED if each_data_plane == "grpcio" else None
-    assert unwrapped == [limited, limited]
-
-
-async def test_the_grpcio_router_limits_plain_tei_messages_to_max_message_mb() -> None:
-    async with fake_backend(dim=1_200_000) as (a_port, _):
-        table = RoutingTable()
-        table.update([endpoint("a", a_port)])
-        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        async with (
-            running_router(table, data_plane="grpcio", max_message_mb=1) as port,
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
-        ):
-            with pytest.raises(grpc.aio.AioRpcError) as too_big:
-                await tei_pb2_grpc.EmbedStub(channel).Embed(
-                    tei_pb2.EmbedRequest(inputs="x"), timeout=DEADLINE
-                )
-    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_a_stream_without_a_client_deadline_ends_at_the_request_timeout() -> None:

@@ -1,7 +1,9 @@
-"""The router's pure parts: wire splitting, channel bookkeeping, load balancing."""
+"""The router's pure parts: wire splitting, channel bookkeeping, load balancing, the words of
+an error."""
 
 from __future__ import annotations
 
+import grpc
 import msgspec
 import pytest
 from hypothesis import given
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from tei_reconciler._types import Secret
 from tei_reconciler.protos.tei.v1 import tei_pb2
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
+from tei_reconciler.router.ending import answer_too_large
 from tei_reconciler.router.pool import ChannelPool
 from tei_reconciler.router.relay import Relay, upstream_metadata
 from tei_reconciler.router.routes import Balancer
@@ -147,3 +150,41 @@ def test_an_instance_with_an_api_key_gets_its_key_in_place_of_the_clients_author
         ("x-request-id", "7"),
         ("authorization", "Bearer instance-key"),
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "router_says"),
+    [
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "Stream removed (CLIENT: Received message larger than max (2000000 vs. 1048576))",
+            "answer message of 2000000 bytes from instance a not relayed: the router relays at "
+            "most 1048576 bytes (1 MiB, max_message_mb) per message; send fewer or shorter "
+            "inputs per message, or raise max_message_mb",
+        ),
+        # the instance refusing a request (its own 4 MiB), another limit, the instance's words
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "SERVER: Received message larger than max (5000000 vs. 1048576)",
+            None,
+        ),
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "Stream removed (CLIENT: Received message larger than max (3000000 vs. 2097152))",
+            None,
+        ),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "model is overloaded", None),
+        (
+            grpc.StatusCode.INTERNAL,
+            "CLIENT: Received message larger than max (2000000 vs. 1048576)",
+            None,
+        ),
+    ],
+)
+def test_only_an_answer_above_the_routers_own_limit_is_told_in_the_routers_words(
+    code: grpc.StatusCode, details: str, router_says: str | None
+) -> None:
+    failure = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    refusal = answer_too_large(failure, "a", 1 << 20)
+    said = None if refusal is None else (refusal.code, refusal.message)
+    assert said == (None if router_says is None else (code, router_says))

@@ -2,8 +2,9 @@
 
 grpcio's asyncio client turns a message write that races the server's early status (an auth
 refusal sent before the client finished writing) into a local INTERNAL "Internal error from
-Core", dropping the server's own code (grpc/grpc#36066). Such an attempt tells nothing about
-the server, so `answered` makes the call again; every attempt still sends its messages.
+Core", dropping the server's own code (grpc/grpc#36066; the router keeps the instance's
+status from the same race, `tei_reconciler.router.ending`). Such an attempt tells nothing
+about the server, so `answered` makes the call again; every attempt still sends its messages.
 """
 
 from __future__ import annotations
@@ -13,15 +14,10 @@ from typing import TypeVar
 
 import grpc
 
+from tei_reconciler.router.ending import lost_to_a_write
+
 T = TypeVar("T")
 ATTEMPTS = 20
-
-
-def lost_to_a_write(exc: grpc.aio.AioRpcError) -> bool:
-    """Whether `exc` is the client's own INTERNAL for a write that raced the server's end."""
-    return bool(
-        exc.code() == grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core"
-    )
 
 
 async def answered(call: Callable[[], Awaitable[T]]) -> T | grpc.aio.AioRpcError:
