@@ -168,10 +168,11 @@ async def test_a_stream_ends_with_resource_exhausted_saying_why_when_an_answer_i
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
-        failures = [await answered(partial(embedded, stub, n, GZIP)) for n in (1, 2, 8, 32)]
+        gzip = GZIP if each_data_plane == "envoy" else None  # grpcio: as any client sends
+        failures = [await answered(partial(embedded, stub, n, gzip)) for n in (1, 2, 8, 32)]
         failures.append(
             await answered(
-                lambda: stub.RerankStream(mux_reranks(), timeout=DEADLINE, compression=GZIP)
+                lambda: stub.RerankStream(mux_reranks(), timeout=DEADLINE, compression=gzip)
             )
         )
     for failure in failures:
