@@ -4,12 +4,13 @@ router relays."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
@@ -18,6 +19,7 @@ from tei_reconciler.routing import RoutingTable
 
 from .fake_backend import fake_backend
 from .harness import endpoint, running_router, to
+from support import raw_grpc
 from support.grpc_status import answered
 from support.waiting import DEADLINE
 
@@ -38,19 +40,32 @@ def assert_answer_refused(failure: object) -> None:
     """`failure` is the router's refusal of instance a's answer above max_message_mb = 1."""
     assert isinstance(failure, grpc.aio.AioRpcError), failure
     assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, failure.details()
-    assert failure.details().startswith("answer message of "), failure.details()
+    assert_refusal_says_why(failure.details())
+
+
+def assert_refusal_says_why(details: str) -> None:
+    assert details.startswith("answer message of "), details
     assert (
         " bytes from instance a not relayed: the router relays at most 1048576 bytes "
         "(1 MiB, max_message_mb) per message; send fewer or shorter inputs per message, "
         "or raise max_message_mb"
-    ) in failure.details()
+    ) in details
+
+
+def mux_embed_messages(count: int) -> list[mux.EmbedRequest]:
+    """A multiplexer EmbedStream of `count` messages to instance a."""
+    return [
+        mux.EmbedRequest(
+            target=to("a") if i == 0 else None, request=tei_pb2.EmbedRequest(inputs=f"text {i}")
+        )
+        for i in range(count)
+    ]
 
 
 def mux_embeds(count: int) -> AsyncIterator[mux.EmbedRequest]:
     async def requests() -> AsyncIterator[mux.EmbedRequest]:
-        for i in range(count):
-            request = tei_pb2.EmbedRequest(inputs=f"text {i}")
-            yield mux.EmbedRequest(target=to("a") if i == 0 else None, request=request)
+        for message in mux_embed_messages(count):
+            yield message
 
     return requests()
 
@@ -63,12 +78,11 @@ def long_reranks() -> list[tei_pb2.RerankStreamRequest]:
     ]
 
 
-def mux_reranks() -> AsyncIterator[mux.RerankStreamRequest]:
-    async def requests() -> AsyncIterator[mux.RerankStreamRequest]:
-        for i, request in enumerate(long_reranks()):
-            yield mux.RerankStreamRequest(target=to("a") if i == 0 else None, request=request)
-
-    return requests()
+def mux_rerank_messages() -> list[mux.RerankStreamRequest]:
+    return [
+        mux.RerankStreamRequest(target=to("a") if i == 0 else None, request=request)
+        for i, request in enumerate(long_reranks())
+    ]
 
 
 async def drained(call: Any) -> list[Any]:
@@ -82,6 +96,9 @@ async def embedded(
     call = stub.EmbedStream(mux_embeds(count), timeout=DEADLINE, compression=compression)
     return await drained(call)
 
+
+EMBED_STREAM = "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
+RERANK_STREAM = "/tei_multiplexer.v1.TeiMultiplexer/RerankStream"
 
 #: A compressed multiplexer stream reaches the Python router on both data planes (Envoy
 #: unwraps uncompressed ones itself).
@@ -161,22 +178,37 @@ async def test_a_stream_ends_with_resource_exhausted_saying_why_when_an_answer_i
     """Bidirectional streams, including ones the client is still writing when the answer is
     refused (the router's own writes to the instance then race the instance's end), and a
     client stream; on both data planes, as compressed multiplexer streams reach the Python
-    router."""
+    router. The streams of several messages go over raw HTTP/2, which reads the status the
+    router sent: grpcio's client, still writing when it hears it, would report its own
+    INTERNAL instead (grpc/grpc#36066)."""
+    compression = raw_grpc.GZIP if each_data_plane == "envoy" else None
+    gzip = GZIP if compression else None  # grpcio: as any client sends
+
+    def frames(messages: Sequence[Message]) -> list[bytes]:
+        """One piece per message, as a client writes them one by one."""
+        return [
+            raw_grpc.frame(message.SerializeToString(), compression=compression)
+            for message in messages
+        ]
+
     async with (
         fake_backend(dim=TOO_LARGE) as (a_port, _),
         running_router(only(a_port), max_message_mb=1) as port,
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
-        gzip = GZIP if each_data_plane == "envoy" else None  # grpcio: as any client sends
-        failures = [await answered(partial(embedded, stub, n, gzip)) for n in (1, 2, 8, 32)]
-        failures.append(
-            await answered(
-                lambda: stub.RerankStream(mux_reranks(), timeout=DEADLINE, compression=gzip)
-            )
-        )
-    for failure in failures:
-        assert_answer_refused(failure)
+        single = await answered(partial(embedded, stub, 1, gzip))
+        streams = [(EMBED_STREAM, frames(mux_embed_messages(n))) for n in (2, 8, 32)]
+        streams.append((RERANK_STREAM, frames(mux_rerank_messages())))
+        raw = [
+            await raw_grpc.call(port, path, pieces, compression=compression)
+            for path, pieces in streams
+        ]
+    assert_answer_refused(single)
+    for answers, trailers in raw:
+        assert answers == []
+        assert trailers.get("grpc-status") == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert_refusal_says_why(trailers.get("grpc-message", ""))
 
 
 async def test_the_grpcio_router_limits_plain_tei_answers_to_max_message_mb_saying_why() -> None:
