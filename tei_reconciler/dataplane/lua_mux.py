@@ -100,6 +100,17 @@ end
 
 local function ignore() end
 
+-- Sends the call to `cluster` by the internal header `name` (the `mux:<Method>` routes read
+-- it), with the instance's key where it has one, never the client's (every copy of it).
+local function route_to(handle, headers, name, cluster, authorization)
+  headers:replace(name, cluster)
+  if authorization ~= nil then
+    headers:remove("authorization")
+    headers:add("authorization", authorization)
+  end
+  handle:clearRouteCache()
+end
+
 -- A gRPC frame (uncompressed) around a message.
 local function frame(message)
   local n = #message
@@ -170,13 +181,7 @@ function envoy_on_request(handle)
   local ok, cluster, frame, authorization = pcall(unwrap, handle, path, body)
   if ok and cluster ~= nil then
     body:setBytes(frame)
-    headers = handle:headers()
-    headers:replace(INTERNAL, cluster)
-    if authorization ~= nil then  -- the instance's key, never the client's (every copy of it)
-      headers:remove("authorization")
-      headers:add("authorization", authorization)
-    end
-    handle:clearRouteCache()
+    route_to(handle, handle:headers(), INTERNAL, cluster, authorization)
   end
 end
 """

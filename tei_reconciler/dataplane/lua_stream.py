@@ -229,12 +229,7 @@ function envoy_on_request(handle)
   if method == nil then return end
   local ok, cluster, limit, authorization = pcall(route_of, handle)
   if not ok or cluster == nil then return end
-  headers:replace(INTERNAL, cluster)
-  if authorization ~= nil then  -- the instance's key, never the client's (every copy of it)
-    headers:remove("authorization")
-    headers:add("authorization", authorization)
-  end
-  handle:clearRouteCache()
+  route_to(handle, headers, INTERNAL, cluster, authorization)
   handle:streamInfo():dynamicMetadata():set(OWN, "unwrapped", true)
   local f, n, refused = framer(), 0, false
   -- Ends the call with the Python router's answer (code, message): the instance gets bytes it
