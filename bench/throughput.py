@@ -10,8 +10,8 @@ streams each, and `tei.v1.Embed/EmbedStream` calls of 20 messages each (a twenti
 back to back in an order that rotates from round to round (`bench/rounds.py`); the report has
 per path the median calls/s over the rounds with their spread, its share of direct, and the
 proxy's CPU time per call (its processes' CPU time over the run, divided by the calls), then
-the Envoy data plane against stock Envoy per round. The multiplexer's Embed is measured the
-same way on the two paths that serve it.
+the Envoy data plane against stock Envoy per round. The multiplexer's Embed and EmbedStream of
+20 are measured the same way on the two paths that serve it.
 """
 
 from __future__ import annotations
@@ -141,6 +141,18 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(20)
             )
         )
+        mux_stream = Path(tmp) / "mux_stream.bin"
+        mux_stream.write_bytes(
+            b"".join(
+                framed(
+                    mux.EmbedRequest(
+                        target=mux.Target(instance_name=INSTANCE),
+                        request=tei_pb2.EmbedRequest(inputs=f"Hello world {i}"),
+                    ).SerializeToString()
+                )
+                for i in range(20)
+            )
+        )
         every = ("direct", "grpcio", "envoy", "stock")
         unary, streamed = (args.calls, args.streams), (max(args.calls // 20, 40), 4)
         calls: list[Call] = [
@@ -148,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             ("tei.v1 EmbedStream of 20", "/tei.v1.Embed/EmbedStream", stream, every, streamed),
             ("multiplexer Embed", "/tei_multiplexer.v1.TeiMultiplexer/Embed", wrapped,
              ("grpcio", "envoy"), unary),
+            ("multiplexer EmbedStream of 20", "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream",
+             mux_stream, ("grpcio", "envoy"), streamed),
         ]  # fmt: skip
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for name, url, body, kinds, (_, streams) in calls:

@@ -27,6 +27,9 @@ from envoy.config.core.v3 import (
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.metrics.v3 import stats_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.grpc_field_extraction.v3 import (
+    config_pb2 as field_extraction_pb2,
+)
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
@@ -35,9 +38,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-from google.protobuf import json_format, wrappers_pb2
+from google.protobuf import descriptor_pb2, json_format, wrappers_pb2
 
-from tei_reconciler.dataplane import lua_auth, lua_mux
+from tei_reconciler.dataplane import lua_auth, lua_mux, lua_stream
 from tei_reconciler.dataplane.clusters import (
     CONNECTION_WINDOW,
     HTTP_OPTIONS,
@@ -47,8 +50,16 @@ from tei_reconciler.dataplane.clusters import (
     pack,
 )
 from tei_reconciler.dataplane.translate import LUA_FILTER, ROUTE_CONFIG, ROUTER_CLUSTER, Resources
-from tei_reconciler.router.methods import MULTIPLEXER_SERVICE, TEI_METHODS, Kind
-from tei_reconciler.router.routes import INSTANCE_MAX_REQUEST_BYTES
+from tei_reconciler.protos.tei.v1 import tei_pb2
+from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2
+from tei_reconciler.router.methods import MULTIPLEXER_SERVICE, TEI_METHODS, Kind, Method
+from tei_reconciler.router.multiplexer import EMPTY_STREAM, malformed, missing
+from tei_reconciler.router.routes import (
+    INSTANCE_MAX_REQUEST_BYTES,
+    RouteError,
+    check_request,
+    too_large,
+)
 
 NODE_ID = "tei-reconciler"
 XDS_CLUSTER = "xds"
@@ -61,6 +72,33 @@ MUX_METHODS = tuple(
     lua_mux.UnaryMethod(f"/{MULTIPLEXER_SERVICE}/{m.name}", m.path, m.inner is not None)
     for m in TEI_METHODS
     if m.kind is Kind.UNARY
+)
+
+
+def _undecodable(method: Method) -> str:
+    """The router's refusal of an inner request that does not decode."""
+    try:
+        check_request(method, b"\xff")
+    except RouteError as refused:
+        return refused.message
+    raise AssertionError(f"{method.path}: one byte decoded as a request")
+
+
+#: The multiplexer streams Envoy unwraps itself when it can route the first message's target.
+MUX_STREAMS = tuple(
+    lua_stream.StreamMethod(
+        path=f"/{MULTIPLEXER_SERVICE}/{m.name}",
+        target=m.path,
+        missing=missing(m, "%d"),
+        malformed=_undecodable(m),
+    )
+    for m in TEI_METHODS
+    if m.kind is not Kind.UNARY
+)
+STREAM_REFUSALS = lua_stream.Refusals(
+    malformed=malformed("%s"),
+    too_large=too_large("%d"),
+    max_inner_bytes=INSTANCE_MAX_REQUEST_BYTES,
 )
 
 
@@ -109,15 +147,31 @@ def _static_cluster(name: str, socket: str) -> cluster_pb2.Cluster:
 
 def _grpc_stats() -> grpc_stats_pb2.FilterConfig:
     """Counts per tei.v1 method and status code, and latency, per upstream cluster (instance
-    or model), and so per unary multiplexer method Envoy unwraps; the method list is fixed,
+    or model), and so per multiplexer method Envoy unwraps; the method list is fixed,
     so the series count is bounded."""
     services: dict[str, list[str]] = {}
     for method in TEI_METHODS:
         services.setdefault(f"tei.v1.{method.service}", []).append(method.name)
-    services[MULTIPLEXER_SERVICE] = [m.path.rsplit("/", 1)[1] for m in MUX_METHODS]
+    paths = [m.path for m in MUX_METHODS] + [m.path for m in MUX_STREAMS]
+    services[MULTIPLEXER_SERVICE] = [path.rsplit("/", 1)[1] for path in paths]
     config = grpc_stats_pb2.FilterConfig(enable_upstream_stats=True)
     for service, names in services.items():
         config.individual_method_stats_allowlist.services.add(name=service, method_names=names)
+    return config
+
+
+def _field_extraction() -> field_extraction_pb2.GrpcFieldExtractionConfig:
+    """The first message's target, for each multiplexer stream (`lua_stream.py`)."""
+    files = descriptor_pb2.FileDescriptorSet()
+    for module in (tei_pb2, multiplexer_pb2):
+        module.DESCRIPTOR.CopyToProto(files.file.add())
+    config = field_extraction_pb2.GrpcFieldExtractionConfig(
+        descriptor_set=base_pb2.DataSource(inline_bytes=files.SerializeToString())
+    )
+    for method in MUX_STREAMS:
+        extractions = config.extractions_by_method[method.path[1:].replace("/", ".")]
+        for field in lua_stream.TARGET_FIELDS.values():
+            extractions.request_field_extractions[field].SetInParent()
     return config
 
 
@@ -156,11 +210,26 @@ def _http_filters(spec: Spec) -> list[hcm_pb2.HttpFilter]:
         )
         lua.source_codes["auth"].inline_string = lua_auth.AUTH_SCRIPT
         filters.append(hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)))
-    # Runs only on the routes that name one of its scripts (the multiplexer's): no default.
+    # The Lua filters run only on the routes that name one of their scripts (the
+    # multiplexer's): no default; the field extraction filter only where a route enables it.
+    align = lua_pb2.Lua()
+    align.source_codes[lua_stream.ALIGN_SCRIPT].inline_string = lua_stream.align_script(
+        EMPTY_STREAM
+    )
+    filters.append(hcm_pb2.HttpFilter(name=lua_stream.ALIGN_FILTER, typed_config=pack(align)))
+    filters.append(
+        hcm_pb2.HttpFilter(
+            name=lua_stream.EXTRACTION_FILTER, typed_config=pack(_field_extraction()), disabled=True
+        )
+    )
     mux = lua_pb2.Lua()
     mux.source_codes[lua_mux.MUX_SCRIPT].inline_string = lua_mux.script(
         MUX_METHODS, INSTANCE_MAX_REQUEST_BYTES
     )
+    mux.source_codes[lua_stream.STREAM_SCRIPT].inline_string = lua_stream.stream_script(
+        MUX_STREAMS, STREAM_REFUSALS
+    )
+    mux.source_codes[lua_stream.UNWRAPPED_SCRIPT].inline_string = lua_stream.UNWRAPPED
     mux.source_codes[lua_mux.STRIP_SCRIPT].inline_string = lua_mux.STRIP
     filters.append(hcm_pb2.HttpFilter(name=lua_mux.FILTER, typed_config=pack(mux)))
     filters.append(

@@ -176,6 +176,7 @@ class EnvoyDataPlane:
             default_instance=self.settings.default_instance or self.table.default_instance,
             auth=auth_context(self.settings.auth, digests),
             multiplexer=boot.MUX_METHODS,
+            streams=boot.MUX_STREAMS,
             max_message_bytes=self.settings.max_message_mb << 20,
         )
 

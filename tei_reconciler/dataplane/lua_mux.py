@@ -27,7 +27,9 @@ The path stays the multiplexer's until the router filter rewrites it, so Envoy's
 count the call under `tei_multiplexer.v1.TeiMultiplexer/<Method>`, as the Python router does.
 A client cannot pick a cluster with the internal header: the script removes any the call
 carries before it looks at anything, and the routes that read it run the `strip` script
-(removal only), so such a call ends up at the Python router.
+(removal only), so such a call ends up at the Python router. Multiplexer streams are
+unwrapped by the scripts of `lua_stream.py`, which walk each message with the same helpers
+(`WIRE`).
 """
 
 from __future__ import annotations
@@ -50,11 +52,9 @@ class UnaryMethod(msgspec.Struct, frozen=True):
     inner: bool  # the wrapper must carry an inner request (every method but Info)
 
 
-_SCRIPT = """
-local INTERNAL = "{HEADER}"
-local LIMIT = {LIMIT}
-local NEEDS_INNER = {{ {PATHS} }}
-
+#: The Lua helpers both multiplexer scripts share: protobuf wire-format walking (the stream
+#: script, `lua_stream.py`, unwraps each message with the same code as the unary one).
+WIRE = """
 local function varint(s, pos, last)
   local value, scale = 0, 1
   while pos <= last do
@@ -69,33 +69,61 @@ local function varint(s, pos, last)
 end
 
 -- Calls visit(field, wire_type, a, b) for each field of the message s[first..last]: for a
--- length-delimited field its payload is s[a..b], for a varint `a` is the value. False for
--- bytes that are no well-formed message (what protobuf's parser would refuse).
+-- length-delimited field its payload is s[a..b], for a varint `a` is the value. False, and
+-- why (in `wire.split_wrapper`'s words), for bytes that are no well-formed message (what
+-- protobuf's parser would refuse).
 local function walk(s, first, last, visit)
   local pos = first
   while pos <= last do
     local key, value, n
     key, pos = varint(s, pos, last)
-    if key == nil then return false end
+    if key == nil then return false, "truncated or overlong varint" end
     local field, wire = math.floor(key / 8), key % 8
-    if field == 0 then return false end
     if wire == 2 then
       n, pos = varint(s, pos, last)
-      if n == nil or pos + n - 1 > last then return false end
+      if n == nil then return false, "truncated or overlong varint" end
+      if pos + n - 1 > last then return false, "length-delimited field runs past the end" end
       visit(field, wire, pos, pos + n - 1)
       pos = pos + n
     elseif wire == 0 then
       value, pos = varint(s, pos, last)
-      if value == nil then return false end
+      if value == nil then return false, "truncated or overlong varint" end
       visit(field, wire, value)
     elseif wire == 1 then pos = pos + 8
     elseif wire == 5 then pos = pos + 4
-    else return false end
+    else return false, "unsupported wire type " .. wire end
+    if field == 0 then return false, "field number 0" end
   end
-  return pos == last + 1
+  if pos ~= last + 1 then return false, "fixed-width field runs past the end" end
+  return true
 end
 
 local function ignore() end
+
+-- Sends the call to `cluster` by the internal header `name` (the `mux:<Method>` routes read
+-- it), with the instance's key where it has one, never the client's (every copy of it).
+local function route_to(handle, headers, name, cluster, authorization)
+  headers:replace(name, cluster)
+  if authorization ~= nil then
+    headers:remove("authorization")
+    headers:add("authorization", authorization)
+  end
+  handle:clearRouteCache()
+end
+
+-- A gRPC frame (uncompressed) around a message.
+local function frame(message)
+  local n = #message
+  return string.char(0, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256) .. message
+end
+"""
+
+_SCRIPT = """
+local INTERNAL = "{HEADER}"
+local LIMIT = {LIMIT}
+local NEEDS_INNER = {{ {PATHS} }}
+
 
 -- The Target oneof (the last field set wins): ("instances", name), ("models", model id) or
 -- ("indexes", index as a string).
@@ -141,8 +169,7 @@ local function unwrap(handle, path, body)
   if inners == 1 then inner = raw:sub(ia, ib) end
   local n = #inner
   if n > LIMIT or not walk(inner, 1, n, ignore) then return nil end
-  return cluster, string.char(0, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
-    math.floor(n / 256) % 256, n % 256) .. inner, keys and keys[cluster]
+  return cluster, frame(inner), keys and keys[cluster]
 end
 
 function envoy_on_request(handle)
@@ -154,13 +181,7 @@ function envoy_on_request(handle)
   local ok, cluster, frame, authorization = pcall(unwrap, handle, path, body)
   if ok and cluster ~= nil then
     body:setBytes(frame)
-    headers = handle:headers()
-    headers:replace(INTERNAL, cluster)
-    if authorization ~= nil then  -- the instance's key, never the client's (every copy of it)
-      headers:remove("authorization")
-      headers:add("authorization", authorization)
-    end
-    handle:clearRouteCache()
+    route_to(handle, handle:headers(), INTERNAL, cluster, authorization)
   end
 end
 """
@@ -169,11 +190,9 @@ end
 def script(methods: Sequence[UnaryMethod], max_inner_bytes: int) -> str:
     """The script of the multiplexer's unary routes (`mux` in the filter's source codes)."""
     paths = ", ".join(f'["{m.path}"] = {"true" if m.inner else "false"}' for m in methods)
-    return (
-        _SCRIPT.replace("{HEADER}", CLUSTER_HEADER)
-        .replace("{LIMIT}", str(max_inner_bytes))
-        .replace("{{ {PATHS} }}", "{" + paths + "}")
-    )
+    return WIRE + _SCRIPT.replace("{HEADER}", CLUSTER_HEADER).replace(
+        "{LIMIT}", str(max_inner_bytes)
+    ).replace("{{ {PATHS} }}", "{" + paths + "}")
 
 
 #: The script of the routes that read the internal header: a call that arrives carrying it

@@ -13,7 +13,11 @@ a socket, so every rule is table-tested and the same input always gives the same
   the services Envoy cannot route by header: the multiplexer, health, reflection.
 - Unary multiplexer calls (`plan.multiplexer`) first pass a Lua filter that unwraps those
   whose target Envoy can route (`lua_mux.py`); they then reach the instance or model cluster
-  like a `tei.v1` call, and every other multiplexer call goes to the Python router.
+  like a `tei.v1` call, and every other multiplexer call goes to the Python router. The
+  multiplexer streams (`plan.streams`) enter by a route per method that enables the gRPC
+  field extraction filter and the stream scripts (`lua_stream.py`), which unwrap a stream by
+  the target of its first message the same way; a compressed stream takes the catch-all
+  route to the Python router.
 - An instance with an API key gets it as `authorization` on every route to it (in place of
   the client's, which was for the reconciler): plain routes add it themselves, and for an
   unwrapped multiplexer call the Lua script sets it from its context, which holds the header
@@ -38,10 +42,10 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import any_pb2, struct_pb2
 
 from tei_reconciler._types import Secret
-from tei_reconciler.dataplane import lua_mux
+from tei_reconciler.dataplane import lua_mux, lua_stream
 from tei_reconciler.dataplane.clusters import (
     assignment,
     duration,
@@ -81,6 +85,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     default_instance: str | None = None
     auth: AuthContext | None = None
     multiplexer: tuple[lua_mux.UnaryMethod, ...] = ()  # the ones Envoy may unwrap itself
+    streams: tuple[lua_stream.StreamMethod, ...] = ()  # the same, for streams
     max_message_bytes: int = 40 << 20  # the largest message the Python router takes
 
 
@@ -237,10 +242,11 @@ def mux_context(ready: dict[str, Endpoint]) -> struct_pb2.Struct:
 
 
 def _mux_routes(ready: dict[str, Endpoint], plan: Plan) -> list[route_components_pb2.Route]:
-    """Per unary method, the route of an unwrapped call (to the cluster its internal header
-    names, the path rewritten to the tei.v1 method); then the one route every unary
-    multiplexer call enters by, which runs the script and, for a call it left as it was,
-    goes to the Python router with the whole message buffered."""
+    """Per method, the route of an unwrapped call (to the cluster its internal header names,
+    the path rewritten to the tei.v1 method); then the route every unary multiplexer call
+    enters by, which runs the unary script and, for a call it left as it was, goes to the
+    Python router with the whole message buffered; then, per stream method, the one its
+    uncompressed streams enter by (`lua_stream.py`), which goes to the Python router too."""
     internal = route_components_pb2.HeaderMatcher(
         name=lua_mux.CLUSTER_HEADER,
         string_match=string_pb2.StringMatcher(
@@ -248,23 +254,59 @@ def _mux_routes(ready: dict[str, Endpoint], plan: Plan) -> list[route_components
         ),
     )
     strip = pack(lua_pb2.LuaPerRoute(name=lua_mux.STRIP_SCRIPT))
+    leave = pack(lua_pb2.LuaPerRoute(name=lua_stream.UNWRAPPED_SCRIPT))
     routes = []
-    for method in plan.multiplexer:
-        route = _to_instance(f"mux:{method.path}", "", [internal], plan)
-        route.match.path = method.path
+    unwrapped = [(m.path, m.target, strip) for m in plan.multiplexer]
+    unwrapped += [(m.path, m.target, leave) for m in plan.streams]
+    for path, target, script in unwrapped:
+        route = _to_instance(f"mux:{path}", "", [internal], plan)
+        route.match.path = path
         route.route.cluster_header = lua_mux.CLUSTER_HEADER
-        route.route.prefix_rewrite = method.target
+        route.route.prefix_rewrite = target
         route.request_headers_to_remove.append(lua_mux.CLUSTER_HEADER)
-        route.typed_per_filter_config[lua_mux.FILTER].CopyFrom(strip)
+        route.typed_per_filter_config[lua_mux.FILTER].CopyFrom(script)
         routes.append(route)
-    alternatives = "|".join(re.escape(m.path) for m in plan.multiplexer)
-    entry = _to_router("mux", "")
-    entry.match.safe_regex.regex = f"({alternatives})"
-    entry.request_body_buffer_limit.value = plan.max_message_bytes + MESSAGE_SLACK
-    entry.typed_per_filter_config[lua_mux.FILTER].CopyFrom(
-        pack(lua_pb2.LuaPerRoute(name=lua_mux.MUX_SCRIPT, filter_context=mux_context(ready)))
+    buffer_limit = plan.max_message_bytes + MESSAGE_SLACK
+    context = mux_context(ready)
+    if plan.multiplexer:
+        alternatives = "|".join(re.escape(m.path) for m in plan.multiplexer)
+        entry = _to_router("mux", "")
+        entry.match.safe_regex.regex = f"({alternatives})"
+        entry.request_body_buffer_limit.value = buffer_limit
+        entry.typed_per_filter_config[lua_mux.FILTER].CopyFrom(
+            pack(lua_pb2.LuaPerRoute(name=lua_mux.MUX_SCRIPT, filter_context=context))
+        )
+        routes.append(entry)
+    uncompressed = route_components_pb2.HeaderMatcher(
+        name="grpc-encoding",
+        string_match=string_pb2.StringMatcher(
+            safe_regex=regex_pb2.RegexMatcher(regex="(identity)?")
+        ),
+        treat_missing_header_as_empty=True,
     )
-    routes.append(entry)
+    # The largest frame a stream may send: the router's limit on a message, plus its prefix
+    # (the extraction filter refuses a larger first message, the scripts a later one).
+    frame_limit = plan.max_message_bytes + lua_stream.FRAME_PREFIX
+    align = struct_pb2.Struct()
+    align.update({"limit": frame_limit})
+    stream_context = struct_pb2.Struct()
+    stream_context.CopyFrom(context)
+    stream_context.update({"limit": frame_limit})
+    for method in plan.streams:
+        entry = _to_router(f"mux-stream:{method.path}", "", [uncompressed])
+        entry.match.path = method.path
+        entry.request_body_buffer_limit.value = frame_limit
+        config = entry.typed_per_filter_config
+        config[lua_stream.ALIGN_FILTER].CopyFrom(
+            pack(lua_pb2.LuaPerRoute(name=lua_stream.ALIGN_SCRIPT, filter_context=align))
+        )
+        # enabled (it is disabled on every other route), with the listener's configuration
+        enable = route_components_pb2.FilterConfig(config=any_pb2.Any())
+        config[lua_stream.EXTRACTION_FILTER].CopyFrom(pack(enable))
+        config[lua_mux.FILTER].CopyFrom(
+            pack(lua_pb2.LuaPerRoute(name=lua_stream.STREAM_SCRIPT, filter_context=stream_context))
+        )
+        routes.append(entry)
     return routes
 
 
@@ -292,7 +334,7 @@ def _route_config(
             routes.append(_to_router(f"model:{m}", TEI_PREFIX, by_model))
     routes.append(_to_router("model:other", TEI_PREFIX, [_header(MODEL_KEY)]))
     routes.append(_default_route(known, ready, plan))
-    if plan.multiplexer:
+    if plan.multiplexer or plan.streams:
         routes += _mux_routes(ready, plan)
     routes.append(_to_router("router", "/"))
     host = route_components_pb2.VirtualHost(name="tei", domains=["*"], routes=routes)

@@ -28,26 +28,38 @@ from tei_reconciler.router.routes import RouteError, check_request, parse_target
 from tei_reconciler.router.wire import WireError, split_wrapper
 from tei_reconciler.routing import Endpoint
 
+#: The answer (INVALID_ARGUMENT) to a stream that ends before its first message.
+EMPTY_STREAM = "Empty stream"
+
+
+def malformed(reason: object) -> str:
+    """Why a wrapper that does not decode is refused (INVALID_ARGUMENT)."""
+    return f"Malformed message: {reason}"
+
+
+def missing(method: Method, position: int | str) -> str:
+    """Why a wrapper without its inner request is refused (INVALID_ARGUMENT); `position`:
+    the wrapper's place in a stream."""
+    where = f" (stream message {position})" if method.kind is not Kind.UNARY else ""
+    return f"Missing {method.inner} request{where}"
+
 
 def _unwrap(raw: bytes, method: Method, position: int) -> tuple[bytes | None, bytes]:
     """Split one wrapper; the inner request is required unless the method takes none."""
     try:
         target, inner = split_wrapper(raw)
     except WireError as exc:
-        raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed message: {exc}") from exc
+        raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, malformed(exc)) from exc
     if inner is None:
         if method.inner is not None:
-            where = f" (stream message {position})" if method.kind is not Kind.UNARY else ""
-            raise RouteError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"Missing {method.inner} request{where}"
-            )
+            raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, missing(method, position))
         inner = b""
     return target, check_request(method, inner)
 
 
 def _non_empty(first: bytes | None) -> bytes:
     if first is None:
-        raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, "Empty stream")
+        raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, EMPTY_STREAM)
     return first
 
 

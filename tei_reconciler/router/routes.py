@@ -147,6 +147,16 @@ def _request_type(method: Method) -> type[Message]:
 INSTANCE_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
+def too_large(size: int | str) -> str:
+    """Why a request message of `size` bytes is not forwarded (`check_request`)."""
+    return (
+        f"request message of {size} bytes not forwarded: TEI instances accept at most "
+        f"{INSTANCE_MAX_REQUEST_BYTES} bytes (4 MiB) per message, less than the router's "
+        "max_message_mb (which is for Arrow requests); send fewer or shorter inputs per "
+        "message, or stream them"
+    )
+
+
 def check_request(method: Method, raw: bytes) -> bytes:
     """`raw` when an instance can take it as `method`'s tei.v1 request.
 
@@ -156,13 +166,7 @@ def check_request(method: Method, raw: bytes) -> bytes:
     instead, on both the multiplexer and the plain tei.v1 routes: INVALID_ARGUMENT for
     malformed bytes, RESOURCE_EXHAUSTED naming both limits for a message too large."""
     if len(raw) > INSTANCE_MAX_REQUEST_BYTES:
-        raise RouteError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"request message of {len(raw)} bytes not forwarded: TEI instances accept at most "
-            f"{INSTANCE_MAX_REQUEST_BYTES} bytes (4 MiB) per message, less than the router's "
-            "max_message_mb (which is for Arrow requests); send fewer or shorter inputs per "
-            "message, or stream them",
-        )
+        raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, too_large(len(raw)))
     try:
         _request_type(method).FromString(raw)
     except DecodeError as exc:

@@ -17,6 +17,7 @@ import pytest
 
 from tei_reconciler.control.source import file_loader
 from tei_reconciler.desired.spec import DesiredRun, InstanceSpec, spec_hash
+from tei_reconciler.drivers.ports import port_is_free
 from tei_reconciler.errors import PermanentError
 
 from .reconciler_fakes import World, found, running
@@ -205,6 +206,11 @@ async def test_the_state_file_alone_decides_what_runs_on_first_boot(tmp_path: Pa
     assert await anyio.Path(world.settings.state_file).read_text() == text  # never rewritten
 
 
+def lowest_free(span: tuple[int, int]) -> int:
+    """The lowest port of `span` that no process holds now."""
+    return next(port for port in range(*span) if port_is_free("127.0.0.1", port))
+
+
 def leftovers(world: World, state: str, *, ghost: str) -> None:
     """A state file, and the port book of an earlier run that still names `ghost`."""
     Path(world.settings.state_file).write_text(state)
@@ -241,9 +247,11 @@ async def test_a_hung_probe_delays_no_other_instance_and_restarts_reset_the_coun
 async def test_ports_of_an_instance_removed_while_no_reconciler_ran_are_freed(
     tmp_path: Path,
 ) -> None:
+    """The ports booked for the removed instance are the first a new one would get (the
+    lowest free ones: a process of another test may hold a port of the range)."""
     world = World(tmp_path)
-    first = world.settings.instance_port_range[0]
-    prometheus = world.settings.prometheus_port_range[0]
+    first = lowest_free(world.settings.instance_port_range)
+    prometheus = lowest_free(world.settings.prometheus_port_range)
     book = Path(world.settings.runtime_dir) / "ports.json"
     book.parent.mkdir(parents=True, exist_ok=True)
     book.write_text(json.dumps({"ports": {"gone": {"port": first, "prometheus_port": prometheus}}}))

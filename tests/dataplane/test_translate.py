@@ -8,13 +8,13 @@ import re
 import msgspec
 import pytest
 from envoy.config.core.v3 import health_check_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from google.protobuf import json_format
 
 from tei_reconciler._types import Secret
-from tei_reconciler.dataplane import lua_mux
-from tei_reconciler.dataplane.bootstrap import MUX_METHODS
+from tei_reconciler.dataplane import lua_mux, lua_stream
+from tei_reconciler.dataplane.bootstrap import MUX_METHODS, MUX_STREAMS
 from tei_reconciler.dataplane.clusters import instance_cluster, model_cluster
 from tei_reconciler.dataplane.translate import AuthContext, Plan, grpc_timeout, translate
 from tei_reconciler.planner.phase import Phase
@@ -289,12 +289,17 @@ def test_grpc_timeout_headers_fit_grpcs_eight_digits(secs: float, header: str) -
     assert grpc_timeout(secs) == header
 
 
-MUX = Plan(request_timeout_secs=12.5, multiplexer=MUX_METHODS, max_message_bytes=40 << 20)
+MUX = Plan(
+    request_timeout_secs=12.5,
+    multiplexer=MUX_METHODS,
+    streams=MUX_STREAMS,
+    max_message_bytes=40 << 20,
+)
 
 
-def per_route_lua(route: route_pb2.Route) -> lua_pb2.LuaPerRoute:
+def per_route_lua(route: route_pb2.Route, name: str = lua_mux.FILTER) -> lua_pb2.LuaPerRoute:
     config = lua_pb2.LuaPerRoute()
-    route.typed_per_filter_config[lua_mux.FILTER].Unpack(config)
+    route.typed_per_filter_config[name].Unpack(config)
     return config
 
 
@@ -305,7 +310,9 @@ def test_a_unary_multiplexer_call_enters_by_one_route_and_leaves_by_its_methods_
     unwrapped = [by_name[f"mux:{m.path}"] for m in MUX_METHODS]
     entry = by_name["mux"]
     assert names.index("default") < names.index(f"mux:{MUX_METHODS[0].path}")
-    assert names[-2:] == ["mux", "router"]  # after every route that reads the header
+    assert names.index("mux") > names.index(f"mux:{MUX_STREAMS[-1].path}")  # after every
+    # route that reads the header
+    assert names[-1] == "router"
     embed = by_name["mux:/tei_multiplexer.v1.TeiMultiplexer/Embed"]
     assert embed.match.path == "/tei_multiplexer.v1.TeiMultiplexer/Embed"
     assert embed.route.prefix_rewrite == "/tei.v1.Embed/Embed"
@@ -329,6 +336,51 @@ def test_a_unary_multiplexer_call_enters_by_one_route_and_leaves_by_its_methods_
     assert entry.request_body_buffer_limit.value >= 40 << 20  # the router's own limit
     assert per_route_lua(entry).name == lua_mux.MUX_SCRIPT
     assert len(unwrapped) == 9  # the unary methods: streams and Arrow stay with the router
+
+
+def test_a_multiplexer_stream_enters_by_its_methods_route_which_runs_the_stream_filters() -> None:
+    routes = translate([ep("a")], MUX).routes[0].virtual_hosts[0].routes
+    names = [r.name for r in routes]
+    by_name = {r.name: r for r in routes}
+    embed = by_name["mux:/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"]
+    rerank = by_name["mux:/tei_multiplexer.v1.TeiMultiplexer/RerankStream"]
+    entries = [by_name[f"mux-stream:{m.path}"] for m in MUX_STREAMS]
+    assert embed.route.prefix_rewrite == "/tei.v1.Embed/EmbedStream"
+    assert rerank.route.prefix_rewrite == "/tei.v1.Rerank/RerankStream"
+    assert embed.route.cluster_header == lua_mux.CLUSTER_HEADER
+    assert per_route_lua(embed).name == lua_stream.UNWRAPPED_SCRIPT
+    assert lua_stream.EXTRACTION_FILTER not in embed.typed_per_filter_config  # disabled
+    assert len(entries) == 8
+    for method, entry in zip(MUX_STREAMS, entries, strict=True):
+        assert names.index(entry.name) > names.index(f"mux:{method.path}")
+        assert entry.match.path == method.path
+        assert entry.route.cluster == "router"
+        (encoding,) = entry.match.headers
+        assert encoding.name == "grpc-encoding"
+        assert encoding.treat_missing_header_as_empty
+        assert re.fullmatch(encoding.string_match.safe_regex.regex, "identity")
+        assert re.fullmatch(encoding.string_match.safe_regex.regex, "")
+        assert not re.fullmatch(encoding.string_match.safe_regex.regex, "gzip")
+        assert per_route_lua(entry).name == lua_stream.STREAM_SCRIPT
+        align = per_route_lua(entry, lua_stream.ALIGN_FILTER)
+        assert align.name == lua_stream.ALIGN_SCRIPT
+        assert json_format.MessageToDict(align.filter_context) == {
+            "limit": entry.request_body_buffer_limit.value
+        }
+        assert entry.request_body_buffer_limit.value == (40 << 20) + 5  # the router's limit
+        enabled = route_components_pb2.FilterConfig()
+        assert entry.typed_per_filter_config[lua_stream.EXTRACTION_FILTER].Unpack(enabled)
+        assert not enabled.disabled
+    assert names[-1] == "router"  # a compressed stream, and every other call
+
+
+def test_a_stream_has_the_unary_calls_targets_and_keys_and_the_largest_message_it_takes() -> None:
+    endpoints = [keyed("a", None), keyed("b", "k-b"), ep("c", "x/y", ready=False)]
+    routes = {r.name: r for r in translate(endpoints, MUX).routes[0].virtual_hosts[0].routes}
+    stream = routes["mux-stream:/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"]
+    assert json_format.MessageToDict(per_route_lua(stream).filter_context) == mux_context(
+        endpoints
+    ) | {"limit": stream.request_body_buffer_limit.value}
 
 
 def mux_context(endpoints: list[Endpoint]) -> dict[str, dict[str, str]]:

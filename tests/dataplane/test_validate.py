@@ -13,6 +13,7 @@ import trustme
 from tei_reconciler._types import Secret
 from tei_reconciler.dataplane.bootstrap import (
     MUX_METHODS,
+    MUX_STREAMS,
     Spec,
     Tls,
     bootstrap,
@@ -65,14 +66,21 @@ def validate(envoy: str, path: Path) -> subprocess.CompletedProcess[str]:
         pytest.param([], Plan(request_timeout_secs=30), None, "127.0.0.1", id="empty table"),
         pytest.param(
             TABLE,
-            Plan(request_timeout_secs=30, default_instance="bge", multiplexer=MUX_METHODS),
+            Plan(
+                request_timeout_secs=30,
+                default_instance="bge",
+                multiplexer=MUX_METHODS,
+                streams=MUX_STREAMS,
+            ),
             None,
             "0.0.0.0",
             id="instances, models, a default, IPv6, an API key",
         ),
         pytest.param(
             TABLE,
-            Plan(request_timeout_secs=86400, auth=AUTH, multiplexer=MUX_METHODS),
+            Plan(
+                request_timeout_secs=86400, auth=AUTH, multiplexer=MUX_METHODS, streams=MUX_STREAMS
+            ),
             "mtls",
             "::1",
             id="mTLS and tokens",

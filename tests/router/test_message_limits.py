@@ -4,12 +4,13 @@ router relays."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from tei_reconciler.protos.tei.v1 import tei_pb2, tei_pb2_grpc
 from tei_reconciler.protos.tei_multiplexer.v1 import multiplexer_pb2 as mux
@@ -18,6 +19,7 @@ from tei_reconciler.routing import RoutingTable
 
 from .fake_backend import fake_backend
 from .harness import endpoint, running_router, to
+from support import raw_grpc
 from support.grpc_status import answered
 from support.waiting import DEADLINE
 
@@ -38,19 +40,32 @@ def assert_answer_refused(failure: object) -> None:
     """`failure` is the router's refusal of instance a's answer above max_message_mb = 1."""
     assert isinstance(failure, grpc.aio.AioRpcError), failure
     assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, failure.details()
-    assert failure.details().startswith("answer message of "), failure.details()
+    assert_refusal_says_why(failure.details())
+
+
+def assert_refusal_says_why(details: str) -> None:
+    assert details.startswith("answer message of "), details
     assert (
         " bytes from instance a not relayed: the router relays at most 1048576 bytes "
         "(1 MiB, max_message_mb) per message; send fewer or shorter inputs per message, "
         "or raise max_message_mb"
-    ) in failure.details()
+    ) in details
+
+
+def mux_embed_messages(count: int) -> list[mux.EmbedRequest]:
+    """A multiplexer EmbedStream of `count` messages to instance a."""
+    return [
+        mux.EmbedRequest(
+            target=to("a") if i == 0 else None, request=tei_pb2.EmbedRequest(inputs=f"text {i}")
+        )
+        for i in range(count)
+    ]
 
 
 def mux_embeds(count: int) -> AsyncIterator[mux.EmbedRequest]:
     async def requests() -> AsyncIterator[mux.EmbedRequest]:
-        for i in range(count):
-            request = tei_pb2.EmbedRequest(inputs=f"text {i}")
-            yield mux.EmbedRequest(target=to("a") if i == 0 else None, request=request)
+        for message in mux_embed_messages(count):
+            yield message
 
     return requests()
 
@@ -63,21 +78,31 @@ def long_reranks() -> list[tei_pb2.RerankStreamRequest]:
     ]
 
 
-def mux_reranks() -> AsyncIterator[mux.RerankStreamRequest]:
-    async def requests() -> AsyncIterator[mux.RerankStreamRequest]:
-        for i, request in enumerate(long_reranks()):
-            yield mux.RerankStreamRequest(target=to("a") if i == 0 else None, request=request)
-
-    return requests()
+def mux_rerank_messages() -> list[mux.RerankStreamRequest]:
+    return [
+        mux.RerankStreamRequest(target=to("a") if i == 0 else None, request=request)
+        for i, request in enumerate(long_reranks())
+    ]
 
 
 async def drained(call: Any) -> list[Any]:
     return [answer async for answer in call]
 
 
-async def embedded(stub: multiplexer_pb2_grpc.TeiMultiplexerStub, count: int) -> list[Any]:
+async def embedded(
+    stub: multiplexer_pb2_grpc.TeiMultiplexerStub, count: int, compression: Any = None
+) -> list[Any]:
     """The answers to a multiplexer EmbedStream of `count` messages to instance a."""
-    return await drained(stub.EmbedStream(mux_embeds(count), timeout=DEADLINE))
+    call = stub.EmbedStream(mux_embeds(count), timeout=DEADLINE, compression=compression)
+    return await drained(call)
+
+
+EMBED_STREAM = "/tei_multiplexer.v1.TeiMultiplexer/EmbedStream"
+RERANK_STREAM = "/tei_multiplexer.v1.TeiMultiplexer/RerankStream"
+
+#: A compressed multiplexer stream reaches the Python router on both data planes (Envoy
+#: unwraps uncompressed ones itself).
+GZIP = grpc.Compression.Gzip
 
 
 async def test_a_request_above_the_instances_4_mib_limit_is_refused_saying_why() -> None:
@@ -111,9 +136,9 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
     each_data_plane: str,
 ) -> None:
     """The limit bounds what the Python router relays: every call on the grpcio data plane,
-    and behind Envoy the multiplexer calls Envoy leaves to it, such as streams. Envoy relays
-    plain tei.v1 messages, and the unary multiplexer calls it unwraps, without holding one
-    whole, and leaves their size to the instance and the client."""
+    and behind Envoy the multiplexer calls Envoy leaves to it, such as compressed streams.
+    Envoy relays plain tei.v1 messages, and the multiplexer calls it unwraps, without
+    holding one whole, and leaves their size to the instance and the client."""
     x = tei_pb2.EmbedRequest(inputs="x")
     async with fake_backend(dim=BIG) as (a_port, _):
         async with (
@@ -129,18 +154,22 @@ async def test_answers_above_grpcs_4_mib_default_pass_and_the_limit_is_configura
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=ROOMY) as channel,
         ):
             stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
+            compressed = await answered(partial(embedded, stub, 1, GZIP))
             streamed = await answered(partial(embedded, stub, 1))
             unary = await answered(
                 lambda: stub.Embed(mux.EmbedRequest(target=to("a"), request=x), timeout=DEADLINE)
             )
     assert len(reply.embeddings) == BIG
     assert len(relayed.embeddings) == BIG
-    assert_answer_refused(streamed)
+    assert_answer_refused(compressed)
     if each_data_plane == "envoy":  # unwrapped by Envoy: the router's limit is not in its way
         assert isinstance(unary, tei_pb2.EmbedResponse), unary
         assert len(unary.embeddings) == BIG
+        assert isinstance(streamed, list), streamed
+        assert [len(answer.embeddings) for answer in streamed] == [BIG]
     else:
         assert_answer_refused(unary)
+        assert_answer_refused(streamed)
 
 
 async def test_a_stream_ends_with_resource_exhausted_saying_why_when_an_answer_is_too_large(
@@ -148,17 +177,38 @@ async def test_a_stream_ends_with_resource_exhausted_saying_why_when_an_answer_i
 ) -> None:
     """Bidirectional streams, including ones the client is still writing when the answer is
     refused (the router's own writes to the instance then race the instance's end), and a
-    client stream; on both data planes, as multiplexer streams reach the Python router."""
+    client stream; on both data planes, as compressed multiplexer streams reach the Python
+    router. The streams of several messages go over raw HTTP/2, which reads the status the
+    router sent: grpcio's client, still writing when it hears it, would report its own
+    INTERNAL instead (grpc/grpc#36066)."""
+    compression = raw_grpc.GZIP if each_data_plane == "envoy" else None
+    gzip = GZIP if compression else None  # grpcio: as any client sends
+
+    def frames(messages: Sequence[Message]) -> list[bytes]:
+        """One piece per message, as a client writes them one by one."""
+        return [
+            raw_grpc.frame(message.SerializeToString(), compression=compression)
+            for message in messages
+        ]
+
     async with (
         fake_backend(dim=TOO_LARGE) as (a_port, _),
         running_router(only(a_port), max_message_mb=1) as port,
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         stub = multiplexer_pb2_grpc.TeiMultiplexerStub(channel)
-        failures = [await answered(partial(embedded, stub, n)) for n in (1, 2, 8, 32)]
-        failures.append(await answered(lambda: stub.RerankStream(mux_reranks(), timeout=DEADLINE)))
-    for failure in failures:
-        assert_answer_refused(failure)
+        single = await answered(partial(embedded, stub, 1, gzip))
+        streams = [(EMBED_STREAM, frames(mux_embed_messages(n))) for n in (2, 8, 32)]
+        streams.append((RERANK_STREAM, frames(mux_rerank_messages())))
+        raw = [
+            await raw_grpc.call(port, path, pieces, compression=compression)
+            for path, pieces in streams
+        ]
+    assert_answer_refused(single)
+    for answers, trailers in raw:
+        assert answers == []
+        assert trailers.get("grpc-status") == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert_refusal_says_why(trailers.get("grpc-message", ""))
 
 
 async def test_the_grpcio_router_limits_plain_tei_answers_to_max_message_mb_saying_why() -> None:

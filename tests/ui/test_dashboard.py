@@ -158,8 +158,11 @@ def test_the_instance_page_shows_why_the_last_process_ended_and_what_it_wrote(
     last = wait_until(lambda: text_of(page, ".last-exit"), what="the last exit")
     assert "exited with code 1" in last
     assert "unknown fault(s) no_such_fault" in last
-    charts = page.find_elements(By.CSS_SELECTOR, "figure.chart svg[role=img]")
-    assert len(charts) == 4
+    # The traffic charts come on a stream of their own, which may answer after the status.
+    charts = "figure.chart svg[role=img]"
+    wait_until(
+        lambda: len(page.find_elements(By.CSS_SELECTOR, charts)) == 4, what="the four charts"
+    )
     follow = click(page, "Follow")
     assert follow.get_attribute("aria-pressed") == "true"
     wait_until(
