@@ -37,7 +37,10 @@ class StatusStore:
         self._model_events: dict[str, OrderedDict[_EventKey, Event]] = {}
         self._events_per_instance = events_per_instance
         self._subscriber_buffer = subscriber_buffer
-        self._subscribers: set[MemoryObjectSendStream[Change]] = set()
+        # Each subscriber's two ends: the store drops the oldest change of a full buffer.
+        self._subscribers: dict[
+            MemoryObjectSendStream[Change], MemoryObjectReceiveStream[Change]
+        ] = {}
         self.spec_errors: tuple[str, ...] = ()  # errors of the current state file, if invalid
         self.first_pass_done = False
         self.observed_revision = ""  # revision of the last valid desired state acted on
@@ -69,11 +72,11 @@ class StatusStore:
     @contextmanager
     def subscribe(self) -> Iterator[MemoryObjectReceiveStream[Change]]:
         send, receive = anyio.create_memory_object_stream[Change](self._subscriber_buffer)
-        self._subscribers.add(send)
+        self._subscribers[send] = receive
         try:
             yield receive
         finally:
-            self._subscribers.discard(send)
+            self._subscribers.pop(send, None)
             send.close()
             receive.close()
 
@@ -146,13 +149,15 @@ class StatusStore:
         return event
 
     def _publish(self, change: Change) -> None:
-        for send in list(self._subscribers):
+        for send, receive in list(self._subscribers.items()):
             try:
-                send.send_nowait(change)
-            except anyio.WouldBlock:
-                continue  # a slow reader misses intermediate states; it re-reads on the next one
+                try:
+                    send.send_nowait(change)
+                except anyio.WouldBlock:  # a slow reader misses the oldest change, never the latest
+                    receive.receive_nowait()
+                    send.send_nowait(change)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._subscribers.discard(send)
+                self._subscribers.pop(send, None)
 
 
 def _log_event(event: Event) -> None:
