@@ -210,13 +210,16 @@ def _http_filters(spec: Spec) -> list[hcm_pb2.HttpFilter]:
         )
         lua.source_codes["auth"].inline_string = lua_auth.AUTH_SCRIPT
         filters.append(hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)))
-    # The Lua filters run only on the routes that name one of their scripts (the
-    # multiplexer's): no default; the field extraction filter only where a route enables it.
+    # The multiplexer's filters are disabled by default: Envoy creates them only for a call
+    # whose route names one of their scripts (or enables the field extraction filter), so a
+    # plain tei.v1 call does not pay for them.
     align = lua_pb2.Lua()
     align.source_codes[lua_stream.ALIGN_SCRIPT].inline_string = lua_stream.align_script(
         EMPTY_STREAM
     )
-    filters.append(hcm_pb2.HttpFilter(name=lua_stream.ALIGN_FILTER, typed_config=pack(align)))
+    filters.append(
+        hcm_pb2.HttpFilter(name=lua_stream.ALIGN_FILTER, typed_config=pack(align), disabled=True)
+    )
     filters.append(
         hcm_pb2.HttpFilter(
             name=lua_stream.EXTRACTION_FILTER, typed_config=pack(_field_extraction()), disabled=True
@@ -231,7 +234,7 @@ def _http_filters(spec: Spec) -> list[hcm_pb2.HttpFilter]:
     )
     mux.source_codes[lua_stream.UNWRAPPED_SCRIPT].inline_string = lua_stream.UNWRAPPED
     mux.source_codes[lua_mux.STRIP_SCRIPT].inline_string = lua_mux.STRIP
-    filters.append(hcm_pb2.HttpFilter(name=lua_mux.FILTER, typed_config=pack(mux)))
+    filters.append(hcm_pb2.HttpFilter(name=lua_mux.FILTER, typed_config=pack(mux), disabled=True))
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.grpc_stats", typed_config=pack(_grpc_stats()))
     )
