@@ -19,7 +19,7 @@ import grpc
 from anyio.abc import TaskStatus
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from tei_reconciler.dataplane.ads import SHORT, Ack, AdsSession, Nack, Snapshot, redact
+from tei_reconciler.dataplane.ads import RDS, SHORT, Ack, AdsSession, Nack, Snapshot, redact
 from tei_reconciler.dataplane.translate import Resources
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,14 @@ class ControlPlane:
     def applied(self) -> Snapshot | None:
         """The snapshot the connected Envoy routes by (None: no Envoy, or none applied yet)."""
         return None if self._applied is None else self._snapshots.get(self._applied)
+
+    @property
+    def routes_applied(self) -> int | None:
+        """The newest snapshot whose routes the connected Envoy applied (None: no Envoy, or
+        none yet). The auth context rides on the routes: until then Envoy's auth filter
+        answers every call UNAVAILABLE "authentication is not configured yet"."""
+        session = self._session
+        return None if session is None else session.acknowledged(RDS)
 
     async def wait_applied(self, version: int) -> None:
         """Return once Envoy applied `version` or a newer snapshot."""

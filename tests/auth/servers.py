@@ -22,6 +22,8 @@ from tei_reconciler.routing import RoutingTable
 from tei_reconciler.settings import AuthSettings, Settings
 from tei_reconciler.store import StatusStore
 
+from support.envoy import first_routes_applied
+
 
 def settings_with(tmp_path: Path, auth: AuthSettings) -> Settings:
     runtime = tmp_path / "runtime"
@@ -77,6 +79,7 @@ async def grpc_router(settings: Settings, data_plane: str = "grpcio") -> AsyncIt
     async with anyio.create_task_group() as tg:
         port: int = await tg.start(runner.serve)
         try:
+            await first_routes_applied(runner.plane)  # they carry the auth context
             yield port
         finally:
             tg.cancel_scope.cancel()

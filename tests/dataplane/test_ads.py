@@ -95,6 +95,17 @@ def test_a_snapshot_is_applied_once_every_type_acknowledged_it() -> None:
     assert session.applied(snapshots) == 1
 
 
+def test_an_empty_tables_routes_count_as_acknowledged_though_no_endpoints_are_asked() -> None:
+    session, snap = AdsSession(), snapshot(1)
+    (cds,), _ = session.request(request(CDS), snap)
+    (rds,), _ = session.request(request(RDS, "tei"), snap)
+    assert session.acknowledged(RDS) is None  # sent, not yet acknowledged
+    ack(session, cds, snap)
+    ack(session, rds, snap, "tei")
+    assert session.acknowledged(RDS) == 1
+    assert session.applied({1: snap}) is None  # no endpoints were ever asked for
+
+
 def test_a_new_snapshot_goes_out_in_the_order_clusters_endpoints_routes() -> None:
     session, first = AdsSession(), snapshot(1, "a")
     sent = subscribe(session, first)

@@ -33,6 +33,7 @@ from tei_reconciler.store import StatusStore
 from tei_reconciler.traffic import TrafficSink
 
 from .fake_backend import Recorder, fake_backend
+from support.envoy import first_routes_applied
 
 
 def endpoint(
@@ -132,6 +133,7 @@ async def running_data_plane(
             plane = runner.plane
             port = await tg.start(runner.serve)
         try:
+            await first_routes_applied(plane, table)
             yield port, plane
         finally:
             tg.cancel_scope.cancel()

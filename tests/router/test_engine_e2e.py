@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -229,10 +230,25 @@ TEI_CLIENT_SCRIPT = textwrap.dedent(
 
 
 async def tei_client(address: str) -> dict[str, Any]:
-    with anyio.fail_after(60):
-        done = await anyio.run_process([sys.executable, "-c", TEI_CLIENT_SCRIPT, address])
-    result: dict[str, Any] = json.loads(done.stdout)
+    """What the script printed; a failure (or a hang) says how it ended and its stderr."""
+    argv = [sys.executable, "-c", TEI_CLIENT_SCRIPT, address]
+    try:
+        done = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(argv, capture_output=True, timeout=DEADLINE, check=False)
+        )
+    except subprocess.TimeoutExpired as hung:
+        raise AssertionError(f"the tei_client script hung: {said(hung.stderr)}") from None
+    ended = f"exit status {done.returncode}; {said(done.stderr)}"
+    assert done.returncode == 0, f"the tei_client script failed: {ended}"
+    try:
+        result: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(f"the tei_client script printed {done.stdout!r}: {ended}") from None
     return result
+
+
+def said(stderr: bytes | None) -> str:
+    return "stderr:\n" + (stderr or b"").decode(errors="replace")
 
 
 async def test_the_tei_client_library_works_through_the_router_unchanged(
