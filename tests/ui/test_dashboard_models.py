@@ -101,11 +101,16 @@ def test_the_models_page_lists_a_declared_model_and_an_instances_implicit_model(
     page.find_element(By.LINK_TEXT, "Models").click()
     page.find_element(By.ID, "declare-id").send_keys("acme/declared-a")
     click(page, "Declare")
-    wait_until(lambda: model_row(page, "acme/declared-a"), what="the declared model's row")
+    # The row comes with the file's edit; its status once the registry looked at the model.
+    declared = wait_until(
+        lambda: (
+            (r := model_row(page, "acme/declared-a")).get("status", "").startswith("available")
+            and r
+        ),
+        what="the declared model's row, available",
+    )
     assert '[models."acme/declared-a"]' in reconciler.state_file.read_text()
-    declared = model_row(page, "acme/declared-a")
     assert "declared" in declared["model"]
-    assert declared["status"].startswith("available")
     assert "no instance uses it" in declared["status"]
     assert declared["used by"] == "\N{EN DASH}"  # nobody
 
