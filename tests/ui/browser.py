@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -129,3 +129,34 @@ def press(page: Any, selector: str) -> None:
 
     wait_until(lambda: page.find_elements(By.CSS_SELECTOR, selector), what=selector)
     wait_until(attempt, what=f"a click on {selector}")
+
+
+HOLD_SCRIPT = """
+    const [method, suffix] = arguments;
+    const sent = window.fetch;
+    window.heldAnswers = [];
+    window.unholdFetch = () => { window.fetch = sent; window.heldAnswers.forEach((go) => go()); };
+    window.fetch = (input, init) => {
+      const answer = sent(input, init);
+      if ((init?.method || "GET") !== method || !String(input).endsWith(suffix)) return answer;
+      return new Promise((resolve, reject) => {
+        window.heldAnswers.push(() => answer.then(resolve, reject));
+      });
+    };
+"""
+
+
+@contextmanager
+def answers_held(page: Any, method: str, suffix: str) -> Iterator[Callable[[], None]]:
+    """The page's `method` requests to a URL ending in `suffix` are sent at once, but their
+    answers reach the page only when the yielded function is called (at the latest when the
+    block ends): an answer slower than the watch, as on a loaded network."""
+
+    def release() -> None:
+        page.execute_script("window.unholdFetch?.()")
+
+    page.execute_script(HOLD_SCRIPT, method, suffix)
+    try:
+        yield release
+    finally:
+        release()

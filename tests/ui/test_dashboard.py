@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .browser import cell, click, phase, screenshot, text_of
+from .browser import answers_held, cell, click, phase, screenshot, text_of
 from support.reconciler import Reconciler
 from support.waiting import wait_until
 
@@ -43,6 +43,19 @@ def test_the_stop_button_stops_the_instance_from_the_keyboard_and_the_phase_foll
     assert focused.get_attribute("aria-label") == "Start stop-a"
     assert 'state = "stopped"' in reconciler.state_file.read_text()
     assert "stop-a: set to stopped" in text_of(page, ".toast")
+
+
+def test_an_actions_answer_slower_than_the_watch_does_not_take_the_row_back(
+    page: Any, reconciler: Reconciler
+) -> None:
+    reconciler.create("slow-answer")
+    wait_until(lambda: phase(page, "slow-answer") == "Running", what="slow-answer Running")
+    with answers_held(page, "POST", "/instances/slow-answer/stop") as release:
+        page.find_element(By.CSS_SELECTOR, 'button[aria-label="Stop slow-answer"]').click()
+        wait_until(lambda: phase(page, "slow-answer") == "Stopped", what="the watch's Stopped")
+        release()  # the answer, written while the process still ran, reaches the page now
+        wait_until(lambda: "slow-answer: set to stopped" in text_of(page, ".toast"), what="it")
+    assert phase(page, "slow-answer") == "Stopped"
 
 
 def test_the_create_form_shows_the_apis_error_beside_the_field_then_creates(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .browser import click, find_browser, phase, press, text_of
+from .browser import answers_held, click, find_browser, phase, press, text_of
 from support.hub import Hub, serving
 from support.model_files import MINILM_CONFIG, as_json, safetensors
 from support.reconciler import Reconciler
@@ -30,7 +30,14 @@ FILES = {
     "onnx/model.onnx": b"\0" * 131_072,
 }
 LISTED = re.compile(r"\d+ models?\b")
-REPOS = ("acme/declared-a", "acme/implicit-a", "acme/gated-b", "acme/slow-c", "acme/used-d")
+REPOS = (
+    "acme/declared-a",
+    "acme/implicit-a",
+    "acme/gated-b",
+    "acme/slow-c",
+    "acme/used-d",
+    "acme/quick-f",
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +104,10 @@ def progress_text(page: Any, selector: str) -> str:
 def test_the_models_page_lists_a_declared_model_and_an_instances_implicit_model(
     page: Any, reconciler: Reconciler
 ) -> None:
+    def api_view() -> str:
+        with reconciler.api() as api:
+            return api.get("/models/acme%2Fdeclared-a").text
+
     reconciler.create("holder-a", model_id="acme/implicit-a", state="stopped")
     page.find_element(By.LINK_TEXT, "Models").click()
     page.find_element(By.ID, "declare-id").send_keys("acme/declared-a")
@@ -108,6 +119,7 @@ def test_the_models_page_lists_a_declared_model_and_an_instances_implicit_model(
             and r
         ),
         what="the declared model's row, looked at by the registry",
+        detail=lambda: f"row: {model_row(page, 'acme/declared-a')}\nAPI: {api_view()}",
     )
     assert '[models."acme/declared-a"]' in reconciler.state_file.read_text()
     assert "declared" in declared["model"]
@@ -124,6 +136,24 @@ def test_the_models_page_lists_a_declared_model_and_an_instances_implicit_model(
     assert implicit["architecture"].startswith("BertModel")
     assert "models--acme--implicit-a/snapshots/" in implicit["cache path"]
     assert implicit["revision"].startswith("main")
+
+
+def test_a_download_answer_slower_than_the_watch_does_not_take_the_row_back(
+    page: Any, reconciler: Reconciler
+) -> None:
+    with reconciler.api() as api:
+        assert api.post("/models", json={"model_id": "acme/quick-f"}).status_code == 201
+    open_models(page, reconciler)
+    wait_until(lambda: model_row(page, "acme/quick-f"), what="the row")
+    with answers_held(page, "POST", "/models/acme%2Fquick-f/download") as release:
+        press(page, 'button[aria-label="Download acme/quick-f now"]')
+        wait_until(
+            lambda: model_row(page, "acme/quick-f").get("status_attr") == "downloaded",
+            what="the watch's word: on disk",
+        )
+        release()  # the answer, "queued" when it was written, reaches the page now
+        wait_until(lambda: "download requested" in text_of(page, ".toast"), what="the answer")
+    assert model_row(page, "acme/quick-f")["status_attr"] == "downloaded"
 
 
 def test_a_model_declared_by_editing_the_file_appears_on_the_open_page_and_goes(

@@ -1,7 +1,7 @@
 // A new instance from a form: POST /instances, the API's errors shown beside their fields.
 
 import { ApiError, post } from "./api.js";
-import { model, putInstance } from "./model.js";
+import { asking, model, putInstance } from "./model.js";
 import { errorText, h, markWritable, notify } from "./ui.js";
 
 const FIELDS = [
@@ -101,8 +101,9 @@ export function mountCreate(main) {
     const values = Object.fromEntries([...inputs].map(([k, control]) => [k, control.value]));
     submit.setAttribute("aria-busy", "true");
     try {
+      const mark = asking();
       const item = await post("/instances", bodyOf(values));
-      putInstance(item);
+      putInstance(item, mark);
       notify(`${item.name} created`);
       location.hash = `#/instances/${item.name}`;
     } catch (err) {

@@ -28,17 +28,51 @@ function emit(kind, name) {
   for (const fn of [...listeners]) fn(kind, name);
 }
 
-export function putInstance(item) {
+// The watch and a request's answer travel apart, so an answer may be older than what the watch
+// has shown of the same object since the request was sent. `asking()` marks when a request (or
+// a list read) is sent; its answer is put only where the watch said nothing of that object
+// since, and a list keeps what the watch showed meanwhile.
+let ticks = 0; // one per watch event
+const heard = new Map(); // "instance/<name>" | "model/<id>" -> the tick the watch last spoke of it
+
+function hear(key) {
+  heard.set(key, ++ticks);
+}
+
+export function asking() {
+  return ticks;
+}
+
+function stale(key, mark) {
+  return mark !== null && (heard.get(key) ?? 0) > mark;
+}
+
+// `fresh` (a list read since `mark`) with what the watch showed of its `kind` since then.
+function withHeard(fresh, kind, current, mark) {
+  for (const [key, tick] of heard) {
+    if (tick <= mark || !key.startsWith(`${kind}/`)) continue;
+    const id = key.slice(kind.length + 1);
+    if (current.has(id)) fresh.set(id, current.get(id));
+    else fresh.delete(id);
+  }
+  return fresh;
+}
+
+// `mark`: when the request that answered `item` was sent (null: the watch's own word).
+export function putInstance(item, mark = null) {
+  if (stale(`instance/${item.name}`, mark)) return;
   model.instances.set(item.name, item);
   emit("instance", item.name);
 }
 
-export function putModel(item) {
+export function putModel(item, mark = null) {
+  if (stale(`model/${item.model_id}`, mark)) return;
   model.models.set(item.model_id, item);
   emit("model", item.model_id);
 }
 
-export function dropModel(id) {
+export function dropModel(id, mark = null) {
+  if (stale(`model/${id}`, mark)) return;
   if (model.models.delete(id)) emit("model", id);
 }
 
@@ -59,9 +93,7 @@ export async function refreshReadOnly() {
   }
 }
 
-// The models as GET /models lists them. An update or removal seen on the stream while the list
-// was on its way wins over the list, which may be older.
-let modelsSeen = null;
+// The models as GET /models lists them, with what the watch showed while the list was on its way.
 let modelsLoading = null;
 let loadAgain = false; // asked while a load was on its way, which may have missed the change
 
@@ -73,15 +105,10 @@ export function loadModels(signal = watching) {
     return modelsLoading;
   }
   modelsLoading = (async () => {
-    modelsSeen = new Map();
+    const mark = asking();
     try {
       const items = await getJSON("/models", { signal });
-      const fresh = new Map(items.map((m) => [m.model_id, m]));
-      for (const [id, change] of modelsSeen) {
-        if (change === null) fresh.delete(id);
-        else fresh.set(id, change);
-      }
-      model.models = fresh;
+      model.models = withHeard(new Map(items.map((m) => [m.model_id, m])), "model", model.models, mark);
       model.modelsLoaded = true;
       model.modelsError = null;
       emit("models");
@@ -91,7 +118,6 @@ export function loadModels(signal = watching) {
       model.modelsError = err.text;
       emit("models");
     } finally {
-      modelsSeen = null;
       modelsLoading = null;
       if (loadAgain && !signal?.aborted) {
         loadAgain = false;
@@ -122,26 +148,18 @@ function modelsMayHaveChanged(before, after, signal) {
 }
 
 // The instance watch: every status change as it happens. On each (re)connect the full list
-// is read once (it also holds instances the controller has not observed yet); an update or a
-// deletion seen on the stream meanwhile wins over that list, which may be older.
+// is read once (it also holds instances the controller has not observed yet), with what the
+// stream showed while it was on its way.
 export function startWatching(signal) {
   watching = signal;
-  let seen = null;
   const load = async () => {
-    seen = new Map();
+    const mark = asking();
     loadModels(signal);
     try {
       const items = await getJSON("/instances", { signal });
-      const fresh = new Map(items.map((i) => [i.name, i]));
-      for (const [name, change] of seen) {
-        if (change === null) fresh.delete(name);
-        else fresh.set(name, change);
-      }
-      seen = null;
-      model.instances = fresh;
+      model.instances = withHeard(new Map(items.map((i) => [i.name, i])), "instance", model.instances, mark);
       emit("reset");
     } catch (err) {
-      seen = null;
       if (err.name !== "AbortError") setLive("retrying");
     }
   };
@@ -151,21 +169,21 @@ export function startWatching(signal) {
     onState: (state) => setLive(state),
     onEvent: (name, data) => {
       if (name === "status") {
-        seen?.set(data.name, data);
+        hear(`instance/${data.name}`);
         const before = model.instances.get(data.name);
         putInstance(data);
         modelsMayHaveChanged(before, data, signal);
       } else if (name === "deleted") {
-        seen?.set(data.name, null);
+        hear(`instance/${data.name}`);
         const before = model.instances.get(data.name);
         model.instances.delete(data.name);
         emit("deleted", data.name);
         modelsMayHaveChanged(before, null, signal);
       } else if (name === "model") {
-        modelsSeen?.set(data.model_id, data);
+        hear(`model/${data.model_id}`);
         putModel(data);
       } else if (name === "model_deleted") {
-        modelsSeen?.set(data.model_id, null);
+        hear(`model/${data.model_id}`);
         dropModel(data.model_id);
       }
     },

@@ -2,7 +2,7 @@
 // actions (download now, remove) with the API's answer shown where the person is looking.
 
 import { ApiError, del, post } from "./api.js";
-import { dropModel, loadModels, model, putModel, refreshReadOnly } from "./model.js";
+import { asking, dropModel, loadModels, model, putModel, refreshReadOnly } from "./model.js";
 import { confirmDialog, errorText, h, markWritable, notify } from "./ui.js";
 
 // Model ids hold a slash (org/name) or are absolute paths: one percent-encoded segment.
@@ -102,7 +102,8 @@ export function canRemove(item) {
 // POST /models/{id}/download: the queued status at once; progress follows on the watch.
 export async function downloadModel(item, onError) {
   try {
-    putModel(await post(`${modelPath(item.model_id)}/download`));
+    const mark = asking();
+    putModel(await post(`${modelPath(item.model_id)}/download`), mark);
     notify(`${item.model_id}: download requested`);
     return true;
   } catch (err) {
@@ -139,9 +140,10 @@ export async function removeModel(item, onError) {
     if (!sure) return false;
   }
   try {
+    const mark = asking();
     await del(`${modelPath(item.model_id)}${evict ? "?evict=true" : ""}`);
     notify(`${item.model_id}: ${evict ? "removed, its files deleted" : "removed from the state file"}`);
-    if (evict && !item.declared) dropModel(item.model_id);
+    if (evict && !item.declared) dropModel(item.model_id, mark);
     loadModels();
     return true;
   } catch (err) {

@@ -2,7 +2,7 @@
 // with its download progress live from the watch, and a form to declare one (POST /models).
 
 import { post } from "./api.js";
-import { model, putModel, subscribe } from "./model.js";
+import { asking, model, putModel, subscribe } from "./model.js";
 import { bytes, checkBadges, modelBadge, modelButtons, modelHref, parameters, statusNote } from "./modelkit.js";
 import { errorText, h, markWritable, notify } from "./ui.js";
 
@@ -79,8 +79,9 @@ function declareForm() {
         if (keep.checked) body.keep = true;
         submit.setAttribute("aria-busy", "true");
         try {
+          const mark = asking();
           const item = await post("/models", body);
-          putModel(item);
+          putModel(item, mark);
           notify(`${item.model_id} declared${item.keep ? ": it is fetched and kept on disk" : ""}`);
           id.value = "";
           rev.value = "";

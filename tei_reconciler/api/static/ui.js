@@ -2,7 +2,7 @@
 // confirm dialog and the instance actions (start, stop, restart, delete).
 
 import { ApiError, del, post } from "./api.js";
-import { model, putInstance, refreshReadOnly } from "./model.js";
+import { asking, model, putInstance, refreshReadOnly } from "./model.js";
 
 // h("a", {href: "#/"}, "text", child, ...): attributes starting with "on" become listeners.
 export function h(tag, attrs = {}, ...children) {
@@ -141,7 +141,10 @@ export async function act(name, verb) {
   }
   try {
     if (verb === "delete") await del(`/instances/${encodeURIComponent(name)}`);
-    else putInstance(await post(`/instances/${encodeURIComponent(name)}/${verb}`));
+    else {
+      const mark = asking();
+      putInstance(await post(`/instances/${encodeURIComponent(name)}/${verb}`), mark);
+    }
     notify(`${name}: ${VERBS[verb].done}`);
     return true;
   } catch (err) {
