@@ -4,8 +4,9 @@ model statuses and events; everyone else reads.
 The REST API, the metrics collector and the CLI only read it.
 Readers get immutable Structs (planner/status.py), so a snapshot can be encoded or compared
 without locks. Changes are published to subscribers (the API's SSE watch) through bounded anyio
-memory streams: a subscriber that cannot keep up loses the oldest notifications, never blocks
-the controller.
+memory streams, so a subscriber that cannot keep up never blocks the controller: when its
+buffer is full, the changes it has not read are replaced by one `Missed`, after which it reads
+the store's current state again (as a Kubernetes client re-lists after its watch expired).
 """
 
 from __future__ import annotations
@@ -13,15 +14,23 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import anyio
+import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tei_reconciler.planner.model_status import ModelChange, ModelStatus
 from tei_reconciler.planner.status import Event, InstanceStatus, StoreChange
 
-Change = StoreChange | ModelChange
+
+class Missed(msgspec.Struct, frozen=True):
+    """To a subscriber that fell behind: changes it had not read were dropped, so any status
+    may have changed since it last looked."""
+
+
+MISSED = Missed()
+Change = StoreChange | ModelChange | Missed
 _EventKey = tuple[str, str, str]
 
 log = logging.getLogger("tei_reconciler.events")
@@ -37,7 +46,7 @@ class StatusStore:
         self._model_events: dict[str, OrderedDict[_EventKey, Event]] = {}
         self._events_per_instance = events_per_instance
         self._subscriber_buffer = subscriber_buffer
-        # Each subscriber's two ends: the store drops the oldest change of a full buffer.
+        # Each subscriber's two ends: a full buffer is emptied for one MISSED.
         self._subscribers: dict[
             MemoryObjectSendStream[Change], MemoryObjectReceiveStream[Change]
         ] = {}
@@ -153,9 +162,11 @@ class StatusStore:
             try:
                 try:
                     send.send_nowait(change)
-                except anyio.WouldBlock:  # a slow reader misses the oldest change, never the latest
-                    receive.receive_nowait()
-                    send.send_nowait(change)
+                except anyio.WouldBlock:  # a slow reader: it reads the whole state again
+                    with suppress(anyio.WouldBlock):
+                        while True:
+                            receive.receive_nowait()
+                    send.send_nowait(MISSED)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.pop(send, None)
 

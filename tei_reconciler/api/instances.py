@@ -35,6 +35,7 @@ from tei_reconciler.desired.spec import (
     is_instance_name,
     spec_hash,
 )
+from tei_reconciler.planner.model_status import ModelChange
 from tei_reconciler.planner.status import InstanceStatus, StoreChange
 
 DEFAULT_WAIT_SECS = 300.0
@@ -141,8 +142,10 @@ async def _store_ready(ctx: ApiContext, spec: InstanceSpec) -> None:
         if ready(ctx.store.get(spec.name)):
             return
         async for change in changes:
-            if not isinstance(change, StoreChange) or change.name != spec.name:
-                continue
+            if isinstance(change, ModelChange) or (
+                isinstance(change, StoreChange) and change.name != spec.name
+            ):
+                continue  # not this instance's (a Missed may be: look)
             if ready(ctx.store.get(spec.name)):
                 return
             await _still_desired(ctx, spec.name)

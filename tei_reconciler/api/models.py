@@ -36,6 +36,7 @@ from tei_reconciler.api.streams import (
 from tei_reconciler.api.views import event_out, model_out
 from tei_reconciler.desired.check import accepts
 from tei_reconciler.planner.model_status import ModelChange, ModelState
+from tei_reconciler.store import Missed
 
 DEFAULT_WAIT_SECS = 3600.0
 
@@ -115,12 +116,14 @@ async def _fetch_and_wait(
             status = ctx.store.model(model_id)
             while status is None or status.state in (ModelState.AVAILABLE, ModelState.DOWNLOADING):
                 change = await changes.receive()
-                if isinstance(change, ModelChange) and change.model_id == model_id:
-                    if change.status is None:
+                if isinstance(change, Missed) or (
+                    isinstance(change, ModelChange) and change.model_id == model_id
+                ):
+                    status = ctx.store.model(model_id)
+                    if status is None:
                         raise ApiError(
                             500, "MODEL_DOWNLOAD_FAILED", f"{model_id} was removed meanwhile"
                         )
-                    status = change.status
             if status.state is ModelState.FAILED:
                 raise ApiError(
                     500, "MODEL_DOWNLOAD_FAILED", f"{model_id}: {status.reason}: {status.message}"
@@ -182,8 +185,8 @@ async def model_events(request: Request) -> Response | EventStream:
             while True:
                 recheck = models.ahead
                 change = await next_change(receive, streams.wait_secs(recheck=recheck))
-                if change is None:
-                    if recheck:
+                if change is None or isinstance(change, Missed):
+                    if recheck or change is not None:  # ahead of the controller, or Missed
                         for changed, body in await models.recheck():
                             if changed == model_id:
                                 yield _model_sse(model_id, body)

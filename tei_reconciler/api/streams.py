@@ -3,13 +3,14 @@
 A watch is an `EventStream`: one task pumps the source, another ends the response when the
 client disconnects or the server starts shutting down, so a forgotten `curl -N` never holds a
 graceful shutdown for its whole grace period. Status changes come from the store's bounded
-subscription: a slow client misses intermediate states, never the latest one, and never slows
-the controller.
+subscription: a slow client misses intermediate states, never the latest one (after the store
+says it `Missed` changes, the watch sends the current state again), and never slows the
+controller.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -24,12 +25,13 @@ from tei_reconciler.api._http import query_bool, query_int
 from tei_reconciler.api.context import ApiContext, ctx_of
 from tei_reconciler.api.errors import ApiError, json_response
 from tei_reconciler.api.logs import count_lines, follow, normalise, read_slice
-from tei_reconciler.api.modelviews import WatchedModels, model_ids
+from tei_reconciler.api.modelviews import WatchedModels
 from tei_reconciler.api.views import event_out, instance_out
 from tei_reconciler.desired.spec import is_instance_name
 from tei_reconciler.paths import RuntimeDir
 from tei_reconciler.planner.model_status import ModelChange
-from tei_reconciler.store import Change
+from tei_reconciler.planner.status import InstanceStatus
+from tei_reconciler.store import Change, Missed
 
 HEARTBEAT_SECS = 15.0
 RECHECK_SECS = 0.25  # how soon a watch ahead of the controller reads the state file again
@@ -141,20 +143,35 @@ async def get_logs(request: Request) -> Response | EventStream:
 
 
 def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[bytes]]:
+    """`/events` (or one instance's, `name`): the current state, then each change as it
+    happens; the current state again after the store says the watch missed changes."""
+
     async def changes() -> AsyncGenerator[bytes]:
         models = WatchedModels(ctx)
-        with ctx.store.subscribe() as receive:
-            now = ctx.clock.wall()
-            for status in ctx.store.all():
-                if name is None or status.name == name:
-                    yield sse(
-                        "status", instance_out(status.spec, status, now, ctx.routed_by(status.name))
-                    )
+        shown: set[str] = set()  # the instances this watch has shown and not deleted since
+
+        def status_sse(status: InstanceStatus) -> bytes:
+            shown.add(status.name)
+            out = instance_out(status.spec, status, ctx.clock.wall(), ctx.routed_by(status.name))
+            return sse("status", out)
+
+        def deleted_sse(gone: str) -> bytes:
+            shown.discard(gone)
+            return sse("deleted", {"name": gone})
+
+        async def everything() -> AsyncIterator[bytes]:
+            current = [s for s in ctx.store.all() if name is None or s.name == name]
+            for gone in sorted(shown - {s.name for s in current}):
+                yield deleted_sse(gone)
+            for status in current:
+                yield status_sse(status)
             if name is None:
-                desired = await models.desired()
-                for model_id in model_ids(ctx, desired):
-                    if (model := models.show(desired, model_id)) is not None:
-                        yield sse("model", model)
+                for model_id, body in await models.recheck():
+                    yield _model_sse(model_id, body)
+
+        with ctx.store.subscribe() as receive:
+            async for chunk in everything():
+                yield chunk
             quiet_since = anyio.current_time()
             while True:
                 recheck = name is None and models.ahead
@@ -168,22 +185,20 @@ def _watch(ctx: ApiContext, name: str | None) -> Callable[[], AsyncGenerator[byt
                         yield KEEPALIVE
                         quiet_since = anyio.current_time()
                     continue
-                if isinstance(change, ModelChange):
-                    if name is None:
-                        body = models.show(await models.desired(), change.model_id)
-                        yield _model_sse(change.model_id, body)
-                        quiet_since = anyio.current_time()
+                if isinstance(change, Missed):
+                    async for chunk in everything():
+                        yield chunk
+                elif isinstance(change, ModelChange):
+                    if name is not None:
+                        continue
+                    body = models.show(await models.desired(), change.model_id)
+                    yield _model_sse(change.model_id, body)
+                elif name is not None and change.name != name:
                     continue
-                if name is not None and change.name != name:
-                    continue
-                if change.status is None:
-                    yield sse("deleted", {"name": change.name})
+                elif change.status is None:
+                    yield deleted_sse(change.name)
                 else:
-                    status = change.status
-                    out = instance_out(
-                        status.spec, status, ctx.clock.wall(), ctx.routed_by(status.name)
-                    )
-                    yield sse("status", out)
+                    yield status_sse(change.status)
                 quiet_since = anyio.current_time()
 
     return changes

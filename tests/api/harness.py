@@ -73,6 +73,7 @@ def build(
     settings: Settings | None = None,
     middleware: Sequence[Middleware] = (),
     models: ModelCommands | None = None,
+    store: StatusStore | None = None,
 ) -> tuple[Starlette, Api]:
     runtime = tmp_path / "runtime"
     (runtime / "logs").mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def build(
         reserved_ports=settings.reserved_ports,
         max_instances=settings.max_instances,
     )
-    store = StatusStore()
+    store = store or StatusStore()
     controller = Controller()
     app = create_app(
         statefile=statefile,

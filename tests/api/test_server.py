@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -18,7 +19,9 @@ from starlette.applications import Starlette
 
 from tei_reconciler.api import serve_api, streams
 from tei_reconciler.desired.spec import InstanceSpec
+from tei_reconciler.planner.model_status import ModelState, ModelStatus
 from tei_reconciler.planner.phase import Phase
+from tei_reconciler.store import StatusStore
 
 from .harness import Api, build, observed
 from support.waiting import DEADLINE
@@ -114,6 +117,77 @@ async def test_an_instance_watch_sees_only_that_instance(app_api: tuple[Starlett
                 _event, data = await anext(events)
                 assert data["name"] == "a"  # type: ignore[index]
                 assert data["phase"] == "Running"  # type: ignore[index]
+
+
+@pytest.mark.anyio
+async def test_a_watch_that_fell_behind_shows_the_current_state_of_everything(
+    tmp_path: Path,
+) -> None:
+    app, api = build(tmp_path, store=StatusStore(subscriber_buffer=4))
+    a, b, c, d = (InstanceSpec(name=n, model_id="m/x") for n in "abcd")
+    for spec in (a, b, d):
+        api.store.put(observed(spec, Phase.STARTING, ready=False))
+    _, api.store.observed_revision = api.statefile.read()  # the controller is up to date
+    headers = {"accept": "text/event-stream"}
+    async with served(app) as client:
+        with anyio.fail_after(DEADLINE):
+            async with client.stream("GET", "/events", headers=headers) as response:
+                seen: dict[str, Any] = {}
+                events = sse_events(response)
+
+                async def read(done: Callable[[], bool]) -> None:
+                    while not done():
+                        event, data = await anext(events)
+                        body: Any = data
+                        key = body["model_id"] if event == "model" else body["name"]
+                        seen[key] = "deleted" if event == "deleted" else body
+
+                await read(lambda: len(seen) == 3)  # a, b and d, Starting
+                # More changes than the watch's buffer holds, before it reads any of them.
+                api.store.forget("a")
+                api.store.put(observed(b))
+                api.store.put(observed(c))
+                api.store.put_model(
+                    ModelStatus(state=ModelState.AVAILABLE, model_id="org/m", reason="Cached")
+                )
+                for pid in range(1, 10):
+                    api.store.put(observed(d, pid=pid))
+                await read(
+                    lambda: (
+                        seen.get("a") == "deleted"
+                        and "c" in seen
+                        and "org/m" in seen
+                        and seen["d"]["pid"] == 9
+                    )
+                )
+                assert seen["b"]["phase"] == "Running"
+                assert seen["org/m"]["reason"] == "Cached"
+
+
+@pytest.mark.anyio
+async def test_a_model_watch_that_fell_behind_shows_the_models_current_state(
+    tmp_path: Path,
+) -> None:
+    app, api = build(tmp_path, store=StatusStore(subscriber_buffer=2))
+
+    def put(model_id: str, reason: str = "") -> None:
+        api.store.put_model(
+            ModelStatus(state=ModelState.AVAILABLE, model_id=model_id, reason=reason)
+        )
+
+    put("org/m", "Queued")
+    _, api.store.observed_revision = api.statefile.read()  # the controller is up to date
+    headers = {"accept": "text/event-stream"}
+    async with served(app) as client:
+        with anyio.fail_after(DEADLINE):
+            async with client.stream("GET", "/models/org%2Fm/events", headers=headers) as response:
+                events = sse_events(response)
+                assert (await anext(events))[1]["reason"] == "Queued"  # type: ignore[index]
+                # More changes than the watch's buffer holds, before it reads any of them (the
+                # first may go straight to the watch waiting for one).
+                for model_id in ("org/first", "org/m", *(f"org/other-{n}" for n in range(5))):
+                    put(model_id, "Cached")
+                assert (await anext(events))[1]["reason"] == "Cached"  # type: ignore[index]
 
 
 @pytest.mark.anyio
