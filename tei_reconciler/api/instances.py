@@ -145,7 +145,7 @@ async def _store_ready(ctx: ApiContext, spec: InstanceSpec) -> None:
             if isinstance(change, ModelChange) or (
                 isinstance(change, StoreChange) and change.name != spec.name
             ):
-                continue  # not this instance's (a Missed may be: look)
+                continue  # about something else (after a Missed, look again)
             if ready(ctx.store.get(spec.name)):
                 return
             await _still_desired(ctx, spec.name)
