@@ -135,7 +135,10 @@ HOLD_SCRIPT = """
     const [method, suffix] = arguments;
     const sent = window.fetch;
     window.heldAnswers = [];
-    window.unholdFetch = () => { window.fetch = sent; window.heldAnswers.forEach((go) => go()); };
+    window.unholdFetch = () => {  // once: later calls find nothing held
+      window.fetch = sent;
+      window.heldAnswers.splice(0).forEach((go) => go());
+    };
     window.fetch = (input, init) => {
       const answer = sent(input, init);
       if ((init?.method || "GET") !== method || !String(input).endsWith(suffix)) return answer;
